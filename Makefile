@@ -1,0 +1,60 @@
+# vaeserve: every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PIP    := $(BIN)/python -m pip install --quiet --constraint constraints.txt
+
+REPO    ?= models
+NAME    ?= vae
+RUN     ?= runs/default
+HOST    ?= 127.0.0.1
+PORT    ?= 50051
+
+.PHONY: install serve model test bench load lint proto system-deps clean
+
+install: $(STAMP)
+
+# Re-runs only when the dependency declarations change, so a second `make install` is a no-op.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --editable '.[train,serve,load,dev]'
+	@touch $@
+
+# Trains and exports the default digits model when the repository has none, then serves in the foreground.
+model: install
+	@if ls $(REPO)/$(NAME)/*/model.json >/dev/null 2>&1; then \
+		echo "model repository $(REPO)/$(NAME) already has a version"; \
+	else \
+		$(BIN)/vaeserve train --out $(RUN) && \
+		$(BIN)/vaeserve export --checkpoint $(RUN)/best.pt --repo $(REPO) --name $(NAME); \
+	fi
+
+serve: model
+	exec $(BIN)/vaeserve serve --repo $(REPO) --name $(NAME) --host $(HOST) --port $(PORT)
+
+# System tools some tests drive for real (promtool/prometheus, kubectl); skipped quietly where apt-get is unavailable.
+system-deps:
+	@./.ci/system-deps.sh
+
+test: install system-deps
+	$(BIN)/python -m pytest -q
+
+# Each benchmark prints its figures and rewrites its own section of BENCHMARKS.md.
+bench: install
+	$(BIN)/python -m tests.bench.bench_training
+	$(BIN)/python -m tests.bench.bench_export
+	$(BIN)/python -m tests.bench.bench_serving
+
+load: install
+	$(BIN)/python -m tests.load.run_local
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+proto: install
+	$(BIN)/python -m vaeserve.protos.generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,62 @@
+"""Fixtures shared across the suite: a small real digits run and the model repository exported from it.
+
+They go through the real CLI (`vaeserve.cli.main`), so every test downstream stands on what a user runs.
+Session-scoped: trained and exported once per `pytest` run.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from vaeserve.cli import main as vaeserve
+
+FIXTURE_EPOCHS = "15"
+
+
+def run_cli(*argv: str) -> None:
+    code = vaeserve(list(argv))
+    assert code == 0, f"vaeserve {' '.join(argv)} exited {code}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(tmp_path_factory: pytest.TempPathFactory, arch: str) -> Path:
+    out = tmp_path_factory.mktemp("runs") / f"digits-{arch}"
+    run_cli("train", "--dataset", "digits", "--arch", arch, "--epochs", FIXTURE_EPOCHS, "--seed", "0",
+            "--out", str(out))  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """runs/NAME of a short MLP training on the bundled digits."""
+    return _train(tmp_path_factory, "mlp")
+
+
+@pytest.fixture(scope="session")
+def digits_conv_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """runs/NAME of a short conv training on the bundled digits."""
+    return _train(tmp_path_factory, "conv")
+
+
+@pytest.fixture(scope="session")
+def model_repo(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding vae/1 exported from `digits_run` (MLP)."""
+    repo = tmp_path_factory.mktemp("models")
+    run_cli("export", "--checkpoint", str(digits_run / "best.pt"), "--repo", str(repo), "--name", "vae")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def conv_model_repo(digits_conv_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding vae/1 exported from `digits_conv_run` (conv)."""
+    repo = tmp_path_factory.mktemp("models-conv")
+    run_cli("export", "--checkpoint", str(digits_conv_run / "best.pt"), "--repo", str(repo), "--name", "vae")
+    return repo

@@ -1,0 +1,39 @@
+"""The one console command: `vaeserve <subcommand>`.
+
+Each package registers its own subcommands (training: train, evaluate; export: export; server: serve,
+sample, encode, reconstruct, info). Registration imports no heavy libraries, so `vaeserve serve` never
+imports torch and `vaeserve --help` is instant; each subcommand imports its implementation when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from vaeserve import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vaeserve.export import cli as export_cli
+    from vaeserve.server import cli as server_cli
+    from vaeserve.training import cli as training_cli
+
+    parser = argparse.ArgumentParser(
+        prog="vaeserve",
+        description="Train a variational autoencoder, export it to ONNX and serve it over gRPC.",
+    )
+    parser.add_argument("--version", action="version", version=f"vaeserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (training_cli, export_cli, server_cli):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
