@@ -22,13 +22,15 @@ from typing import Any
 
 import torch
 
+from vaeserve.errors import VaeserveError
+
 from .model import VAE, ModelConfig
 
 FORMAT = "vaeserve-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(VaeserveError):
     """A checkpoint file that is missing, unreadable or not ours; the message names the file."""
 
 

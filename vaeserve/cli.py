@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from vaeserve import __version__
+from vaeserve.errors import VaeserveError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except VaeserveError as exc:
+        print(f"vaeserve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

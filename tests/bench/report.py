@@ -9,7 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
-HEADER = "# Benchmarks\n\nWritten by `make bench` (tests/bench/); each section is replaced by its own benchmark's run.\n"
+HEADER = (
+    "# Benchmarks\n\nWritten by `make bench` (tests/bench/); each section is replaced by its own benchmark's run.\n"
+)
 
 
 def machine() -> str:
