@@ -81,8 +81,10 @@ class DiagonalGaussian:
         self.mean = mean
         self.log_variance = log_variance
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+    def sample(self, generator: torch.Generator | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """One reparameterized sample; `eps` (standard normal, the mean's shape) when the caller owns the noise."""
+        if eps is None:
+            eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return reparameterize(self.mean, self.log_variance, eps)
 
     def kl_per_dim(self) -> torch.Tensor:
@@ -199,11 +201,11 @@ class VAE(nn.Module):
         return nll.flatten(start_dim=-3).sum(-1)
 
     def forward(
-        self, image: torch.Tensor, generator: torch.Generator | None = None
+        self, image: torch.Tensor, generator: torch.Generator | None = None, eps: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, DiagonalGaussian]:
         """One single-sample pass: (reconstruction NLL per image, posterior)."""
         posterior = self.encode(image)
-        z = posterior.sample(generator)
+        z = posterior.sample(generator, eps)
         return self.reconstruction_nll(image, self.decode(z)), posterior
 
 
@@ -213,14 +215,16 @@ def elbo_loss(
     beta: float = 1.0,
     free_bits: float = 0.0,
     generator: torch.Generator | None = None,
+    eps: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The training objective and what it reports, all in nats per image.
 
     `loss` = reconstruction + beta * KL, where with free bits each latent dimension's batch-mean KL is
     floored at `free_bits` (Kingma et al. 2016) so the optimizer gains nothing by collapsing it further.
     `neg_elbo` is always the true bound (beta 1, no floor), the figure comparable across runs.
+    `eps` fixes the reparameterization noise (distributed training hands each rank its rows of one global draw).
     """
-    reconstruction, posterior = model(image, generator)
+    reconstruction, posterior = model(image, generator, eps)
     kl_per_dim = posterior.kl_per_dim().mean(0)  # [latent_dim], averaged over the batch
     reconstruction = reconstruction.mean()
     kl = kl_per_dim.sum()
