@@ -1,0 +1,1 @@
+"""`vaeserve export`: PyTorch checkpoint -> versioned ONNX model repository; `repository` is the torch-free reader."""

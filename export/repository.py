@@ -1,0 +1,214 @@
+"""The model repository: REPO/NAME/VERSION/{encoder.onnx, decoder.onnx, model.json}, read and checked.
+
+This module is what the server trusts, so it imports neither torch nor onnx: only the standard library,
+numpy and onnxruntime. `verify_version` re-checks everything the export wrote (hashes, graph signatures,
+metadata) and returns a `ModelVersion`; any mismatch is a `RepositoryError` naming the file.
+
+Graph contract (batch is dynamic):
+    encoder.onnx  image float32 [batch, C, H, W] in [0, 1]  ->  mean, log_variance float32 [batch, latent_dim]
+    decoder.onnx  latent float32 [batch, latent_dim]        ->  image float32 [batch, C, H, W] in [0, 1]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from vaeserve.errors import VaeserveError
+
+FORMAT = "vaeserve-model"
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+GRAPHS = ("encoder", "decoder")
+LIKELIHOODS = ("bernoulli", "gaussian")  # vaeserve.training.model.LIKELIHOODS, not imported: that module needs torch
+# The keys every graph's metadata_props carries; model.json["metadata"] holds the same strings.
+METADATA_KEYS = ("latent_dim", "image_shape", "likelihood", "dataset", "vaeserve_version", "test_neg_elbo")
+
+
+class RepositoryError(VaeserveError):
+    """A model repository, version folder or graph that is missing or does not match its model.json."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    path: Path
+    name: str
+    version: int
+    latent_dim: int
+    image_shape: tuple[int, int, int]  # [C, H, W]
+    likelihood: str
+    metadata: dict[str, str]  # the graphs' metadata_props (identical in both)
+    encoder_path: Path
+    decoder_path: Path
+    info: dict[str, Any]  # model.json
+
+
+def graph_signatures(latent_dim: int, image_shape: tuple[int, ...]) -> dict[str, dict[str, dict[str, list]]]:
+    """Expected {graph: {"inputs"|"outputs": {tensor name: shape}}}; None marks the dynamic batch axis."""
+    image = [None, *image_shape]
+    latent = [None, latent_dim]
+    return {
+        "encoder": {"inputs": {"image": image}, "outputs": {"mean": latent, "log_variance": latent}},
+        "decoder": {"inputs": {"latent": latent}, "outputs": {"image": image}},
+    }
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def version_numbers(repo: str | Path, name: str) -> list[int]:
+    """Every integer-named folder under REPO/NAME, sorted (complete or not, so a number is never reused)."""
+    folder = Path(repo) / name
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def resolve_version(repo: str | Path, name: str, version: int | str | None = "latest") -> Path:
+    """REPO/NAME/VERSION; `None` or "latest" picks the highest version that has a model.json."""
+    folder = Path(repo) / name
+    if not folder.is_dir():
+        raise RepositoryError(f"{folder}: model {name!r} not found in repository {repo}")
+    if version is None or version == "latest":
+        complete = [v for v in version_numbers(repo, name) if (folder / str(v) / MODEL_JSON).is_file()]
+        if not complete:
+            raise RepositoryError(f"{folder}: no version with a {MODEL_JSON} (export one with `vaeserve export`)")
+        return folder / str(complete[-1])
+    if isinstance(version, str) and not version.isdigit():
+        raise RepositoryError(f"model version must be a positive integer or 'latest', got {version!r}")
+    path = folder / str(int(version))
+    if not path.is_dir():
+        available = ", ".join(map(str, version_numbers(repo, name))) or "none"
+        raise RepositoryError(f"{path}: version {int(version)} not found (available: {available})")
+    return path
+
+
+def verify_version(path: str | Path) -> ModelVersion:
+    """Re-check a version folder REPO/NAME/VERSION completely; the name and number come from the path."""
+    path = Path(path)
+    if not path.name.isdigit():
+        raise RepositoryError(f"{path}: a version folder is named by its integer version (REPO/NAME/VERSION)")
+    return check_version(path, path.parent.name, int(path.name))
+
+
+def check_version(path: Path, name: str, version: int) -> ModelVersion:
+    """Everything `verify_version` checks, against an expected name and version (export verifies its
+    temporary folder with this before renaming it into place)."""
+    info = _read_model_json(path)
+    where = path / MODEL_JSON
+    for key, expected in (("name", name), ("version", version)):
+        if info[key] != expected:
+            raise RepositoryError(f"{where}: {key} is {info[key]!r} but the folder says {expected!r}")
+    latent_dim, image_shape, likelihood = info["latent_dim"], tuple(info["image_shape"]), info["likelihood"]
+    metadata = info["metadata"]
+    expected_metadata = {"latent_dim": str(latent_dim), "image_shape": json.dumps(list(image_shape)),
+                         "likelihood": likelihood}  # fmt: skip
+    for key in METADATA_KEYS:
+        if not isinstance(metadata.get(key), str):
+            raise RepositoryError(f"{where}: metadata.{key} is missing or not a string")
+    for key, value in expected_metadata.items():
+        if metadata[key] != value:
+            raise RepositoryError(f"{where}: metadata.{key} is {metadata[key]!r} but {key} is {value!r}")
+
+    signatures = graph_signatures(latent_dim, image_shape)
+    paths = {}
+    for graph in GRAPHS:
+        entry = info["graphs"][graph]
+        paths[graph] = _check_graph(path, entry, signatures[graph], metadata, f"graphs.{graph}")
+    for variant, graphs in info.get("variants", {}).items():
+        for graph in GRAPHS:
+            _check_graph(path, graphs[graph], signatures[graph], metadata, f"variants.{variant}.{graph}")
+    return ModelVersion(path=path, name=name, version=version, latent_dim=latent_dim, image_shape=image_shape,
+                        likelihood=likelihood, metadata=dict(metadata), encoder_path=paths["encoder"],
+                        decoder_path=paths["decoder"], info=info)  # fmt: skip
+
+
+def _read_model_json(path: Path) -> dict[str, Any]:
+    where = path / MODEL_JSON
+    if not path.is_dir():
+        raise RepositoryError(f"{path}: version folder not found")
+    if not where.is_file():
+        raise RepositoryError(f"{where}: file not found")
+    try:
+        info = json.loads(where.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RepositoryError(f"{where}: not valid JSON ({exc})") from exc
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise RepositoryError(f"{where}: not a vaeserve model description (no format={FORMAT!r} marker)")
+    if info.get("format_version") != FORMAT_VERSION:
+        raise RepositoryError(f"{where}: format_version {info.get('format_version')!r} is not {FORMAT_VERSION}")
+    types = {"name": str, "version": int, "latent_dim": int, "image_shape": list, "likelihood": str,
+             "metadata": dict, "graphs": dict, "variants": dict}  # fmt: skip
+    for key, kind in types.items():
+        if not isinstance(info.get(key), kind):
+            raise RepositoryError(f"{where}: {key} is missing or not a {kind.__name__}")
+    shape = info["image_shape"]
+    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape) or info["latent_dim"] < 1:
+        raise RepositoryError(f"{where}: image_shape {shape} / latent_dim {info['latent_dim']} are not valid")
+    if info["likelihood"] not in LIKELIHOODS:
+        raise RepositoryError(f"{where}: likelihood {info['likelihood']!r} is not one of {', '.join(LIKELIHOODS)}")
+    for graph in GRAPHS:
+        if not isinstance(info["graphs"].get(graph), dict):
+            raise RepositoryError(f"{where}: graphs.{graph} is missing")
+    for variant, graphs in info["variants"].items():
+        if not isinstance(graphs, dict) or not all(isinstance(graphs.get(g), dict) for g in GRAPHS):
+            raise RepositoryError(f"{where}: variants.{variant} needs an encoder and a decoder entry")
+    return info
+
+
+def _check_graph(
+    folder: Path, entry: dict, signature: dict[str, dict[str, list]], metadata: dict[str, str], field: str
+) -> Path:
+    """One graph file: its SHA-256, then what onnxruntime sees (input/output names, dtypes, shapes, metadata)."""
+    file = entry.get("file")
+    if not isinstance(file, str) or Path(file).name != file:
+        raise RepositoryError(f"{folder / MODEL_JSON}: {field}.file must be a file name in the version folder")
+    path = folder / file
+    if not path.is_file():
+        raise RepositoryError(f"{path}: graph file not found")
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        raise RepositoryError(f"{path}: SHA-256 {digest} does not match model.json ({entry.get('sha256')})")
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unloadable graphs
+        raise RepositoryError(f"{path}: onnxruntime cannot load the graph ({exc})") from exc
+    for kind, tensors in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        expected = signature[kind]
+        names = [t.name for t in tensors]
+        if names != list(expected):
+            raise RepositoryError(f"{path}: {kind} are {names}, expected {list(expected)}")
+        for tensor in tensors:
+            if tensor.type != "tensor(float)":
+                raise RepositoryError(f"{path}: {tensor.name} has type {tensor.type}, expected tensor(float)")
+            # onnxruntime reports a symbolic axis as a string (or None): that is the dynamic batch.
+            shape = [None if not isinstance(d, int) else d for d in tensor.shape]
+            if shape != expected[tensor.name]:
+                want = ["batch" if d is None else d for d in expected[tensor.name]]
+                raise RepositoryError(f"{path}: {tensor.name} has shape {tensor.shape}, expected {want}")
+    # One run at batch 2 proves the declared shapes are the computed ones and the batch axis really is free.
+    feed = {name: np.zeros([2, *shape[1:]], np.float32) for name, shape in signature["inputs"].items()}
+    try:
+        results = session.run(None, feed)
+    except Exception as exc:
+        raise RepositoryError(f"{path}: onnxruntime cannot run the graph at batch 2 ({exc})") from exc
+    for (name, shape), result in zip(signature["outputs"].items(), results, strict=True):
+        if list(result.shape) != [2, *shape[1:]] or result.dtype != np.float32:
+            raise RepositoryError(f"{path}: {name} came out {result.dtype} {list(result.shape)} at batch 2")
+    graph_metadata = dict(session.get_modelmeta().custom_metadata_map)
+    if graph_metadata != metadata:
+        diff = sorted(k for k in graph_metadata.keys() | metadata.keys() if graph_metadata.get(k) != metadata.get(k))
+        raise RepositoryError(f"{path}: metadata_props differ from model.json in {diff}")
+    return path
