@@ -1,3 +1,184 @@
-"""Registers `vaeserve train` and `vaeserve evaluate` (filled in by the training package)."""
-def register(sub) -> None:  # placeholder until the training CLI lands
-    pass
+"""Registers `vaeserve serve` and the client commands `sample`, `encode`, `reconstruct`, `info`.
+
+Every `serve` flag can also be set by an environment variable, VAESERVE_<FLAG> (e.g. VAESERVE_PORT,
+VAESERVE_MAX_BATCH_SIZE), which is how the Kubernetes manifests configure it; a flag on the command line wins.
+Nothing heavy is imported here: grpc, onnxruntime and numpy load when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TARGET = "localhost:50051"
+
+
+def env_name(flag: str) -> str:
+    return "VAESERVE_" + flag.lstrip("-").upper().replace("-", "_")
+
+
+def add_flag(p: argparse.ArgumentParser, flag: str, default: Any, help: str, **kwargs: Any) -> None:
+    """--flag whose default comes from VAESERVE_FLAG when set (argparse applies `type` to it like to a flag)."""
+    env = env_name(flag)
+    kwargs.setdefault("type", type(default) if default is not None else str)
+    p.add_argument(flag, default=os.environ.get(env, default), help=f"{help} (env {env}; default: %(default)s)",
+                   **kwargs)  # fmt: skip
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model version over gRPC",
+        description="Serve a model version over gRPC. Every flag can also be set by VAESERVE_<FLAG>.",
+    )
+    add_flag(p, "--repo", "models", "model repository folder", type=Path)
+    add_flag(p, "--name", "vae", "model name in the repository")
+    add_flag(p, "--version", "latest", "model version number, or latest")
+    add_flag(p, "--host", "127.0.0.1", "address to listen on (0.0.0.0 in a container)")
+    add_flag(p, "--port", 50051, "gRPC port (0: any free port, logged)")
+    add_flag(p, "--metrics-port", 8000, "Prometheus /metrics port on the same host (0: disabled)")
+    add_flag(p, "--device", "auto", "execution provider: auto (CUDA when usable, else CPU), cpu, cuda",
+             choices=("auto", "cpu", "cuda"))  # fmt: skip
+    add_flag(p, "--max-batch-size", 64, "most rows per onnxruntime run")
+    add_flag(p, "--max-batch-delay-ms", 0.0, "longest a batch that is not full may wait for the requests of "
+             "callers known to be active (a lone caller never waits)")  # fmt: skip
+    add_flag(p, "--max-queue", 1024, "requests waiting per graph before new ones get RESOURCE_EXHAUSTED")
+    add_flag(p, "--max-num-samples", 4096, "most rows (samples or images) in one request")
+    add_flag(p, "--intra-op-threads", 1, "onnxruntime intra-op threads per session")
+    add_flag(p, "--inter-op-threads", 1, "onnxruntime inter-op threads per session")
+    add_flag(p, "--max-concurrent-rpcs", 1024, "calls admitted at once (>= --max-batch-size)")
+    add_flag(p, "--max-message-mb", 64, "largest request or response message in MiB")
+    add_flag(p, "--max-connection-age-s", 0.0, "close client connections after this many seconds, so load "
+             "rebalances across replicas (0: never)")  # fmt: skip
+    add_flag(p, "--max-connection-age-grace-s", 30.0, "time calls on an aged connection get to finish")
+    add_flag(p, "--grace-period", 10.0, "seconds in-flight calls get to finish after SIGTERM/SIGINT")
+    add_flag(p, "--otlp-endpoint", "", "OpenTelemetry collector for a span per RPC and per batch, "
+             "http://HOST:4317 (needs the tracing extra; empty: off)")  # fmt: skip
+    add_flag(p, "--log-format", "text", "log line format", choices=("text", "json"))
+    add_flag(p, "--log-level", "INFO", "log level")
+    p.set_defaults(run=run_serve)
+
+    p = sub.add_parser("sample", help="draw samples from a running server and write them as a PNG grid")
+    _client_flags(p)
+    p.add_argument("--n", type=int, default=64, help="number of samples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="noise seed; same seed, same images (default: random)")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the latent noise (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG grid to write (default: %(default)s)")
+    p.add_argument("--latents-out", type=Path, default=None, help=".npy file for the latents (default: none)")
+    p.set_defaults(run=run_sample)
+
+    p = sub.add_parser("encode", help="encode images with a running server; write the means (or all) to a file")
+    _client_flags(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG files or .npy arrays of the model's image shape")
+    p.add_argument("--seed", type=int, default=None, help="seed of the latent sample (default: random)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("embeddings.npy"),
+        help=".npy: the means [N, latent_dim]; .npz: mean, log_variance, latents (default: %(default)s)",
+    )
+    p.set_defaults(run=run_encode)
+
+    p = sub.add_parser("reconstruct", help="reconstruct images with a running server; write originals beside them")
+    _client_flags(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG files or .npy arrays of the model's image shape")
+    p.add_argument("--seed", type=int, default=None, help="seed of the latent sample (default: random)")
+    p.add_argument("--out", type=Path, default=Path("reconstructions.png"),
+                   help="PNG grid of (original, reconstruction) pairs (default: %(default)s)")  # fmt: skip
+    p.set_defaults(run=run_reconstruct)
+
+    p = sub.add_parser("info", help="print the served model's description as JSON")
+    _client_flags(p)
+    p.set_defaults(run=run_info)
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    add_flag(p, "--target", DEFAULT_TARGET, "server address host:port")
+    p.add_argument("--timeout", type=float, default=60.0, help="deadline of the call in seconds (default: %(default)s)")
+    p.add_argument("--scale", type=int, default=4, help="PNG pixels per image pixel (default: %(default)s)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import dataclasses
+
+    from .logs import configure_logging
+    from .serve import ServeConfig, serve
+
+    configure_logging(args.log_format, args.log_level)
+    config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
+    return asyncio.run(serve(config))
+
+
+def _calling(args: argparse.Namespace, call):  # -> the call's result
+    """Runs call(client); a failed RPC becomes one line naming the server and the status."""
+    import grpc
+
+    from vaeserve.errors import VaeserveError
+
+    from .client import VaeClient
+
+    with VaeClient(args.target, timeout=args.timeout) as client:
+        try:
+            return call(client)
+        except grpc.RpcError as exc:
+            raise VaeserveError(f"{args.target}: {exc.code().name}: {exc.details()}") from None
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .client import write_grid
+
+    images, latents = _calling(args, lambda c: c.sample(args.n, args.seed, args.temperature))
+    write_grid(images, args.out, scale=args.scale)
+    if args.latents_out:
+        np.save(args.latents_out, latents)
+    print(f"wrote {len(images)} samples to {args.out}")
+    return 0
+
+
+def _read(args: argparse.Namespace):  # -> (client info, images)
+    from .client import read_images
+
+    info = _calling(args, lambda c: c.info())
+    return read_images(args.images, tuple(info.image_shape))
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    images = _read(args)
+    mean, log_variance, latents = _calling(args, lambda c: c.encode(images, args.seed))
+    if args.out.suffix == ".npz":
+        np.savez(args.out, mean=mean, log_variance=log_variance, latents=latents)
+    else:
+        np.save(args.out, mean)
+    print(f"encoded {len(images)} images to {args.out} (latent_dim {mean.shape[1]})")
+    return 0
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .client import write_grid
+
+    images = _read(args)
+    reconstructed, _ = _calling(args, lambda c: c.reconstruct(images, args.seed))
+    pairs = np.stack([images, reconstructed], axis=1).reshape(-1, *images.shape[1:])
+    write_grid(pairs, args.out, columns=2 * min(len(images), 8), scale=args.scale)
+    print(f"wrote {len(images)} (original, reconstruction) pairs to {args.out}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import json
+
+    info = _calling(args, lambda c: c.info())
+    fields = ("name", "version", "latent_dim", "likelihood", "execution_provider", "max_batch_size", "max_num_samples")
+    described = {f: getattr(info, f) for f in fields}
+    described |= {"image_shape": list(info.image_shape), "metadata": dict(sorted(info.metadata.items()))}
+    print(json.dumps(described, indent=2))
+    return 0

@@ -1,0 +1,35 @@
+"""The errors a request can fail with, each carrying the gRPC status it becomes at the servicer boundary.
+
+They are raised where the problem is detected (validation, the batcher) and translated in one place
+(`servicer.py`), so no module below the servicer needs to know about gRPC contexts.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from vaeserve.errors import VaeserveError
+
+
+class RequestError(VaeserveError):
+    """A request the server refuses; `code` is the gRPC status it is answered with."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(RequestError):
+    """A request field that does not fit the model: the message names the field and the expected value."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class QueueFull(RequestError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExpired(RequestError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

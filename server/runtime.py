@@ -1,0 +1,100 @@
+"""onnxruntime sessions for the two graphs: provider choice (CUDA with IO binding, else CPU), threads, warm-up.
+
+CUDA is used only when a session really gets it: onnxruntime-gpu lists CUDAExecutionProvider even where the
+CUDA libraries are missing and then silently falls back to CPU, so the provider a session ended up with is
+what counts. `auto` falls back to CPU with one log line; `cuda` refuses to start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from vaeserve.errors import VaeserveError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class DeviceError(VaeserveError):
+    pass
+
+
+def _options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    # Defaults of 1: on a small model the gRPC layer is the bottleneck, and idle intra-op threads that spin
+    # take the core the event loop needs (measured slower with 2 threads on 2 cores).
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def _try_cuda(path: Path, options: ort.SessionOptions) -> tuple[ort.InferenceSession | None, str]:
+    """A CUDA session, or None and why not."""
+    if CUDA not in ort.get_available_providers():
+        return None, f"this onnxruntime build has no {CUDA} (providers: {ort.get_available_providers()})"
+    ort.set_default_logger_severity(4)  # the failed library load is reported by us, in one line
+    try:
+        session = ort.InferenceSession(str(path), options, providers=[CUDA, CPU])
+    except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types for missing libraries
+        return None, f"creating a CUDA session failed: {exc}"
+    finally:
+        ort.set_default_logger_severity(3)
+    if session.get_providers()[0] != CUDA:
+        return None, "the CUDA libraries (CUDA, cuDNN) or a GPU are not available to onnxruntime"
+    return session, ""
+
+
+class GraphSession:
+    """One ONNX graph (dynamic batch axis) in one onnxruntime session: `run(x)` -> its outputs, in order."""
+
+    def __init__(
+        self,
+        path: Path,
+        input_name: str,
+        output_names: list[str],
+        device: str = "auto",
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+    ) -> None:
+        if device not in DEVICES:
+            raise DeviceError(f"--device: expected one of {', '.join(DEVICES)}, got {device!r}")
+        self.path = path
+        self.input_name = input_name
+        self.output_names = output_names
+        options = _options(intra_op_threads, inter_op_threads)
+        session, why_not = _try_cuda(path, options) if device in ("auto", "cuda") else (None, "CPU requested")
+        if session is None:
+            if device == "cuda":
+                raise DeviceError(f"--device cuda: {why_not}")
+            session = ort.InferenceSession(str(path), options, providers=[CPU])
+        self.cpu_reason = why_not  # why CUDA is not used, for the start-up log line; "" when it is
+        self.session = session
+        self.provider = session.get_providers()[0]
+        self.device_type = "cuda" if self.provider == CUDA else "cpu"  # where IO binding puts the outputs
+        self.run = self._run_bound if self.provider == CUDA else self._run_plain
+
+    def _run_plain(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(self.output_names, {self.input_name: x})
+
+    def _run_bound(self, x: np.ndarray) -> list[np.ndarray]:
+        # IO binding: the input is copied to the device once and outputs stay there until the one copy back,
+        # instead of onnxruntime staging both through its own host buffers on every run.
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, x)
+        for name in self.output_names:
+            binding.bind_output(name, self.device_type)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None:
+        """Runs a single row and a full batch, so the first requests pay no allocation or kernel set-up."""
+        for rows in sorted({1, max_rows}):
+            self.run(np.zeros((rows, *row_shape), dtype=np.float32))

@@ -1,0 +1,188 @@
+"""The batcher on its own: the real Batcher and real metrics around a numpy "graph" that records its batches."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from vaeserve.server.batcher import Batcher, InferenceFailed
+from vaeserve.server.errors import DeadlineExpired, QueueFull
+from vaeserve.server.metrics import Metrics
+
+
+class Graph:
+    """out = (2x, row sums); records every batch it is given; `gate` (when set up) holds a run until released."""
+
+    def __init__(self, gated: bool = False) -> None:
+        self.batches: list[np.ndarray] = []
+        self.gate = threading.Event()
+        self.running = threading.Event()
+        if not gated:
+            self.gate.set()
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        self.running.set()
+        self.gate.wait(10)
+        self.batches.append(x.copy())
+        return [2 * x, x.sum(axis=1, keepdims=True)]
+
+
+def rows(start: int, n: int) -> np.ndarray:
+    return np.arange(start, start + n, dtype=np.float32)[:, None].repeat(3, axis=1)
+
+
+def run(coro) -> None:
+    asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def sample(metrics: Metrics, name: str, graph: str = "decoder") -> float:
+    return metrics.registry.get_sample_value(name, {"graph": graph})
+
+
+def test_concurrent_requests_share_a_run_and_get_their_own_rows_back() -> None:
+    graph, metrics = Graph(gated=True), Metrics()
+
+    async def main() -> None:
+        b = Batcher("decoder", graph, metrics.graph("decoder"), max_rows=64)
+        b.start()
+        first = b.submit(rows(0, 1))
+        await asyncio.to_thread(graph.running.wait, 10)  # the first batch is running: the next ones queue up
+        pending = [b.submit(rows(100 * i, i)) for i in range(1, 6)]
+        graph.gate.set()
+        results = await asyncio.gather(first, *pending)
+        for i, (doubled, sums) in enumerate(results):
+            x = rows(0, 1) if i == 0 else rows(100 * i, i)
+            np.testing.assert_array_equal(doubled, 2 * x)
+            np.testing.assert_array_equal(sums, x.sum(axis=1, keepdims=True))
+        await b.stop()
+
+    run(main())
+    assert [len(x) for x in graph.batches] == [1, 1 + 2 + 3 + 4 + 5]
+    assert sample(metrics, "vaeserve_batch_size_count") == 2
+    assert sample(metrics, "vaeserve_batch_size_sum") == 16
+    assert sample(metrics, "vaeserve_queue_wait_seconds_count") == 6
+    assert metrics.registry.get_sample_value("vaeserve_images_generated_total") == 16
+
+
+def test_big_requests_are_split_and_take_turns_with_small_ones() -> None:
+    graph, metrics = Graph(gated=True), Metrics()
+
+    async def main() -> None:
+        b = Batcher("decoder", graph, metrics.graph("decoder"), max_rows=4)
+        b.start()
+        big = b.submit(rows(0, 10))
+        await asyncio.to_thread(graph.running.wait, 10)
+        small = b.submit(rows(1000, 2))
+        graph.gate.set()
+        (big_out, _), (small_out, _) = await asyncio.gather(big, small)
+        np.testing.assert_array_equal(big_out, 2 * rows(0, 10))
+        np.testing.assert_array_equal(small_out, 2 * rows(1000, 2))
+        await b.stop()
+
+    run(main())
+    # After each turn the big request's rest goes behind whatever is queued: the small one gets the next turn
+    # and shares that run with the big one's last rows, each request keeping its own contiguous rows.
+    assert [x[:, 0].tolist() for x in graph.batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [1000, 1001, 8, 9]]
+    assert max(len(x) for x in graph.batches) <= 4
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    graph = Graph(gated=True)
+
+    async def main() -> None:
+        b = Batcher("encoder", graph, Metrics().graph("encoder"), max_rows=1, max_queue=2)
+        b.start()
+        running = b.submit(rows(0, 1))
+        await asyncio.to_thread(graph.running.wait, 10)
+        queued = [b.submit(rows(1, 1)), b.submit(rows(2, 1))]
+        with pytest.raises(QueueFull, match="the encoder queue is full"):
+            b.submit(rows(3, 1))
+        graph.gate.set()
+        await asyncio.gather(running, *queued)
+        await b.submit(rows(4, 1))  # room again once the queue drained
+        await b.stop()
+
+    run(main())
+    assert len(graph.batches) == 4
+
+
+def test_expired_and_cancelled_requests_are_dropped_not_computed() -> None:
+    graph = Graph(gated=True)
+
+    async def main() -> None:
+        b = Batcher("decoder", graph, Metrics().graph("decoder"), max_rows=64)
+        b.start()
+        running = b.submit(rows(0, 1))
+        await asyncio.to_thread(graph.running.wait, 10)
+        expired = b.submit(rows(100, 1), timeout=0.01)
+        cancelled = b.submit(rows(200, 1))
+        kept = b.submit(rows(300, 1), timeout=30)
+        cancelled.cancel()
+        await asyncio.sleep(0.05)  # past the first deadline, while the batch before it still runs
+        graph.gate.set()
+        await running
+        with pytest.raises(DeadlineExpired, match="deadline passed while queued for the decoder"):
+            await expired
+        (out, _) = await kept
+        np.testing.assert_array_equal(out, 2 * rows(300, 1))
+        await b.stop()
+
+    run(main())
+    assert [x[:, 0].tolist() for x in graph.batches] == [[0], [300]]
+
+
+def test_a_failing_run_fails_its_requests_and_the_batcher_goes_on() -> None:
+    calls = []
+
+    def flaky(x: np.ndarray) -> list[np.ndarray]:
+        calls.append(len(x))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return [x]
+
+    async def main() -> None:
+        b = Batcher("decoder", flaky, Metrics().graph("decoder"), max_rows=8)
+        b.start()
+        with pytest.raises(InferenceFailed, match="decoder inference failed: boom"):
+            await b.submit(rows(0, 2))
+        (out,) = await b.submit(rows(5, 2))
+        np.testing.assert_array_equal(out, rows(5, 2))
+        await b.stop()
+
+    run(main())
+
+
+def test_with_a_delay_a_lone_caller_never_waits_and_concurrent_callers_are_awaited() -> None:
+    graph = Graph()
+
+    async def main() -> None:
+        b = Batcher("decoder", graph, Metrics().graph("decoder"), max_rows=64, max_delay_s=30.0)
+        b.start()
+        for i in range(3):  # one caller at a time: each request runs at once, not after the 30 s delay
+            await asyncio.wait_for(b.submit(rows(i, 1)), 10)
+        await asyncio.gather(b.submit(rows(10, 1)), b.submit(rows(11, 1)))  # two callers now
+        first = b.submit(rows(20, 1))
+        await asyncio.sleep(0.05)  # the batch waits for the second active caller...
+        assert len(graph.batches) == 4
+        await asyncio.wait_for(asyncio.gather(first, b.submit(rows(21, 1))), 10)  # ...which releases it
+        await b.stop()
+
+    run(main())
+    assert [x[:, 0].tolist() for x in graph.batches] == [[0], [1], [2], [10, 11], [20, 21]]
+
+
+def test_with_a_delay_a_full_batch_does_not_wait() -> None:
+    graph = Graph()
+
+    async def main() -> None:
+        b = Batcher("decoder", graph, Metrics().graph("decoder"), max_rows=4, max_delay_s=30.0)
+        b.start()
+        await asyncio.gather(b.submit(rows(0, 1)), b.submit(rows(1, 1)), b.submit(rows(2, 1)))  # three callers
+        await asyncio.wait_for(b.submit(rows(10, 4)), 10)  # one full request: runs although two are missing
+        await b.stop()
+
+    run(main())
+    assert [len(x) for x in graph.batches] == [3, 4]

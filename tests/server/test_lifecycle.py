@@ -1,0 +1,190 @@
+"""The server process: start-up failures, health, graceful drain on SIGTERM/SIGINT, deadlines, queue overflow."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import free_port
+from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
+from vaeserve.server.client import VaeClient, to_tensor
+
+from .conftest import ServerProcess, serve_command, serving
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+BIG = 4096  # rows of one conv decoder run: tens of milliseconds on one CPU thread
+BIG_BATCHES = ("--max-batch-size", str(BIG), "--max-concurrent-rpcs", str(BIG))
+
+
+def run_serve(repo: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`vaeserve serve` expected to fail at start-up."""
+    cmd = serve_command(repo, *flags, port=free_port(), metrics_port=0)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_a_repository_that_fails_verification_stops_the_server_with_its_message(
+    model_repo: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(model_repo / "vae", repo / "vae")
+    decoder = repo / "vae" / "1" / "decoder.onnx"
+    decoder.write_bytes(decoder.read_bytes()[:-10])
+    result = run_serve(repo)
+    assert result.returncode != 0
+    assert "vaeserve serve: error:" in result.stderr and "decoder.onnx: SHA-256" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    result = run_serve(tmp_path / "nowhere")
+    assert result.returncode != 0 and "model 'vae' not found" in result.stderr
+
+
+def test_device_cuda_without_cuda_fails_clearly(model_repo: Path) -> None:
+    result = run_serve(model_repo, "--device", "cuda")
+    assert result.returncode != 0
+    assert "vaeserve serve: error: --device cuda:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_flags_come_from_the_environment_and_are_checked(model_repo: Path, tmp_path: Path) -> None:
+    env = {"VAESERVE_MAX_BATCH_SIZE": "7", "VAESERVE_MAX_NUM_SAMPLES": "99", "VAESERVE_LOG_FORMAT": "json"}
+    with serving(model_repo, tmp_path / "serve.log", env=env) as server, VaeClient(server.target) as client:
+        info = client.info()
+    assert (info.max_batch_size, info.max_num_samples) == (7, 99)
+    lines = [json.loads(line) for line in server.output().splitlines()]
+    messages = " | ".join(line["message"] for line in lines)
+    for fact in ("model vae version 1", "execution provider CPUExecutionProvider", "intra-op 1", "gRPC listening on",
+                 "max 7 rows", "SERVING", "draining", "stopped"):  # fmt: skip
+        assert fact in messages
+
+    result = run_serve(model_repo, "--max-batch-size", "64", "--max-concurrent-rpcs", "8")
+    assert result.returncode == 2
+    assert "--max-concurrent-rpcs: expected >= --max-batch-size (64), got 8" in result.stderr
+    result = run_serve(model_repo, "--max-num-samples", "5000", "--max-message-mb", "1")
+    assert result.returncode == 2
+    assert "--max-num-samples 5000: a full response of [1, 8, 8] images is 1.4 MiB, more than --max-message-mb 1" in (
+        result.stderr
+    )
+    result = run_serve(model_repo, "--otlp-endpoint", "localhost:4317")
+    assert result.returncode == 2 and "--otlp-endpoint: expected http://HOST:PORT" in result.stderr
+
+
+def test_a_port_in_use_is_an_error(server: ServerProcess, model_repo: Path) -> None:
+    result = subprocess.run(
+        serve_command(model_repo, port=server.port, metrics_port=0), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and f"--port: cannot listen on 127.0.0.1:{server.port}" in result.stderr
+
+
+def test_health_watch_sees_serving_then_not_serving_on_sigterm(model_repo: Path, tmp_path: Path) -> None:
+    seen = []
+    with serving(model_repo, tmp_path / "serve.log", "--grace-period", "1") as server:
+        with grpc.insecure_channel(server.target) as channel:
+            stream = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="vae.v1.VaeService"), timeout=30
+            )
+            seen.append(next(stream).status)
+            server.signal(signal.SIGTERM)
+            with contextlib.suppress(grpc.RpcError):  # the stream is cut when the server stops
+                for response in stream:
+                    seen.append(response.status)
+        assert server.wait() == 0
+    assert seen[:2] == [SERVING, NOT_SERVING]
+
+
+def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_0(conv_model_repo: Path, tmp_path: Path) -> None:
+    flags = (*BIG_BATCHES, "--max-num-samples", str(4 * BIG), "--grace-period", "30")
+    with serving(conv_model_repo, tmp_path / "serve.log", *flags) as server:
+        with VaeClient(server.target) as client, ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(client.sample, 4 * BIG, 5)  # several conv runs: long enough to catch in flight
+            while server.metric("vaeserve_inflight_requests") < 1:
+                time.sleep(0.005)
+            server.signal(signal.SIGTERM)
+            time.sleep(0.2)
+            with pytest.raises(grpc.RpcError) as refused:
+                client.sample(1, seed=0)
+            images, latents = in_flight.result(timeout=60)
+        assert server.wait() == 0
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert images.shape == (4 * BIG, 1, 8, 8) and latents.shape == (4 * BIG, 8)
+    assert "draining" in server.output()
+
+
+def test_sigint_stops_cleanly(model_repo: Path, tmp_path: Path) -> None:
+    with serving(model_repo, tmp_path / "serve.log") as server:
+        server.signal(signal.SIGINT)
+        assert server.wait() == 0
+    assert "Traceback" not in server.output()
+
+
+@pytest.fixture(scope="module")
+def busy_server(conv_model_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A conv server whose full batches take long enough for a queue to build up."""
+    log = tmp_path_factory.mktemp("busy") / "serve.log"
+    with serving(conv_model_repo, log, *BIG_BATCHES, "--max-queue", "5") as server:
+        yield server
+
+
+def _decode_burst(target: str, n: int) -> list[grpc.RpcError | None]:
+    """n concurrent full-batch Decode calls; the error (or None) of each."""
+    z = to_tensor(np.zeros((BIG, 8), np.float32))
+    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)]) as channel:
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        futures = [stub.Decode.future(vae_pb2.DecodeRequest(latents=z), timeout=60) for _ in range(n)]
+        return [f.exception() for f in futures]
+
+
+def test_a_full_queue_answers_resource_exhausted_at_once(busy_server: ServerProcess) -> None:
+    for _ in range(5):  # the burst must arrive while a batch runs; it nearly always does at once
+        errors = _decode_burst(busy_server.target, 12)
+        refused = [e for e in errors if e is not None]
+        if refused:
+            break
+    assert refused, "12 concurrent calls never overflowed a queue of 5"
+    assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert "the decoder queue is full (5 requests waiting)" in refused[0].details()
+    assert sum(e is None for e in errors) >= 6  # one running, five queued
+
+
+def test_calls_that_expire_or_are_cancelled_while_queued_are_not_computed(busy_server: ServerProcess) -> None:
+    rows = 'vaeserve_batch_size_sum{graph="decoder"}'
+    expired = 'vaeserve_requests_total{code="DEADLINE_EXCEEDED",method="Sample"}'
+    cancelled = 'vaeserve_requests_total{code="CANCELLED",method="Sample"}'
+    before = {m: busy_server.metric(m, default=0.0) for m in (rows, expired, cancelled)}
+    with grpc.insecure_channel(busy_server.target, options=[("grpc.max_receive_message_length", -1)]) as channel:
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        z = to_tensor(np.zeros((BIG, 8), np.float32))
+        ahead = [stub.Decode.future(vae_pb2.DecodeRequest(latents=z), timeout=60) for _ in range(4)]
+        while busy_server.metric('vaeserve_queue_depth{graph="decoder"}') < 1:  # the runs ahead have started
+            time.sleep(0.002)
+        # Long enough to reach the server, shorter than the three full runs still queued ahead of it.
+        late = stub.Sample.future(vae_pb2.SampleRequest(num_samples=7), timeout=0.04)
+        abandoned = stub.Sample.future(vae_pb2.SampleRequest(num_samples=5), timeout=60)
+        time.sleep(0.01)  # it reaches the server's queue, then the client gives up on it
+        abandoned.cancel()
+        assert late.exception(timeout=60).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        for f in ahead:
+            f.result(timeout=60)
+    # The server had both calls and dropped them: their 7 + 5 rows were never run.
+    assert busy_server.metric(expired) - before[expired] == 1
+    assert busy_server.metric(cancelled) - before[cancelled] == 1
+    assert busy_server.metric(rows) - before[rows] == 4 * BIG
+    with VaeClient(busy_server.target) as client:
+        assert client.sample(7, seed=0)[0].shape == (7, 1, 8, 8)  # and the server carries on
+
+
+def test_cli_module_runs_as_a_script() -> None:
+    result = subprocess.run([sys.executable, "-m", "vaeserve.cli", "serve", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "VAESERVE_MAX_BATCH_DELAY_MS" in result.stdout

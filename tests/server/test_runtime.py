@@ -1,0 +1,35 @@
+"""onnxruntime sessions: provider choice and the IO-binding path (exercised on CPU, where it binds host memory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vaeserve.server.runtime import DeviceError, GraphSession
+
+
+def test_cpu_session_runs_the_graph_with_and_without_io_binding(model_repo: Path) -> None:
+    graph = GraphSession(model_repo / "vae" / "1" / "encoder.onnx", "image", ["mean", "log_variance"], device="cpu")
+    assert graph.provider == "CPUExecutionProvider" and graph.cpu_reason == "CPU requested"
+    graph.warm_up((1, 8, 8), 16)
+    x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    plain = graph.run(x)
+    bound = graph._run_bound(x)
+    assert [a.shape for a in plain] == [(5, 8), (5, 8)]
+    for a, b in zip(plain, bound, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_auto_uses_cuda_only_where_it_really_works(model_repo: Path) -> None:
+    decoder = model_repo / "vae" / "1" / "decoder.onnx"
+    with pytest.raises(DeviceError, match="--device: expected one of auto, cpu, cuda, got 'tpu'"):
+        GraphSession(decoder, "latent", ["image"], device="tpu")
+    graph = GraphSession(decoder, "latent", ["image"], device="auto")
+    if graph.provider == "CUDAExecutionProvider":  # a machine with a usable GPU: IO binding on the device
+        assert graph.cpu_reason == "" and graph.run == graph._run_bound and graph.device_type == "cuda"
+        return
+    assert graph.provider == "CPUExecutionProvider" and graph.cpu_reason  # the reason goes to the start-up log
+    with pytest.raises(DeviceError, match="--device cuda: "):
+        GraphSession(decoder, "latent", ["image"], device="cuda")

@@ -1,0 +1,124 @@
+"""Request validation and the server's noise, on their own (no server)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vaeserve.protos.vae.v1 import vae_pb2
+from vaeserve.server import validation
+from vaeserve.server.errors import InvalidArgument
+from vaeserve.server.noise import draw_eps, reparameterize
+
+IMAGE_SHAPE = (1, 8, 8)
+
+
+def tensor(a: np.ndarray) -> vae_pb2.Tensor:
+    return vae_pb2.Tensor(shape=a.shape, data=np.asarray(a, "<f4").tobytes())
+
+
+def test_images_are_a_view_of_the_request_bytes() -> None:
+    x = np.random.default_rng(0).random((3, *IMAGE_SHAPE), dtype=np.float32)
+    t = tensor(x)
+    got = validation.images(t, "images", IMAGE_SHAPE, 8)
+    np.testing.assert_array_equal(got, x)
+    assert not got.flags.owndata  # no copy of the request
+
+
+@pytest.mark.parametrize(
+    ("shape", "data_len", "message"),
+    [
+        ((3, 1, 28, 28), None, "images.shape: expected [N, 1, 8, 8], got [3, 1, 28, 28]"),
+        ((1, 8, 8), None, "images.shape: expected [N, 1, 8, 8], got [1, 8, 8]"),
+        ((), 0, "images.shape: expected [N, 1, 8, 8], got []"),
+        ((0, 1, 8, 8), 0, "images.shape: expected [N, 1, 8, 8] with 1 <= N <= 8, got N = 0"),
+        ((9, 1, 8, 8), None, "images.shape: expected [N, 1, 8, 8] with 1 <= N <= 8, got N = 9"),
+        ((2, 1, 8, 8), 511, "images.data: expected 512 bytes (float32 [2, 1, 8, 8]), got 511"),
+    ],
+)
+def test_bad_image_tensors_name_the_field_and_expected_value(shape: tuple, data_len: int | None, message: str) -> None:
+    n = data_len if data_len is not None else 4 * math.prod(shape)
+    t = vae_pb2.Tensor(shape=shape, data=bytes(n))
+    with pytest.raises(InvalidArgument) as info:
+        validation.images(t, "images", IMAGE_SHAPE, 8)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (np.nan, "images.data: expected finite values in [0, 1], got NaN or Inf"),
+        (np.inf, "images.data: expected finite values in [0, 1], got NaN or Inf"),
+        (1.5, "images.data: expected values in [0, 1], got values in [0, 1.5]"),
+        (-0.25, "images.data: expected values in [0, 1], got values in [-0.25, 0]"),
+    ],
+)
+def test_image_values_must_be_finite_and_in_unit_range(value: float, message: str) -> None:
+    x = np.zeros((2, *IMAGE_SHAPE), np.float32)
+    x[1, 0, 3, 4] = value
+    with pytest.raises(InvalidArgument) as info:
+        validation.images(tensor(x), "images", IMAGE_SHAPE, 8)
+    assert str(info.value) == message
+
+
+def test_latents_check_dimension_and_finiteness() -> None:
+    with pytest.raises(InvalidArgument, match=r"latents.shape: expected \[N, 8\], got \[2, 4\]"):
+        validation.latents(tensor(np.zeros((2, 4))), "latents", 8, 8)
+    z = np.zeros((2, 8), np.float32)
+    z[0, 0] = -np.inf
+    with pytest.raises(InvalidArgument, match=r"latents\.data: expected finite values"):
+        validation.latents(tensor(z), "latents", 8, 8)
+    big = np.full((2, 8), 1e30, np.float32)  # large but finite latents are the caller's business
+    np.testing.assert_array_equal(validation.latents(tensor(big), "latents", 8, 8), big)
+
+
+def test_num_samples_and_temperature() -> None:
+    assert validation.num_samples(8, 8) == 8
+    for n in (0, 9):
+        with pytest.raises(InvalidArgument, match=rf"num_samples: expected 1 <= num_samples <= 8, got {n}"):
+            validation.num_samples(n, 8)
+    assert validation.temperature(0.0) == 1.0
+    assert validation.temperature(0.5) == 0.5
+    for t in (-1.0, math.nan, math.inf):
+        with pytest.raises(InvalidArgument, match="temperature: expected a finite value >= 0"):
+            validation.temperature(t)
+
+
+@given(
+    shape=st.lists(st.integers(-2, 10), max_size=5),
+    extra_bytes=st.integers(-8, 8),
+    fill=st.floats(allow_nan=True, allow_infinity=True, width=32),
+)
+def test_any_tensor_is_accepted_exactly_when_it_is_valid(shape: list[int], extra_bytes: int, fill: float) -> None:
+    size = math.prod(shape) if shape and min(shape) >= 0 else 0
+    t = vae_pb2.Tensor(shape=shape, data=np.full(max(0, size * 4 + extra_bytes) // 4, fill, "<f4").tobytes())
+    valid = (len(shape) == 4 and tuple(shape[1:]) == IMAGE_SHAPE and 1 <= shape[0] <= 8 and extra_bytes == 0
+             and 0.0 <= fill <= 1.0)  # fmt: skip
+    try:
+        x = validation.images(t, "images", IMAGE_SHAPE, 8)
+    except InvalidArgument as exc:
+        assert not valid, exc
+        assert str(exc).startswith(("images.shape: expected [N, 1, 8, 8]", "images.data: expected"))
+    else:
+        assert valid and x.shape == tuple(shape)
+
+
+def test_eps_is_a_pure_function_of_the_seed() -> None:
+    a, b = draw_eps(7, 5, 8), draw_eps(7, 5, 8)
+    assert a.dtype == np.float32 and a.shape == (5, 8)
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() == np.random.Generator(np.random.PCG64(7)).standard_normal((5, 8), np.float32).tobytes()
+    assert draw_eps(8, 5, 8).tobytes() != a.tobytes()
+    assert draw_eps(None, 5, 8).tobytes() != draw_eps(None, 5, 8).tobytes()  # fresh entropy when unseeded
+
+
+def test_reparameterize_matches_the_definition() -> None:
+    rng = np.random.default_rng(0)
+    mean, log_variance, eps = (rng.standard_normal((4, 3)).astype(np.float32) for _ in range(3))
+    z = reparameterize(mean, log_variance, eps)
+    assert z.dtype == np.float32
+    np.testing.assert_allclose(z, mean + np.sqrt(np.exp(log_variance)) * eps, rtol=1e-6)
