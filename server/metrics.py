@@ -1,0 +1,314 @@
+"""Prometheus metrics of the server: the metric families, the interceptor that counts every RPC, the exposition.
+
+Counting happens in two places only: `Metrics.interceptor()` sees every RPC (requests, latency, in-flight) and
+`GraphMetrics.batch()` sees every onnxruntime run (batch size, inference time, queue waits, images). Handlers
+count nothing themselves. Calls that gRPC answers before any handler runs are not counted: over
+--max-concurrent-rpcs or over the message size limit (RESOURCE_EXHAUSTED), unknown methods (UNIMPLEMENTED);
+nor are gRPC's own health and reflection services (see _UNCOUNTED_PREFIX).
+
+Names are part of the operators' contract (dashboards, alerts): see deploy/grafana/vaeserve-dashboard.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from threading import Thread
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc import aio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from vaeserve.errors import VaeserveError
+
+# 0.5 ms (a cached small call) to 10 s (a huge Sample on CPU); roughly x2-x2.5 per step so p99 stays readable.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Powers of two: batches are integer row counts and max batch sizes are usually powers of two.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+GRAPHS = ("encoder", "decoder")
+
+# RPCs of gRPC's own services (grpc.health.v1, grpc.reflection.*) are not counted: kubelet probes every few
+# seconds would dominate the RPS of an idle server, and Health/Watch or reflection streams would sit in
+# vaeserve_inflight_requests for as long as the client stays connected.
+_UNCOUNTED_PREFIX = "/grpc."
+
+# context.code() is a grpc.StatusCode once set (by set_code or abort), None when the handler never set one.
+_CODE_NAMES: dict[grpc.StatusCode | None, str] = {code: code.name for code in grpc.StatusCode}
+_CODE_NAMES[None] = "OK"
+
+
+class Metrics:
+    """Every vaeserve_* metric family, registered in one registry (fresh per instance unless one is given)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        if registry is None:
+            # A fresh registry, so tests and several servers in one process never share counters; it gets the
+            # collectors prometheus_client puts in its global REGISTRY (process_*, python_info, python_gc_*).
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self.registry = registry
+        self.requests = Counter(
+            "vaeserve_requests_total",
+            "RPCs finished, by method and gRPC status code.",
+            ("method", "code"),
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "vaeserve_request_duration_seconds",
+            "RPC time from handler start to response, by method.",
+            ("method",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inflight = Gauge("vaeserve_inflight_requests", "RPCs being handled now.", registry=registry)
+        self.queue_wait = Histogram(
+            "vaeserve_queue_wait_seconds",
+            "Time a request waited in the batching queue before its batch ran.",
+            ("graph",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "vaeserve_batch_size", "Rows per onnxruntime run.", ("graph",), buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.inference_duration = Histogram(
+            "vaeserve_inference_duration_seconds",
+            "onnxruntime session.run time per batch.",
+            ("graph",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "vaeserve_queue_depth", "Requests waiting to be batched.", ("graph",), registry=registry
+        )
+        self.images_generated = Counter(
+            "vaeserve_images_generated_total", "Images produced by the decoder.", registry=registry
+        )
+        self.images_encoded = Counter(
+            "vaeserve_images_encoded_total", "Images run through the encoder.", registry=registry
+        )
+        self.model_info = Gauge(
+            "vaeserve_model_info", "The served model; always 1.", ("name", "version", "provider"), registry=registry
+        )
+        self._graphs: dict[str, GraphMetrics] = {}
+        self._interceptor: _MetricsInterceptor | None = None
+        for graph in GRAPHS:  # series exist from the start, so rate() and dashboards see zeros rather than no data
+            self.graph(graph)
+
+    def graph(self, name: str) -> GraphMetrics:
+        """The metrics of one graph ("encoder" or "decoder"), label children bound once."""
+        if name not in GRAPHS:
+            raise ValueError(f"graph must be one of {GRAPHS}, got {name!r}")
+        if name not in self._graphs:
+            images = self.images_encoded if name == "encoder" else self.images_generated
+            self._graphs[name] = GraphMetrics(
+                self.queue_wait.labels(name),
+                self.batch_size.labels(name),
+                self.inference_duration.labels(name),
+                self.queue_depth.labels(name),
+                images,
+            )
+        return self._graphs[name]
+
+    def set_model_info(self, name: str, version: int, provider: str) -> None:
+        self.model_info.clear()  # one series: the model served now
+        self.model_info.labels(name, str(version), provider).set(1)
+
+    def interceptor(self) -> aio.ServerInterceptor:
+        """The interceptor counting this server's RPCs; one per Metrics (it owns the in-flight count)."""
+        if self._interceptor is None:
+            self._interceptor = _MetricsInterceptor(self)
+        return self._interceptor
+
+    def serve_http(self, host: str, port: int) -> MetricsHttpServer | None:
+        """Serves http://HOST:PORT/metrics from a daemon thread; port 0 disables it (returns None)."""
+        if port == 0:
+            return None
+        try:
+            server, thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise VaeserveError(f"--metrics-port: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        return MetricsHttpServer(server, thread)
+
+
+@dataclass
+class MetricsHttpServer:
+    """The running exposition server; close() stops it and frees the port."""
+
+    server: WSGIServer
+    thread: Thread
+
+    @property
+    def port(self) -> int:
+        return self.server.server_port
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+class GraphMetrics:
+    """Metrics of one graph's batching queue and onnxruntime runs."""
+
+    def __init__(
+        self, queue_wait: Histogram, batch_size: Histogram, inference: Histogram, depth: Gauge, images: Counter
+    ):
+        self._queue_wait = queue_wait
+        self._batch_size = batch_size
+        self._inference = inference
+        self._depth = depth
+        self._images = images
+
+    def queue_depth(self, n: int) -> None:
+        self._depth.set(n)
+
+    def batch(self, rows: int, inference_seconds: float, queue_waits: Sequence[float]) -> None:
+        """One onnxruntime run of `rows` rows, merging requests that waited `queue_waits` seconds each."""
+        self._batch_size.observe(rows)
+        self._inference.observe(inference_seconds)
+        for wait in queue_waits:
+            self._queue_wait.observe(wait)
+        self._images.inc(rows)
+
+
+class _MethodMetrics:
+    """Bound label children of one RPC method: the per-call path does no label lookup and builds no tuple."""
+
+    __slots__ = ("_incs", "_method", "_requests", "inflight", "observe")
+
+    def __init__(self, metrics: Metrics, inflight: _Inflight, method: str) -> None:
+        self._requests = metrics.requests
+        self._method = method
+        # status (a grpc.StatusCode, or None when the handler set none) -> bound Counter.inc of its series
+        self._incs: dict[grpc.StatusCode | None, Callable[[], None]] = {}
+        self.observe = metrics.request_duration.labels(method).observe
+        self.inflight = inflight
+
+    def count(self, code: grpc.StatusCode | None) -> None:
+        inc = self._incs.get(code)
+        if inc is None:
+            inc = self._incs[code] = self._requests.labels(self._method, _CODE_NAMES.get(code, "UNKNOWN")).inc
+        inc()
+
+
+class _Inflight:
+    """RPCs being handled. A plain int, not Gauge.inc/dec (a lock each): handlers all run on the event loop
+    thread, and the gauge reads it at scrape time."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+def _cancelled_status(context: aio.ServicerContext) -> grpc.StatusCode:
+    # gRPC cancels the handler both when the client cancels and when the deadline passes.
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+
+
+# The status of a handler that raised anything but an abort: what gRPC sends for it.
+_UNEXPECTED = grpc.StatusCode.UNKNOWN
+
+
+def _count_unary_response(m: _MethodMetrics, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def handler(request_or_iterator: Any, context: aio.ServicerContext) -> Any:
+        m.inflight.n += 1
+        start = time.perf_counter()
+        code = _UNEXPECTED
+        try:
+            response = await behavior(request_or_iterator, context)
+            code = context.code()  # None unless the handler called set_code
+            return response
+        except asyncio.CancelledError:
+            code = _cancelled_status(context)
+            raise
+        except aio.AbortError:
+            code = context.code()
+            raise
+        finally:
+            m.observe(time.perf_counter() - start)
+            m.inflight.n -= 1
+            m.count(code)
+
+    return handler
+
+
+def _count_stream_response(m: _MethodMetrics, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    # Streaming handlers are either async generators or coroutines that call context.write(); both end here.
+    async def handler(request_or_iterator: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        m.inflight.n += 1
+        start = time.perf_counter()
+        code = _UNEXPECTED
+        try:
+            responses = behavior(request_or_iterator, context)
+            if hasattr(responses, "__aiter__"):
+                async for response in responses:
+                    yield response
+            else:
+                await responses
+            code = context.code()
+        except (asyncio.CancelledError, GeneratorExit):
+            code = _cancelled_status(context)
+            raise
+        except aio.AbortError:
+            code = context.code()
+            raise
+        finally:
+            m.observe(time.perf_counter() - start)
+            m.inflight.n -= 1
+            m.count(code)
+
+    return handler
+
+
+class _MetricsInterceptor(aio.ServerInterceptor):
+    """Counts every RPC once: vaeserve_requests_total, vaeserve_request_duration_seconds, in-flight.
+
+    A method's handler is wrapped once and reused (the servicer's handlers are created once at registration),
+    so a call costs one dict lookup here plus the wrapper's work.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._inflight = _Inflight()
+        metrics.inflight.set_function(lambda: self._inflight.n)
+        # method path -> (handler the server returned, our wrapped handler)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        path = handler_call_details.method
+        cached = self._wrapped.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        if handler is None or path.startswith(_UNCOUNTED_PREFIX):
+            # Unknown methods are answered UNIMPLEMENTED by gRPC itself, before any handler we could wrap.
+            return handler
+        wrapped = self._wrap(handler, path.rsplit("/", 1)[-1])
+        self._wrapped[path] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        m = _MethodMetrics(self._metrics, self._inflight, method)
+        if handler.unary_unary:
+            return handler._replace(unary_unary=_count_unary_response(m, handler.unary_unary))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=_count_unary_response(m, handler.stream_unary))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=_count_stream_response(m, handler.unary_stream))
+        return handler._replace(stream_stream=_count_stream_response(m, handler.stream_stream))

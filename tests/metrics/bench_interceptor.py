@@ -1,0 +1,136 @@
+"""What the metrics interceptor costs per RPC: `python -m tests.metrics.bench_interceptor`.
+
+Two figures:
+- isolated: intercept_service + the counting wrapper around an empty async handler, against the bare handler,
+  in one event loop (a stand-in context gives the wrapper the two calls it makes on a real one);
+- end to end: sequential unary calls over loopback to a real grpc.aio server, with and without the interceptor,
+  rounds alternated so both see the same machine load. Noisy on a busy machine; the isolated figure is the cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import grpc
+from grpc import aio
+
+from tests.bench.report import markdown_table, write_section
+from vaeserve.server.metrics import Metrics
+
+METHOD = "/vae.v1.VaeService/Encode"
+
+
+async def _echo(request: bytes, context: object) -> bytes:
+    return request
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+HANDLER = grpc.unary_unary_rpc_method_handler(_echo, _identity, _identity)
+
+
+class _Details:
+    method = METHOD
+    invocation_metadata = ()
+
+
+class _Context:
+    """The two ServicerContext calls the wrapper makes on a call that returns normally."""
+
+    def code(self) -> None:
+        return None
+
+    def time_remaining(self) -> float:
+        return 1.0
+
+
+async def _isolated_ns(calls: int) -> tuple[float, float]:
+    interceptor = Metrics().interceptor()
+    details, context = _Details(), _Context()
+
+    async def continuation(_: object) -> grpc.RpcMethodHandler:
+        return HANDLER
+
+    async def bare() -> None:
+        handler = await continuation(details)
+        await handler.unary_unary(b"x", context)
+
+    async def counted() -> None:
+        handler = await interceptor.intercept_service(continuation, details)
+        await handler.unary_unary(b"x", context)
+
+    timings = {}
+    for name, fn in (("bare", bare), ("counted", counted)) * 3:  # best of three each: the least disturbed run
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            await fn()
+        per_call = (time.perf_counter_ns() - start) / calls
+        timings[name] = min(timings.get(name, per_call), per_call)
+    return timings["bare"], timings["counted"]
+
+
+async def _loopback_us(calls: int, rounds: int) -> tuple[float, float, float]:
+    servers, channels, ports = [], [], []
+    for interceptors in ([], [Metrics().interceptor()]):
+        server = aio.server(interceptors=interceptors)
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("vae.v1.VaeService", {"Encode": HANDLER})]
+        )
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        servers.append(server)
+    try:
+        for port in ports:
+            channels.append(aio.insecure_channel(f"127.0.0.1:{port}"))
+        stubs = [channel.unary_unary(METHOD) for channel in channels]
+        for stub in stubs:  # connect and warm up
+            for _ in range(200):
+                await stub(b"x")
+        per_call: list[list[float]] = [[], []]
+        for _ in range(rounds):
+            for i, stub in enumerate(stubs):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    await stub(b"x")
+                per_call[i].append((time.perf_counter() - start) / calls * 1e6)
+        differences = [with_ - without for without, with_ in zip(*per_call, strict=True)]
+        return statistics.median(per_call[0]), statistics.median(per_call[1]), statistics.median(differences)
+    finally:
+        for channel in channels:
+            await channel.close()
+        for server in servers:
+            await server.stop(None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20000, help="calls per isolated run (default: %(default)s)")
+    parser.add_argument("--rpcs", type=int, default=500, help="RPCs per loopback round (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=20, help="loopback rounds per variant (default: %(default)s)")
+    args = parser.parse_args()
+
+    bare_ns, counted_ns = asyncio.run(_isolated_ns(args.calls))
+    plain_us, intercepted_us, cost_us = asyncio.run(_loopback_us(args.rpcs, args.rounds))
+    rows = [
+        ["isolated: handler path, per call", f"{bare_ns / 1000:.2f} us", f"{counted_ns / 1000:.2f} us",
+         f"{(counted_ns - bare_ns) / 1000:.2f} us"],
+        ["loopback unary RPC, sequential", f"{plain_us:.1f} us", f"{intercepted_us:.1f} us",
+         f"{cost_us:.1f} us"],
+    ]  # fmt: skip
+    body = markdown_table(["measure", "without interceptor", "with interceptor", "cost"], rows)
+    body += (
+        f"\n\nIsolated: {args.calls} calls, best of 3. Loopback: {args.rounds} alternated rounds of {args.rpcs} RPCs"
+        " per variant, median per-call time, cost = median of the per-round differences."
+        "\nReproduce: `.venv/bin/python -m tests.metrics.bench_interceptor`."
+    )
+    print(body)
+    write_section("interceptor", "Metrics interceptor overhead", body)
+
+
+if __name__ == "__main__":
+    main()

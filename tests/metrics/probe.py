@@ -1,0 +1,90 @@
+"""A probe gRPC service of known outcomes on a real grpc.aio server on loopback, with given interceptors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2_grpc
+
+SERVICE = "test.v1.Probe"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class Probe:
+    """Handlers whose outcome is known in advance; `started` is set when `Hang` begins."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def ok(self, request: bytes, context: aio.ServicerContext) -> bytes:
+        return request
+
+    async def invalid(self, request: bytes, context: aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "images: expected shape [N,1,8,8]")
+
+    async def not_found(self, request: bytes, context: aio.ServicerContext) -> bytes:
+        context.set_code(grpc.StatusCode.NOT_FOUND)
+        context.set_details("no such model")
+        return b""
+
+    async def boom(self, request: bytes, context: aio.ServicerContext) -> bytes:
+        raise RuntimeError("a bug")
+
+    async def hang(self, request: bytes, context: aio.ServicerContext) -> bytes:
+        self.started.set()
+        await asyncio.Event().wait()  # until cancelled
+        return request
+
+    async def chunks(self, request: bytes, context: aio.ServicerContext) -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield request
+
+    async def chunks_then_abort(self, request: bytes, context: aio.ServicerContext) -> AsyncIterator[bytes]:
+        yield request
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many chunks")
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
+        methods = {
+            "Ok": unary(self.ok, _identity, _identity),
+            "Invalid": unary(self.invalid, _identity, _identity),
+            "NotFound": unary(self.not_found, _identity, _identity),
+            "Boom": unary(self.boom, _identity, _identity),
+            "Hang": unary(self.hang, _identity, _identity),
+            "Chunks": stream(self.chunks, _identity, _identity),
+            "ChunksThenAbort": stream(self.chunks_then_abort, _identity, _identity),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+@contextlib.asynccontextmanager
+async def probe_server(*interceptors: aio.ServerInterceptor) -> AsyncIterator[tuple[Probe, aio.Channel]]:
+    """The probe and health services behind `interceptors`, and a channel to them."""
+    probe = Probe()
+    server = aio.server(interceptors=interceptors)
+    server.add_generic_rpc_handlers([probe.handler()])
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield probe, channel
+    finally:
+        await server.stop(None)
+
+
+async def call(
+    channel: aio.Channel, method: str, timeout: float | None = None, metadata: tuple[tuple[str, str], ...] = ()
+) -> grpc.StatusCode:
+    try:
+        await channel.unary_unary(f"/{SERVICE}/{method}")(b"x", timeout=timeout, metadata=metadata)
+    except aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
