@@ -37,7 +37,13 @@ serve: model
 system-deps:
 	@./.ci/system-deps.sh
 
-test: install system-deps
+# checkov (tests/deploy) pins old packaging/networkx/python-dateutil: its own venv keeps .venv as the product needs it.
+.venv-tools/.installed-stamp: deploy/requirements-tools.txt
+	@test -x .venv-tools/bin/python || $(PYTHON) -m venv .venv-tools
+	.venv-tools/bin/python -m pip install --quiet --requirement deploy/requirements-tools.txt
+	@touch $@
+
+test: install system-deps .venv-tools/.installed-stamp
 	$(BIN)/python -m pytest -q
 
 # Each benchmark prints its figures and rewrites its own section of BENCHMARKS.md.
