@@ -63,4 +63,4 @@ proto: install
 	$(BIN)/python -m vaeserve.protos.generate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools .venv-bench .pytest_cache .ruff_cache

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before failing on them
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        # torch's own message is a page of advice (including loading untrusted pickles); one line is enough.
+        raise CheckpointError(
+            f"{path}: not a checkpoint written by `vaeserve train` (torch.load with weights_only=True "
+            f"failed: {type(exc).__name__})"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a vaeserve checkpoint (no format={FORMAT!r} marker)")
     if ckpt.get("format_version") != FORMAT_VERSION:
@@ -77,5 +84,6 @@ def load_model(path: str | Path) -> tuple[VAE, dict[str, Any]]:
         model = VAE(cfg)
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: checkpoint does not match its model config: {exc}") from exc
+        detail = " ".join(str(exc).split())  # load_state_dict lists each mismatch on its own line
+        raise CheckpointError(f"{path}: checkpoint does not match its model config: {detail}") from exc
     return model.eval(), ckpt

@@ -140,4 +140,4 @@ def test_evaluate_rejects_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     bogus = tmp_path / "best.pt"
     bogus.write_text("not a checkpoint")
     assert vaeserve(["evaluate", "--checkpoint", str(bogus)]) == 2
-    assert f"{bogus}: not a readable torch checkpoint" in capsys.readouterr().err
+    assert f"{bogus}: not a checkpoint written by `vaeserve train`" in capsys.readouterr().err
