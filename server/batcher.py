@@ -9,6 +9,12 @@ Requests bigger than `max_rows` are split, and their rest goes back to the end o
 cannot starve small ones; a request's rows are only ever contiguous slices of its own array, so rows of
 different requests never mix. The queue is bounded (`QueueFull` at once),
 and a request whose deadline passed or whose call was cancelled while queued is dropped, never computed.
+
+Where a batch runs: a small model's batch takes tens of microseconds, less than handing it to a thread and
+back costs the event loop (a thread hop plus GIL hand-offs between the loop, gRPC's poller and the worker),
+so a batch whose predicted run time is under `inline_budget_s` runs on the loop itself. The prediction is a
+running mean of seconds per row; heavier batches, and every batch on CUDA (budget 0), go to the worker thread
+so the loop keeps reading requests while onnxruntime (which releases the GIL) computes.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class Batcher:
         max_rows: int = 64,
         max_delay_s: float = 0.0,
         max_queue: int = 1024,
+        inline_budget_s: float = 0.0,
     ) -> None:
         self.name = name
         self.run = run
@@ -71,9 +78,10 @@ class Batcher:
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
-        # A worker thread per graph keeps the event loop reading new requests while onnxruntime (which
-        # releases the GIL) runs the current batch; those requests then form the next batch. Measured against
-        # running session.run inline on the loop: inline batches stayed at ~1 row under 16 concurrent clients.
+        self.inline_budget_s = inline_budget_s
+        self._seconds_per_row = 0.0  # measured run time per row (running mean): predicts the next batch's
+        # For batches over the inline budget: the loop keeps reading new requests while onnxruntime runs the
+        # current batch in this thread, and those requests form the next batch.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnx-{name}")
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
@@ -159,14 +167,21 @@ class Batcher:
                 x = np.concatenate([req.x[a:b] for req, a, b in batch])
             t0 = time.perf_counter()
             try:
-                outputs = await loop.run_in_executor(self._executor, self.run, x)
+                if self._seconds_per_row * len(x) < self.inline_budget_s:
+                    outputs = self.run(x)
+                else:
+                    outputs = await loop.run_in_executor(self._executor, self.run, x)
             except Exception as exc:
                 log.exception("%s: onnxruntime failed on a batch of %d rows", self.name, len(x))
                 for req, _, _ in batch:
                     if not req.future.done():
                         req.future.set_exception(InferenceFailed(f"{self.name} inference failed: {exc}"))
                 continue
-            self.observer.batch(len(x), time.perf_counter() - t0, waits)
+            seconds = time.perf_counter() - t0
+            per_row = seconds / len(x)
+            # A running mean, seeded by the first run so that the prediction is not biased toward zero.
+            self._seconds_per_row = 0.9 * self._seconds_per_row + 0.1 * per_row if self._seconds_per_row else per_row
+            self.observer.batch(len(x), seconds, waits)
             offset = 0
             for req, a, b in batch:
                 n = b - a

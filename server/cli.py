@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .config import default as serve_default
+
 DEFAULT_TARGET = "localhost:50051"
 
 
@@ -33,29 +35,71 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="serve a model version over gRPC",
         description="Serve a model version over gRPC. Every flag can also be set by VAESERVE_<FLAG>.",
     )
-    add_flag(p, "--repo", "models", "model repository folder", type=Path)
-    add_flag(p, "--name", "vae", "model name in the repository")
-    add_flag(p, "--version", "latest", "model version number, or latest")
-    add_flag(p, "--host", "127.0.0.1", "address to listen on (0.0.0.0 in a container)")
-    add_flag(p, "--port", 50051, "gRPC port (0: any free port, logged)")
-    add_flag(p, "--metrics-port", 8000, "Prometheus /metrics port on the same host (0: disabled)")
-    add_flag(p, "--device", "auto", "execution provider: auto (CUDA when usable, else CPU), cpu, cuda",
-             choices=("auto", "cpu", "cuda"))  # fmt: skip
-    add_flag(p, "--max-batch-size", 64, "most rows per onnxruntime run")
-    add_flag(p, "--max-batch-delay-ms", 0.0, "longest a batch that is not full may wait for the requests of "
-             "callers known to be active (a lone caller never waits)")  # fmt: skip
-    add_flag(p, "--max-queue", 1024, "requests waiting per graph before new ones get RESOURCE_EXHAUSTED")
-    add_flag(p, "--max-num-samples", 4096, "most rows (samples or images) in one request")
-    add_flag(p, "--intra-op-threads", 1, "onnxruntime intra-op threads per session")
-    add_flag(p, "--inter-op-threads", 1, "onnxruntime inter-op threads per session")
-    add_flag(p, "--max-concurrent-rpcs", 1024, "calls admitted at once (>= --max-batch-size)")
-    add_flag(p, "--max-message-mb", 64, "largest request or response message in MiB")
-    add_flag(p, "--max-connection-age-s", 0.0, "close client connections after this many seconds, so load "
-             "rebalances across replicas (0: never)")  # fmt: skip
-    add_flag(p, "--max-connection-age-grace-s", 30.0, "time calls on an aged connection get to finish")
-    add_flag(p, "--grace-period", 10.0, "seconds in-flight calls get to finish after SIGTERM/SIGINT")
-    add_flag(p, "--otlp-endpoint", "", "OpenTelemetry collector for a span per RPC and per batch, "
-             "http://HOST:4317 (needs the tracing extra; empty: off)")  # fmt: skip
+    add_flag(p, "--repo", serve_default("repo"), "model repository folder", type=Path)
+    add_flag(p, "--name", serve_default("name"), "model name in the repository")
+    add_flag(p, "--version", serve_default("version"), "model version number, or latest")
+    add_flag(p, "--host", serve_default("host"), "address to listen on (0.0.0.0 in a container)")
+    add_flag(p, "--port", serve_default("port"), "gRPC port (0: any free port, logged)")
+    add_flag(
+        p, "--metrics-port", serve_default("metrics_port"), "Prometheus /metrics port on the same host (0: disabled)"
+    )
+    add_flag(
+        p,
+        "--device",
+        serve_default("device"),
+        "execution provider: auto (CUDA when usable, else CPU), cpu, cuda",
+        choices=("auto", "cpu", "cuda"),
+    )
+    add_flag(p, "--max-batch-size", serve_default("max_batch_size"), "most rows per onnxruntime run")
+    add_flag(
+        p,
+        "--max-batch-delay-ms",
+        serve_default("max_batch_delay_ms"),
+        "longest a batch that is not full may wait for the requests of "
+        "callers known to be active (a lone caller never waits)",
+    )
+    add_flag(
+        p,
+        "--inline-budget-us",
+        serve_default("inline_budget_us"),
+        "batches predicted to take less than this many "
+        "microseconds run on the event loop instead of the worker thread (CPU only; 0: always the thread)",
+    )
+    add_flag(
+        p,
+        "--max-queue",
+        serve_default("max_queue"),
+        "requests waiting per graph before new ones get RESOURCE_EXHAUSTED",
+    )
+    add_flag(p, "--max-num-samples", serve_default("max_num_samples"), "most rows (samples or images) in one request")
+    add_flag(p, "--intra-op-threads", serve_default("intra_op_threads"), "onnxruntime intra-op threads per session")
+    add_flag(p, "--inter-op-threads", serve_default("inter_op_threads"), "onnxruntime inter-op threads per session")
+    add_flag(
+        p, "--max-concurrent-rpcs", serve_default("max_concurrent_rpcs"), "calls admitted at once (>= --max-batch-size)"
+    )
+    add_flag(p, "--max-message-mb", serve_default("max_message_mb"), "largest request or response message in MiB")
+    add_flag(
+        p,
+        "--max-connection-age-s",
+        serve_default("max_connection_age_s"),
+        "close client connections after this many seconds, so load rebalances across replicas (0: never)",
+    )
+    add_flag(
+        p,
+        "--max-connection-age-grace-s",
+        serve_default("max_connection_age_grace_s"),
+        "time calls on an aged connection get to finish",
+    )
+    add_flag(
+        p, "--grace-period", serve_default("grace_period"), "seconds in-flight calls get to finish after SIGTERM/SIGINT"
+    )
+    add_flag(
+        p,
+        "--otlp-endpoint",
+        serve_default("otlp_endpoint"),
+        "OpenTelemetry collector for a span per RPC and per batch, "
+        "http://HOST:4317 (needs the tracing extra; empty: off)",
+    )
     add_flag(p, "--log-format", "text", "log line format", choices=("text", "json"))
     add_flag(p, "--log-level", "INFO", "log level")
     p.set_defaults(run=run_serve)

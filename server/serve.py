@@ -12,8 +12,6 @@ import asyncio
 import logging
 import math
 import signal
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +22,7 @@ from vaeserve.export.repository import ModelVersion, resolve_version, verify_ver
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
 from .batcher import Batcher
+from .config import MB, ServeConfig
 from .metrics import Metrics
 from .runtime import GraphSession
 from .servicer import VaeServicer
@@ -31,64 +30,6 @@ from .servicer import VaeServicer
 log = logging.getLogger("vaeserve.server")
 
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
-MB = 1 << 20
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    repo: Path
-    name: str
-    version: str = "latest"
-    host: str = "127.0.0.1"
-    port: int = 50051
-    metrics_port: int = 8000
-    device: str = "auto"
-    max_batch_size: int = 64
-    max_batch_delay_ms: float = 0.0
-    max_queue: int = 1024
-    max_num_samples: int = 4096
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    max_concurrent_rpcs: int = 1024
-    max_message_mb: int = 64
-    max_connection_age_s: float = 0.0
-    max_connection_age_grace_s: float = 30.0
-    grace_period: float = 10.0
-    otlp_endpoint: str = ""  # OpenTelemetry collector; "" disables tracing
-
-    def check(self) -> None:
-        """Flag values that cannot work, each named by its flag."""
-        positive = ("max_batch_size", "max_queue", "max_num_samples", "intra_op_threads", "inter_op_threads",
-                    "max_message_mb")  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise VaeserveError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(self, name)}")
-        for name in ("max_batch_delay_ms", "max_connection_age_s", "max_connection_age_grace_s", "grace_period"):
-            if not getattr(self, name) >= 0:
-                raise VaeserveError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(self, name)}")
-        for name in ("port", "metrics_port"):
-            if not 0 <= getattr(self, name) <= 65535:
-                raise VaeserveError(f"--{name.replace('_', '-')}: expected 0..65535, got {getattr(self, name)}")
-        if self.max_concurrent_rpcs < self.max_batch_size:
-            # Fewer admitted calls than batch rows and no batch of single-row requests could ever fill.
-            raise VaeserveError(
-                f"--max-concurrent-rpcs: expected >= --max-batch-size ({self.max_batch_size}), "
-                f"got {self.max_concurrent_rpcs}"
-            )
-
-    def grpc_options(self) -> list[tuple[str, int]]:
-        options = [
-            ("grpc.max_receive_message_length", self.max_message_mb * MB),
-            ("grpc.max_send_message_length", self.max_message_mb * MB),
-            ("grpc.so_reuseport", 0),  # a port already in use is an error, not a silent second listener
-        ]
-        if self.max_connection_age_s > 0:
-            # Clients reconnect periodically, so a scaled-out Deployment rebalances long-lived HTTP/2 connections.
-            options += [
-                ("grpc.max_connection_age_ms", int(self.max_connection_age_s * 1000)),
-                ("grpc.max_connection_age_grace_ms", int(self.max_connection_age_grace_s * 1000)),
-            ]
-        return options
 
 
 def model_info(model: ModelVersion, provider: str, config: ServeConfig) -> vae_pb2.ModelInfo:
@@ -169,10 +110,15 @@ async def serve(config: ServeConfig) -> int:
         observers = {name: tracing.observer(name, observer) for name, observer in observers.items()}
         log.info("tracing to %s", config.otlp_endpoint)
     delay_s = config.max_batch_delay_ms / 1000
-    encoder, decoder = (Batcher(name, graph.run, observers[name], config.max_batch_size, delay_s, config.max_queue)
-                        for name, graph in graphs.items())  # fmt: skip
-    log.info("batching: max %d rows, max delay %g ms, max queue %d requests per graph, max %d samples per request",
-             config.max_batch_size, config.max_batch_delay_ms, config.max_queue, config.max_num_samples)  # fmt: skip
+    # On CUDA every batch goes to the worker thread: a GPU run waits on the device, which must not stall the loop.
+    inline_s = 0.0 if provider == "CUDAExecutionProvider" else config.inline_budget_us / 1e6
+    encoder, decoder = (
+        Batcher(name, graph.run, observers[name], config.max_batch_size, delay_s, config.max_queue, inline_s)
+        for name, graph in graphs.items()
+    )
+    log.info("batching: max %d rows, max delay %g ms, inline below %g us, max queue %d requests per graph, "
+             "max %d samples per request", config.max_batch_size, config.max_batch_delay_ms, inline_s * 1e6,
+             config.max_queue, config.max_num_samples)  # fmt: skip
 
     server = grpc.aio.server(
         interceptors=interceptors, options=config.grpc_options(), maximum_concurrent_rpcs=config.max_concurrent_rpcs

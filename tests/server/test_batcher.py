@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -186,3 +187,51 @@ def test_with_a_delay_a_full_batch_does_not_wait() -> None:
 
     run(main())
     assert [len(x) for x in graph.batches] == [3, 4]
+
+
+class ThreadRecorder:
+    """A graph that records which thread ran each batch and pretends each row takes `seconds_per_row`."""
+
+    def __init__(self, seconds_per_row: float) -> None:
+        self.seconds_per_row = seconds_per_row
+        self.threads: list[str] = []
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        self.threads.append(threading.current_thread().name)
+        deadline = time.perf_counter() + self.seconds_per_row * len(x)
+        while time.perf_counter() < deadline:  # busy, like onnxruntime on the CPU
+            pass
+        return [x]
+
+
+def _run_batches(graph: ThreadRecorder, inline_budget_s: float, sizes: list[int]) -> str:
+    loop_thread = ""
+
+    async def main() -> None:
+        nonlocal loop_thread
+        loop_thread = threading.current_thread().name
+        b = Batcher("encoder", graph, Metrics().graph("encoder"), max_rows=64, inline_budget_s=inline_budget_s)
+        b.start()
+        for n in sizes:  # one at a time: each is its own batch
+            (out,) = await b.submit(rows(0, n))
+            np.testing.assert_array_equal(out, rows(0, n))
+        await b.stop()
+
+    run(main())
+    return loop_thread
+
+
+def test_cheap_batches_run_on_the_event_loop_and_costly_ones_on_the_worker_thread() -> None:
+    # 200 us per row against a 5 ms budget: after the first (unpredicted) batch, 1-row batches are predicted at
+    # ~0.2 ms and run inline; 60-row batches are predicted at ~12 ms and go to the worker thread.
+    graph = ThreadRecorder(seconds_per_row=200e-6)
+    loop_thread = _run_batches(graph, inline_budget_s=5e-3, sizes=[1, 1, 1, 60, 60])
+    assert graph.threads[1:3] == [loop_thread, loop_thread]
+    assert graph.threads[3:] == ["onnx-encoder_0", "onnx-encoder_0"]
+
+
+def test_a_zero_budget_always_uses_the_worker_thread() -> None:
+    graph = ThreadRecorder(seconds_per_row=0.0)
+    loop_thread = _run_batches(graph, inline_budget_s=0.0, sizes=[1, 1, 1])
+    assert loop_thread not in graph.threads
+    assert set(graph.threads) == {"onnx-encoder_0"}
