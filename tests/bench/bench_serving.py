@@ -1,0 +1,491 @@
+"""Serving benchmark: vaeserve as shipped against what a user would build instead, and against the limits.
+
+On one machine and model (the digits MLP, and the conv model for the heavier graph), requests/s and
+p50/p95/p99 latency at several concurrencies for Encode (1 image) and Sample (16 images), for:
+  1. vaeserve        `vaeserve serve` as shipped, in a subprocess;
+  2. naive           serving_naive.py: the same proto and graphs, one session.run per request, no batching;
+  3. transport       serving_echo.py: the same payloads, computing nothing (the Python gRPC ceiling);
+  4. compute         in-process onnxruntime at the batch sizes vaeserve formed (its /metrics batch histogram);
+  5. triton          NVIDIA Triton via nvidia-pytriton, same graphs, dynamic batcher with a 2 ms window.
+The load generator (serving_loadgen.py) is its own process and sends every server the same raw bytes.
+Then checks the issue's goals as ratios, prints the tables, writes BENCHMARKS.md's "serving" section and
+docs/bench_serving.png.
+
+    python -m tests.bench.bench_serving [--quick] [--no-triton] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from vaeserve.protos.vae.v1 import vae_pb2
+
+from .report import markdown_table, write_section
+from .serving_model import Graphs, load_graphs, random_images, runs_per_second, version_dir
+from .serving_servers import ROOT, Server, bench_python, free_port, triton_env
+
+WORK = ROOT / "runs" / "bench-serving"  # cached models, server logs, raw results, profiles
+PLOT = ROOT / "docs" / "bench_serving.png"
+VAESERVE = Path(sys.executable).parent / "vaeserve"
+VAE_METHOD = "/vae.v1.VaeService/"
+TRITON_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+SYSTEMS = ("vaeserve", "vaeserve x2", "naive", "transport", "compute", "triton")
+TRAIN_EPOCHS = "2"  # speed does not depend on how well the weights fit
+
+
+@dataclass(frozen=True)
+class Call:
+    """One benchmarked RPC: `Encode(1)` sends 1 image, `Sample(16)` asks for 16."""
+
+    rpc: str  # Encode | Sample
+    rows: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.rpc}({self.rows})"
+
+    @property
+    def graph(self) -> str:
+        return "encoder" if self.rpc == "Encode" else "decoder"
+
+    def request(self, graphs: Graphs) -> bytes:
+        if self.rpc == "Sample":
+            return vae_pb2.SampleRequest(num_samples=self.rows).SerializeToString()
+        images = random_images(graphs, self.rows)
+        return vae_pb2.EncodeRequest(
+            images=vae_pb2.Tensor(shape=images.shape, data=images.tobytes())
+        ).SerializeToString()
+
+
+CALLS = (ENCODE1, SAMPLE16, ENCODE32, SAMPLE1024) = (Call("Encode", 1), Call("Sample", 16), Call("Encode", 32),
+                                                   Call("Sample", 1024))  # fmt: skip
+
+
+@dataclass
+class Point:
+    model: str
+    call: str
+    system: str
+    concurrency: int
+    rps: float
+    p50: float  # ms
+    p95: float | None = None
+    p99: float | None = None
+    batch: float | None = None  # mean rows per onnxruntime run (vaeserve: from /metrics; compute: the one it ran)
+    cpu_us: float | None = None  # server CPU time per request (all its processes)
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Target:
+    """A running system under test: its server processes and how each call is asked of it."""
+
+    system: str
+    servers: list[Server]
+    request: Callable[[Call], tuple[str, bytes]]  # call -> (gRPC method, serialized request)
+    metrics_url: str | None = None
+    levels: tuple[int, ...] | None = None  # the concurrencies it is measured at (None: all)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args, self.work = args, work
+        self.points: list[Point] = []
+        self.notes: list[str] = []
+        self.profiles: list[str] = []
+
+    def find(self, model: str, call: Call, system: str, concurrency: int) -> Point | None:
+        return next((p for p in self.points if (p.model, p.call, p.system, p.concurrency) ==
+                     (model, call.name, system, concurrency)), None)  # fmt: skip
+
+    def load(self, servers: list[Server], method: str, request: bytes, concurrency, metrics_url: str | None = None):
+        """Runs the load generator against `servers` (clients spread over them), one point per concurrency;
+        returns its JSON objects."""
+        path = self.work / "request.bin"
+        path.write_bytes(request)
+        argv = [sys.executable, "-m", "tests.bench.serving_loadgen", "--target", *(s.target for s in servers),
+                "--method", method, "--request", str(path), "--concurrency", *map(str, concurrency),
+                "--duration", str(self.args.duration), "--warmup", str(self.args.warmup),
+                "--server-pgid", *(str(s.process.pid) for s in servers)]  # fmt: skip
+        if metrics_url:
+            argv += ["--metrics-url", metrics_url]
+        budget = len(concurrency) * (self.args.duration + self.args.warmup + 30) + 30
+        out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=budget)
+        if out.returncode != 0:
+            raise RuntimeError(f"load generator failed against {servers[0].name}:\n{out.stderr[-3000:]}")
+        return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+    def record(self, model: str, call: Call, system: str, results: list[dict]) -> None:
+        for r in results:
+            p = Point(model, call.name, system, r["concurrency"], r["rps"], r["p50"], r["p95"], r["p99"],
+                      cpu_us=r["server_cpu_us"], errors=r["errors"])  # fmt: skip
+            if r.get("metrics_after"):
+                p.batch = mean_batch(r["metrics_before"], r["metrics_after"], call.graph)
+            self.points.append(p)
+            errors = f"  ERRORS {p.errors}" if p.errors else ""
+            batch = f"  batch {p.batch:.1f}" if p.batch else ""
+            print(f"{model:4} {call.name:12} {system:10} c={p.concurrency:<3} {p.rps:8.0f} req/s  p50 {p.p50:7.2f} ms"
+                  f"  p99 {p.p99:7.2f} ms  cpu {fmt(p.cpu_us, 0)} us/req{batch}{errors}", flush=True)  # fmt: skip
+
+    # --- the systems -------------------------------------------------------------------------------------------
+    # Every server of a model runs at once (idle ones cost next to nothing) and each point is measured for all
+    # of them back to back, so the load other users put on a shared machine drifts across systems alike.
+
+    def vaeserve(self, stack: contextlib.ExitStack, model: str, model_dir: Path, graphs: Graphs,
+                 processes: int = 1) -> Target:  # fmt: skip
+        """`vaeserve serve` as shipped; with processes > 1, that many servers on their own ports and the load
+        generator's clients spread over them (what several pods behind a Service amount to on one machine)."""
+        system = "vaeserve" if processes == 1 else f"vaeserve x{processes}"
+        probe = (VAE_METHOD + "Encode", ENCODE1.request(graphs))
+        servers, metrics_ports = [], []
+        for i in range(processes):
+            port, metrics_port = free_port(), free_port()
+            argv = [str(VAESERVE), "serve", "--repo", str(model_dir.parents[1]), "--name", model_dir.parent.name,
+                    "--version", model_dir.name, "--host", "127.0.0.1", "--port", str(port),
+                    "--metrics-port", str(metrics_port)]  # fmt: skip
+            log = self.work / f"{system.replace(' ', '')}-{model}-{i}.log"
+            servers.append(stack.enter_context(Server(f"{system} ({model})", argv, port, probe, log)))
+            metrics_ports.append(metrics_port)
+        # One process's batch sizes are what the compute limit is measured at.
+        metrics_url = f"http://127.0.0.1:{metrics_ports[0]}/metrics" if processes == 1 else None
+        return Target(system, servers, lambda call: (VAE_METHOD + call.rpc, call.request(graphs)), metrics_url)
+
+    def baseline(self, stack: contextlib.ExitStack, system: str, model: str, model_dir: Path, graphs: Graphs) -> Target:
+        port = free_port()
+        module = {"naive": "serving_naive", "transport": "serving_echo"}[system]
+        argv = [sys.executable, "-m", f"tests.bench.{module}", "--model-dir", str(model_dir), "--port", str(port)]
+        probe = (VAE_METHOD + "Encode", ENCODE1.request(graphs))
+        server = stack.enter_context(
+            Server(f"{system} ({model})", argv, port, probe, self.work / f"{system}-{model}.log")
+        )
+        return Target(system, [server], lambda call: (VAE_METHOD + call.rpc, call.request(graphs)))
+
+    def triton(self, stack: contextlib.ExitStack, model: str, model_dir: Path) -> Target | None:
+        """Triton, or None (and a note) where it cannot run: that should not cost the rest of the benchmark."""
+        try:
+            python = bench_python()
+            ports = [free_port() for _ in range(3)]
+            requests = self.work / "triton-requests"
+            argv = [str(python), "-m", "tests.bench.serving_triton", "--model-dir", str(model_dir),
+                    "--requests-dir", str(requests), "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
+                    "--metrics-port", str(ports[2])]  # fmt: skip
+            # The server writes its request files before it starts listening: the probe reads them from there.
+            probe = (TRITON_METHOD, requests / "encode1.bin")
+            log = self.work / f"triton-{model}.log"
+            server = stack.enter_context(
+                Server(f"triton ({model})", argv, ports[0], probe, log, env=triton_env(python))
+            )
+        except (subprocess.CalledProcessError, OSError, RuntimeError) as exc:
+            print(f"Triton not measured: {exc}", file=sys.stderr)
+            self.notes.append(f"Triton not measured: {str(exc).splitlines()[0]}")
+            return None
+        return Target(
+            "triton",
+            [server],
+            lambda call: (TRITON_METHOD, (requests / f"{call.rpc.lower()}{call.rows}.bin").read_bytes()),
+        )
+
+    def measure(self, model: str, schedule: list[tuple[Call, tuple[int, ...], list[Target]]]) -> None:
+        """For each call and concurrency, one point per target, the targets back to back."""
+        for call, levels, targets in schedule:
+            for concurrency in levels:
+                for target in (t for t in targets if t.levels is None or concurrency in t.levels):
+                    method, request = target.request(call)
+                    results = self.load(target.servers, method, request, (concurrency,), target.metrics_url)
+                    self.record(model, call, target.system, results)
+
+    def compute_limit(self, model: str, model_dir: Path) -> None:
+        """For each vaeserve point: requests/s if every batch vaeserve formed cost only its onnxruntime run."""
+        sessions = [load_graphs(model_dir, threads) for threads in (1, 0)]
+        rates: dict[tuple[str, int], tuple[float, float]] = {}
+        for p in [p for p in self.points if p.model == model and p.system == "vaeserve" and p.batch]:
+            call = next(c for c in CALLS if c.name == p.call)
+            rows = max(1, round(p.batch))
+            if (call.graph, rows) not in rates:
+                rates[call.graph, rows] = max(graph_rate(g, call.graph, rows) for g in sessions)
+            runs, seconds = rates[call.graph, rows]
+            self.points.append(Point(model, p.call, "compute", p.concurrency, runs * rows / call.rows, seconds * 1e3,
+                                     batch=rows))  # fmt: skip
+
+    def profile(self, target: Target) -> None:
+        """py-spy on vaeserve while the load generator runs Encode(1), then Sample(16), at concurrency 32."""
+        from .serving_profile import record, summarize
+
+        for call in (ENCODE1, SAMPLE16):
+            out = WORK / f"profile-{call.rpc.lower()}{call.rows}.txt"
+            with record(target.servers[0].process.pid, self.args.duration + self.args.warmup, out):
+                self.load(target.servers, *target.request(call), (32,))
+            self.profiles.append(f"py-spy, vaeserve {call.name} at concurrency 32 ({out.relative_to(ROOT)}):\n\n"
+                                 + summarize(out))  # fmt: skip
+            print(self.profiles[-1])
+
+
+def mean_batch(before: str, after: str, graph: str) -> float | None:
+    """Mean rows per onnxruntime run of `graph` between two scrapes of vaeserve_batch_size."""
+
+    def totals(text: str) -> tuple[float, float]:
+        found = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "vaeserve_batch_size":
+                for s in family.samples:
+                    if s.labels.get("graph") == graph and s.name.endswith(("_sum", "_count")):
+                        found[s.name.rsplit("_", 1)[1]] = s.value
+        return found.get("sum", 0.0), found.get("count", 0.0)
+
+    (s0, c0), (s1, c1) = totals(before), totals(after)
+    return (s1 - s0) / (c1 - c0) if c1 > c0 else None
+
+
+def graph_rate(graphs: Graphs, graph: str, rows: int) -> tuple[float, float]:
+    """(runs/s, median seconds per run) of one graph at `rows` rows, in this process."""
+    if graph == "encoder":
+        x = random_images(graphs, rows)
+        return runs_per_second(lambda: graphs.encode(x), 0.5)
+    z = np.random.default_rng(0).standard_normal((rows, graphs.latent_dim), dtype=np.float32)
+    return runs_per_second(lambda: graphs.decode(z), 0.5)
+
+
+def find_or_export(arch: str) -> Path:
+    """A version folder of a digits model of `arch`: from ./models if one is there, else trained and exported
+    with the real CLI into runs/bench-serving/ (kept for the next run while `vaeserve export --verify` passes)."""
+    for info in sorted((ROOT / "models").glob("*/*/model.json")):
+        try:
+            found = json.loads(info.read_text()).get("model_config", {}).get("arch")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if found == arch:
+            return info.parent
+    repo = WORK / f"models-{arch}"
+    if (repo / "vae").is_dir() and not verified(version_dir(repo, "vae")):
+        shutil.rmtree(repo)  # written by an older exporter: make a fresh one
+    if not (repo / "vae").is_dir():
+        run = WORK / f"run-{arch}"
+        print(f"training and exporting a digits {arch} model into {repo.relative_to(ROOT)}", flush=True)
+        train = ["train", "--dataset", "digits", "--arch", arch, "--epochs", TRAIN_EPOCHS, "--seed", "0",
+                 "--no-report", "--out", str(run)]  # fmt: skip
+        export = ["export", "--checkpoint", str(run / "best.pt"), "--repo", str(repo), "--name", "vae"]
+        for argv in (train, export):
+            subprocess.run([str(VAESERVE), *argv], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return version_dir(repo, "vae")
+
+
+def verified(model_dir: Path) -> bool:
+    argv = [str(VAESERVE), "export", "--verify", str(model_dir)]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True).returncode == 0
+
+
+# --- goals, tables, plot ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Goal:
+    text: str
+    measured: float | None
+    target: float
+    higher_is_better: bool = True
+
+    @property
+    def passed(self) -> bool | None:
+        if self.measured is None:
+            return None
+        return self.measured >= self.target if self.higher_is_better else self.measured <= self.target
+
+
+def ratio(a: Point | None, b: Point | None, attr: str) -> float | None:
+    if a is None or b is None or a.errors or b.errors or not getattr(b, attr):
+        return None
+    return getattr(a, attr) / getattr(b, attr)
+
+
+def goals(bench: Bench, decoder_images_per_s: float) -> list[Goal]:
+    f = bench.find
+    out = []
+    for call in (ENCODE1, SAMPLE16):
+        v32, v1 = f("mlp", call, "vaeserve", 32), f("mlp", call, "vaeserve", 1)
+        out += [
+            Goal(
+                f"{call.name} c=32 req/s vs transport limit", ratio(v32, f("mlp", call, "transport", 32), "rps"), 0.85
+            ),
+            Goal(f"{call.name} c=32 req/s vs naive", ratio(v32, f("mlp", call, "naive", 32), "rps"), 1.0),
+            Goal(f"{call.name} c=1 p50 vs naive", ratio(v1, f("mlp", call, "naive", 1), "p50"), 1.3, False),
+            Goal(f"{call.name} c=32 req/s vs Triton", ratio(v32, f("mlp", call, "triton", 32), "rps"), 1.5),
+            Goal(f"{call.name} c=1 p50 vs Triton", ratio(v1, f("mlp", call, "triton", 1), "p50"), 0.3, False),
+        ]
+    best = max((p.rps for p in bench.points if p.call == SAMPLE1024.name and p.system == "vaeserve"), default=None)
+    out.append(Goal("Sample(1024) images/s vs in-process decoder at batch 1024",
+                    best * SAMPLE1024.rows / decoder_images_per_s if best else None, 0.6))  # fmt: skip
+    conv = ratio(f("conv", ENCODE32, "vaeserve", 32), f("conv", ENCODE32, "naive", 32), "rps")
+    out.append(Goal("conv Encode(32) c=32 req/s vs naive (batching's margin)", conv, 1.0))
+    return out
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def goals_table(gs: list[Goal]) -> str:
+    verdict = {True: "pass", False: "**FAIL**", None: "not measured"}
+    rows = [[g.text, fmt(g.measured) + "x", ("≥ " if g.higher_is_better else "≤ ") + f"{g.target}x", verdict[g.passed]]
+            for g in gs]  # fmt: skip
+    return markdown_table(["goal", "measured", "target", "result"], rows)
+
+
+def points_table(bench: Bench, model: str, call: Call) -> str:
+    rows = []
+    for system in SYSTEMS:
+        for p in sorted((p for p in bench.points if (p.model, p.call, p.system) == (model, call.name, system)),
+                        key=lambda p: p.concurrency):  # fmt: skip
+            errors = f" ({sum(p.errors.values())} errors)" if p.errors else ""
+            p50 = fmt(p.p50, 3 if p.p50 < 0.1 else 2)  # a compute "latency" is one run: microseconds
+            rows.append([system, p.concurrency, f"{p.rps:,.0f}{errors}", p50, fmt(p.p95), fmt(p.p99),
+                         fmt(p.cpu_us, 0), fmt(p.batch, 1)])  # fmt: skip
+    header = ["system", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "server CPU µs/req", "rows/run"]
+    return markdown_table(header, rows)
+
+
+def sample1024_context(bench: Bench, decoder_images_per_s: float) -> str:
+    """Best images/s of Sample(1024) per server, as a share of the in-process decoder's."""
+    parts = []
+    for system in ("vaeserve", "naive", "transport"):
+        best = max((p.rps for p in bench.points if p.call == SAMPLE1024.name and p.system == system), default=None)
+        if best:
+            images = best * SAMPLE1024.rows
+            parts.append(f"{system} {images:,.0f} images/s ({images / decoder_images_per_s:.0%})")
+    return "Sample(1024), best of concurrency 1 and 4, vs the in-process decoder: " + "; ".join(parts) + "."
+
+
+def plot(bench: Bench, gs: list[Goal], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for col, call in enumerate((ENCODE1, SAMPLE16)):
+        for system in SYSTEMS:
+            pts = sorted((p for p in bench.points if (p.model, p.call, p.system) == ("mlp", call.name, system)),
+                         key=lambda p: p.concurrency)  # fmt: skip
+            if not pts:
+                continue
+            c = [p.concurrency for p in pts]
+            style = {"linestyle": "--" if system == "compute" else "-", "marker": "o", "label": system,
+                     "color": f"C{SYSTEMS.index(system)}"}  # fmt: skip
+            axes[0, col].plot(c, [p.rps for p in pts], **style)
+            if system != "compute":  # its "latency" is one onnxruntime run, not a call
+                axes[1, col].plot(c, [p.p50 for p in pts], **style)
+        axes[0, col].set_title(f"MLP {call.name}: requests/s")
+        axes[1, col].set_title(f"MLP {call.name}: p50 latency (ms)")
+        levels = sorted({p.concurrency for p in bench.points if p.model == "mlp" and p.call == call.name})
+        for ax in axes[:, col]:
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks(levels, [str(c) for c in levels])
+            ax.set_xlabel("concurrency")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0, col].legend(fontsize=8)
+        axes[1, col].legend(fontsize=8)
+    passed = sum(g.passed is True for g in gs)
+    failed = [g.text for g in gs if g.passed is False]
+    fig.suptitle(f"vaeserve serving benchmark: {passed}/{len(gs)} goals pass"
+                 + (f"; failing: {'; '.join(failed)}" if failed else ""), fontsize=9, wrap=True)  # fmt: skip
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(bench: Bench, gs: list[Goal], decoder_images_per_s: float) -> str:
+    a = bench.args
+    parts = [
+        f"Closed-loop gRPC clients (tests/bench/serving_loadgen.py, one process beside the server, same raw request "
+        f"bytes for every server), {a.warmup:g} s warm-up then {a.duration:g} s per point. Systems: **vaeserve** "
+        f"as shipped (`vaeserve serve`, default flags); **vaeserve x2**: two such processes on their own ports, the "
+        f"clients spread over them (as pods behind a Service; the server does not share a port, "
+        f"`grpc.so_reuseport` is 0); **naive**: the same proto and graphs, one `session.run` per request in a sync "
+        f"gRPC thread pool of 10; **transport**: grpc.aio answering the same payload sizes without computing; "
+        f"**compute**: in-process onnxruntime at the batch sizes vaeserve formed (rows/run, from its "
+        f"`vaeserve_batch_size` histogram; best of 1 and default intra-op threads; p50 is one run); **triton**: "
+        f"nvidia-pytriton with the same graphs in a Python callable, dynamic batcher with a 2 ms window. Server CPU "
+        f"µs/req is the CPU time of all the server's processes over the window divided by its calls: the figure a "
+        f"busy, shared machine disturbs least. In-process decoder at batch 1024: {decoder_images_per_s:,.0f} "
+        f"images/s.",
+        "### Goals (MLP unless noted)\n\n" + goals_table(gs),
+        sample1024_context(bench, decoder_images_per_s),
+        f"![serving benchmark]({PLOT.relative_to(ROOT)})",
+    ]
+    for model in ("mlp", "conv"):
+        for call in CALLS:
+            if any((p.model, p.call) == (model, call.name) for p in bench.points):
+                parts.append(f"### {model.upper()} {call.name}\n\n" + points_table(bench, model, call))
+    parts += bench.notes
+    parts += [f"<details><summary>{p.splitlines()[0]}</summary>\n\n```\n{p}\n```\n</details>" for p in bench.profiles]
+    return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="concurrency 1 and 32 only, 3 s points (default: off)")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per point (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each (default: %(default)s)")
+    p.add_argument("--no-triton", dest="triton", action="store_false", help="skip Triton (default: measured)")
+    p.add_argument("--profile", action="store_true", help="py-spy vaeserve at concurrency 32 (default: off)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = min(args.duration, 3.0), min(args.warmup, 0.5)
+    levels = (1, 32) if args.quick else (1, 8, 32, 64)
+    started = time.monotonic()
+    WORK.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        bench = Bench(args, Path(tmp))
+        mlp_dir, conv_dir = find_or_export("mlp"), find_or_export("conv")
+        mlp, conv = load_graphs(mlp_dir), load_graphs(conv_dir)
+        main_calls, busy = (ENCODE1, SAMPLE16), tuple(c for c in levels if c >= 32)
+        with contextlib.ExitStack() as stack:
+            vaeserve = bench.vaeserve(stack, "mlp", mlp_dir, mlp)
+            naive = bench.baseline(stack, "naive", "mlp", mlp_dir, mlp)
+            transport = bench.baseline(stack, "transport", "mlp", mlp_dir, mlp)
+            pair = bench.vaeserve(stack, "mlp", mlp_dir, mlp, processes=2)
+            pair.levels = busy  # what two processes are for
+            triton = bench.triton(stack, "mlp", mlp_dir) if args.triton else None
+            everyone = [t for t in (vaeserve, pair, naive, transport, triton) if t]
+            schedule = [(call, levels, everyone) for call in main_calls]
+            # Sample(1024) moves ~300 KB per call: the transport limit shows how much of the gap is gRPC's.
+            schedule.append((SAMPLE1024, (1, 4), [vaeserve, naive, transport]))
+            bench.measure("mlp", schedule)
+            if args.profile:
+                bench.profile(vaeserve)
+        with contextlib.ExitStack() as stack:
+            targets = [
+                bench.vaeserve(stack, "conv", conv_dir, conv),
+                bench.baseline(stack, "naive", "conv", conv_dir, conv),
+            ]
+            bench.measure("conv", [*((call, levels, targets) for call in main_calls), (ENCODE32, (32,), targets)])
+        bench.compute_limit("mlp", mlp_dir)
+        bench.compute_limit("conv", conv_dir)
+    decoder_images_per_s = max(graph_rate(load_graphs(mlp_dir, t), "decoder", 1024)[0] for t in (1, 0)) * 1024
+    gs = goals(bench, decoder_images_per_s)
+    (WORK / "results.json").write_text(json.dumps([asdict(p) for p in bench.points], indent=1))
+    plot(bench, gs, PLOT)
+    body = report(bench, gs, decoder_images_per_s)
+    write_section("serving", "Serving: vaeserve vs a naive server, Triton, and the transport and compute limits", body)
+    print("\n" + goals_table(gs))
+    print(f"\nwrote BENCHMARKS.md (serving), {PLOT.relative_to(ROOT)}, {(WORK / 'results.json').relative_to(ROOT)} "
+          f"in {time.monotonic() - started:.0f} s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Baseline 2: the server a user writes first. Same proto and graphs, one session.run per request, no batching.
+
+A synchronous grpc server on a thread pool sized as in grpc's own examples, each handler decoding its
+request with numpy, running onnxruntime and drawing the noise itself.
+
+    python -m tests.bench.serving_naive --model-dir models/vae/1 --port 50061
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
+
+from .serving_model import Graphs, load_graphs, reparameterize
+
+WORKERS = 10  # grpc's Python examples: futures.ThreadPoolExecutor(max_workers=10)
+
+
+def tensor(array: np.ndarray) -> vae_pb2.Tensor:
+    return vae_pb2.Tensor(shape=array.shape, data=array.astype("<f4", copy=False).tobytes())
+
+
+def array(t: vae_pb2.Tensor) -> np.ndarray:
+    return np.frombuffer(t.data, dtype="<f4").reshape(tuple(t.shape))
+
+
+def rng(request) -> np.random.Generator:
+    return np.random.default_rng(request.seed if request.HasField("seed") else None)
+
+
+class NaiveVaeService(vae_pb2_grpc.VaeServiceServicer):
+    def __init__(self, graphs: Graphs) -> None:
+        self.graphs = graphs
+
+    def Encode(self, request: vae_pb2.EncodeRequest, context) -> vae_pb2.EncodeResponse:
+        mean, log_variance = self.graphs.encode(array(request.images))
+        latents = reparameterize(mean, log_variance, rng(request))
+        return vae_pb2.EncodeResponse(mean=tensor(mean), log_variance=tensor(log_variance), latents=tensor(latents))
+
+    def Sample(self, request: vae_pb2.SampleRequest, context) -> vae_pb2.SampleResponse:
+        eps = rng(request).standard_normal((request.num_samples, self.graphs.latent_dim), dtype=np.float32)
+        latents = eps * (request.temperature or 1.0)
+        return vae_pb2.SampleResponse(images=tensor(self.graphs.decode(latents)), latents=tensor(latents))
+
+    def GetModelInfo(self, request, context) -> vae_pb2.ModelInfo:
+        return vae_pb2.ModelInfo(name="naive", latent_dim=self.graphs.latent_dim, image_shape=self.graphs.image_shape)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", type=Path, required=True, help="a version folder holding encoder/decoder.onnx")
+    p.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
+    args = p.parse_args()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS))
+    vae_pb2_grpc.add_VaeServiceServicer_to_server(NaiveVaeService(load_graphs(args.model_dir)), server)
+    server.add_insecure_port(f"127.0.0.1:{args.port}")
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=1).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

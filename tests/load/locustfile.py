@@ -1,0 +1,133 @@
+"""Locust load test of a vaeserve gRPC server.
+
+    locust -f tests/load/locustfile.py --host 127.0.0.1:50051                      # web UI on :8089
+    locust -f tests/load/locustfile.py --host 127.0.0.1:50051 --headless -u 32 -r 8 -t 30s --csv out/vae
+    locust -f tests/load/locustfile.py --host 127.0.0.1:50051 --headless --tags encode   # one RPC only
+
+Each simulated user holds one gRPC channel and sends a traffic mix weighted like real use: mostly Encode of
+single images, then Sample(16), batched Encode(32), Decode and Reconstruct. Every call is reported to
+Locust as a request of type "grpc" named after the RPC (and its size), so Locust's statistics, CSV output,
+`--exit-code-on-error` and distributed mode work unchanged. Tags (`sample`, `encode`, `decode`,
+`reconstruct`) select single RPCs for focused runs.
+"""
+
+from __future__ import annotations
+
+# Before any channel exists: gRPC then waits cooperatively, so one slow call does not block the whole worker.
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from locust import User, between, tag, task  # noqa: E402
+from locust.exception import StopUser  # noqa: E402
+
+from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc  # noqa: E402
+
+TIMEOUT_S = 30.0
+SAMPLES = 16  # images per Sample call
+BATCH = 32  # images per batched Encode call
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+def target(host: str) -> str:
+    """host:port from --host, with any scheme (grpc://, http://) and trailing slash removed."""
+    return host.split("://", 1)[-1].rstrip("/")
+
+
+class RpcFailure(Exception):
+    """A failed call as Locust's failure table groups it: "STATUS: details"."""
+
+    def __init__(self, exc: grpc.RpcError) -> None:
+        super().__init__(f"{exc.code().name}: {exc.details()}")
+
+
+def tensor(array: np.ndarray) -> vae_pb2.Tensor:
+    return vae_pb2.Tensor(shape=array.shape, data=array.astype("<f4").tobytes())
+
+
+class Payloads:
+    """Valid requests for the served model, built once per process from GetModelInfo."""
+
+    _cached: Payloads | None = None
+
+    def __init__(self, info: vae_pb2.ModelInfo) -> None:
+        rng = np.random.default_rng(0)
+        image_shape = tuple(info.image_shape)
+        self.sample = vae_pb2.SampleRequest(num_samples=SAMPLES)
+        self.encode_one = vae_pb2.EncodeRequest(images=tensor(rng.random((1, *image_shape))))
+        self.encode_batch = vae_pb2.EncodeRequest(images=tensor(rng.random((BATCH, *image_shape))))
+        self.decode = vae_pb2.DecodeRequest(latents=tensor(rng.standard_normal((SAMPLES, info.latent_dim))))
+        self.reconstruct = vae_pb2.ReconstructRequest(images=tensor(rng.random((SAMPLES, *image_shape))))
+
+    @classmethod
+    def get(cls, stub: vae_pb2_grpc.VaeServiceStub) -> Payloads:
+        if cls._cached is None:
+            cls._cached = cls(stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=TIMEOUT_S))
+        return cls._cached
+
+
+class VaeUser(User):
+    """A client of the VAE service; `host` is the server's HOST:PORT."""
+
+    wait_time = between(0.005, 0.05)
+
+    def on_start(self) -> None:
+        if not self.host:
+            raise StopUser("no target: pass --host HOST:PORT")
+        self.channel = grpc.insecure_channel(target(self.host), options=CHANNEL_OPTIONS)
+        self.stub = vae_pb2_grpc.VaeServiceStub(self.channel)
+        try:
+            self.payloads = Payloads.get(self.stub)
+        except grpc.RpcError as exc:
+            self._fire("GetModelInfo", 0.0, 0, RpcFailure(exc))
+            raise StopUser() from None
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    def _fire(self, name: str, ms: float, length: int, exception: BaseException | None) -> None:
+        self.environment.events.request.fire(
+            request_type="grpc", name=name, response_time=ms, response_length=length, exception=exception,
+            context={},
+        )  # fmt: skip
+
+    def call(self, name: str, method: Callable[..., Any], request: Any) -> None:
+        """One RPC, timed and reported to Locust; a failed call is a Locust failure, never an exception here."""
+        start = time.perf_counter()
+        try:
+            response = method(request, timeout=TIMEOUT_S)
+        except grpc.RpcError as exc:
+            self._fire(name, (time.perf_counter() - start) * 1e3, 0, RpcFailure(exc))
+            return
+        self._fire(name, (time.perf_counter() - start) * 1e3, response.ByteSize(), None)
+
+    @tag("encode")
+    @task(8)
+    def encode_one(self) -> None:
+        self.call("Encode(1)", self.stub.Encode, self.payloads.encode_one)
+
+    @tag("sample")
+    @task(4)
+    def sample(self) -> None:
+        self.call(f"Sample({SAMPLES})", self.stub.Sample, self.payloads.sample)
+
+    @tag("encode")
+    @task(2)
+    def encode_batch(self) -> None:
+        self.call(f"Encode({BATCH})", self.stub.Encode, self.payloads.encode_batch)
+
+    @tag("decode")
+    @task(1)
+    def decode(self) -> None:
+        self.call(f"Decode({SAMPLES})", self.stub.Decode, self.payloads.decode)
+
+    @tag("reconstruct")
+    @task(1)
+    def reconstruct(self) -> None:
+        self.call(f"Reconstruct({SAMPLES})", self.stub.Reconstruct, self.payloads.reconstruct)

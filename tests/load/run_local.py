@@ -1,0 +1,130 @@
+"""`make load`: a headless Locust run against a vaeserve started here on free loopback ports.
+
+Serves ./models (`vaeserve serve --repo models --name vae`), waits for its health check to say SERVING,
+runs tests/load/locustfile.py with 32 users for 30 s, prints Locust's summary, stops the server and exits
+non-zero if any request failed or the server could not start.
+
+    python -m tests.load.run_local [--users 32] [--spawn-rate 8] [--run-time 30s] [--repo models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+VAESERVE = Path(sys.executable).parent / "vaeserve"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(target: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until the standard gRPC health check answers SERVING; raises if the server exits or takes too long."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"vaeserve serve exited with {process.returncode} before SERVING")
+            with contextlib.suppress(grpc.RpcError):
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vaeserve at {target} not SERVING after {timeout:.0f} s")
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def serving(repo: Path, name: str = "vae", log: Path | None = None) -> Iterator[str]:
+    """A `vaeserve serve` of REPO/NAME on free loopback ports while the block runs; yields HOST:PORT."""
+    port = free_port()
+    argv = [str(VAESERVE), "serve", "--repo", str(repo), "--name", name, "--host", "127.0.0.1",
+            "--port", str(port), "--metrics-port", "0"]  # fmt: skip
+    out = log.open("wb") if log else subprocess.DEVNULL
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_serving(f"127.0.0.1:{port}", process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # graceful drain, as in production
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if log:
+            out.close()
+
+
+def run_locust(host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: Path, *extra: str) -> int:
+    """Headless Locust against HOST:PORT; its exit code (1 when any request failed)."""
+    csv_prefix.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+            "-u", str(users), "-r", str(spawn_rate), "-t", run_time, "--csv", str(csv_prefix),
+            "--host", host, "--exit-code-on-error", "1", "--stop-timeout", "5", *extra]  # fmt: skip
+    return subprocess.run(argv, cwd=ROOT, timeout=_seconds(run_time) + 120).returncode
+
+
+def _seconds(run_time: str) -> float:
+    """Locust's run-time syntax (30s, 2m, 1h30m) in seconds."""
+    total, number = 0.0, ""
+    for ch in run_time:
+        if ch.isdigit():
+            number += ch
+        else:
+            total += int(number or 0) * {"s": 1, "m": 60, "h": 3600}[ch]
+            number = ""
+    return total + int(number or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repo", type=Path, default=Path("models"), help="model repository (default: %(default)s)")
+    p.add_argument("--name", default="vae", help="model name in the repository (default: %(default)s)")
+    p.add_argument("--users", type=int, default=32, help="simulated users (default: %(default)s)")
+    p.add_argument("--spawn-rate", type=float, default=8, help="users started per second (default: %(default)s)")
+    p.add_argument("--run-time", default="30s", help="run time, e.g. 30s or 2m (default: %(default)s)")
+    p.add_argument("--csv", type=Path, default=Path("runs/load/locust"),
+                   help="prefix of Locust's CSV files (default: %(default)s)")  # fmt: skip
+    args = p.parse_args(argv)
+    repo = args.repo if args.repo.is_absolute() else ROOT / args.repo
+    if not list((repo / args.name).glob("*/model.json")):
+        print(f"run_local: no model in {repo / args.name}: run `make model` first (trains and exports the default "
+              f"digits model into {args.repo})", file=sys.stderr)  # fmt: skip
+        return 2
+    csv_prefix = args.csv if args.csv.is_absolute() else ROOT / args.csv
+    log = csv_prefix.parent / "server.log"
+    csv_prefix.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with serving(repo, args.name, log) as host:
+            print(f"vaeserve SERVING at {host} (log: {log}); Locust: {args.users} users for {args.run_time}")
+            code = run_locust(host, args.users, args.spawn_rate, args.run_time, csv_prefix)
+    except RuntimeError as exc:
+        print(f"run_local: {exc}; server log {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+        return 1
+    if code != 0:
+        print(f"run_local: Locust exited {code}: failed requests in {csv_prefix}_failures.csv", file=sys.stderr)
+    else:
+        print(f"run_local: no failed requests; statistics in {csv_prefix}_stats.csv")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""A short headless Locust run of tests/load/locustfile.py against a real server: no failures, every RPC sent."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.load.run_local import main as run_local
+from tests.load.run_local import run_locust, serving
+
+# The request names locustfile.py reports, one per task.
+TASK_NAMES = {"Encode(1)", "Encode(32)", "Sample(16)", "Decode(16)", "Reconstruct(16)"}
+
+
+def read_stats(csv_prefix: Path) -> dict[str, dict[str, str]]:
+    """Locust's PREFIX_stats.csv rows by request name, the "Aggregated" row included."""
+    with open(f"{csv_prefix}_stats.csv", newline="") as f:
+        return {row["Name"]: row for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    with serving(model_repo, log=tmp_path_factory.mktemp("load") / "server.log") as host:
+        yield host
+
+
+def test_mixed_traffic_has_no_failures_and_reaches_every_rpc(server: str, tmp_path: Path) -> None:
+    csv_prefix = tmp_path / "mixed"
+    assert run_locust(server, 8, 8, "10s", csv_prefix) == 0
+    stats = read_stats(csv_prefix)
+    assert int(stats["Aggregated"]["Failure Count"]) == 0
+    assert set(stats) - {"Aggregated"} == TASK_NAMES
+    for name in TASK_NAMES:
+        assert int(stats[name]["Request Count"]) > 0, name
+
+
+def test_tags_focus_on_one_rpc(server: str, tmp_path: Path) -> None:
+    csv_prefix = tmp_path / "encode"
+    assert run_locust(server, 4, 4, "3s", csv_prefix, "--tags", "encode") == 0
+    assert set(read_stats(csv_prefix)) - {"Aggregated"} == {"Encode(1)", "Encode(32)"}
+
+
+def test_failures_fail_the_run(tmp_path: Path) -> None:
+    # Nothing listens on the port: every call fails and Locust's exit code says so.
+    assert run_locust(f"127.0.0.1:{free_port()}", 2, 2, "2s", tmp_path / "down") != 0
+
+
+def test_run_local_without_a_model_says_how_to_make_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_local(["--repo", str(tmp_path)]) == 2
+    assert "make model" in capsys.readouterr().err
