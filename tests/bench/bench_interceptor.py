@@ -1,4 +1,4 @@
-"""What the metrics interceptor costs per RPC: `python -m tests.metrics.bench_interceptor`.
+"""What the metrics interceptor costs per RPC: `python -m tests.bench.bench_interceptor`.
 
 Two figures:
 - isolated: intercept_service + the counting wrapper around an empty async handler, against the bare handler,
@@ -126,7 +126,7 @@ def main() -> None:
     body += (
         f"\n\nIsolated: {args.calls} calls, best of 3. Loopback: {args.rounds} alternated rounds of {args.rpcs} RPCs"
         " per variant, median per-call time, cost = median of the per-round differences."
-        "\nReproduce: `.venv/bin/python -m tests.metrics.bench_interceptor`."
+        "\nReproduce: `.venv/bin/python -m tests.bench.bench_interceptor`."
     )
     print(body)
     write_section("interceptor", "Metrics interceptor overhead", body)
