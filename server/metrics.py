@@ -217,29 +217,38 @@ def _cancelled_status(context: aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
 
 
-# The status of a handler that raised anything but an abort: what gRPC sends for it.
-_UNEXPECTED = grpc.StatusCode.UNKNOWN
+class _Counted:
+    """One call, counted: in flight while its handler runs, then its duration and final status.
+
+    The status is the handler's (`context.code()`: None means OK) when it returned or aborted, CANCELLED or
+    DEADLINE_EXCEEDED when gRPC cancelled it, and UNKNOWN (what gRPC sends) for any other exception.
+    """
+
+    __slots__ = ("context", "m", "start")
+
+    def __init__(self, m: _MethodMetrics, context: aio.ServicerContext) -> None:
+        self.m, self.context = m, context
+
+    def __enter__(self) -> None:
+        self.m.inflight.n += 1
+        self.start = time.perf_counter()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self.m.observe(time.perf_counter() - self.start)
+        self.m.inflight.n -= 1
+        if exc_type is None or issubclass(exc_type, aio.AbortError):
+            code = self.context.code()
+        elif issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)):
+            code = _cancelled_status(self.context)
+        else:
+            code = grpc.StatusCode.UNKNOWN
+        self.m.count(code)
 
 
 def _count_unary_response(m: _MethodMetrics, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handler(request_or_iterator: Any, context: aio.ServicerContext) -> Any:
-        m.inflight.n += 1
-        start = time.perf_counter()
-        code = _UNEXPECTED
-        try:
-            response = await behavior(request_or_iterator, context)
-            code = context.code()  # None unless the handler called set_code
-            return response
-        except asyncio.CancelledError:
-            code = _cancelled_status(context)
-            raise
-        except aio.AbortError:
-            code = context.code()
-            raise
-        finally:
-            m.observe(time.perf_counter() - start)
-            m.inflight.n -= 1
-            m.count(code)
+        with _Counted(m, context):
+            return await behavior(request_or_iterator, context)
 
     return handler
 
@@ -247,27 +256,13 @@ def _count_unary_response(m: _MethodMetrics, behavior: Callable[..., Awaitable[A
 def _count_stream_response(m: _MethodMetrics, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
     # Streaming handlers are either async generators or coroutines that call context.write(); both end here.
     async def handler(request_or_iterator: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        m.inflight.n += 1
-        start = time.perf_counter()
-        code = _UNEXPECTED
-        try:
+        with _Counted(m, context):
             responses = behavior(request_or_iterator, context)
             if hasattr(responses, "__aiter__"):
                 async for response in responses:
                     yield response
             else:
                 await responses
-            code = context.code()
-        except (asyncio.CancelledError, GeneratorExit):
-            code = _cancelled_status(context)
-            raise
-        except aio.AbortError:
-            code = context.code()
-            raise
-        finally:
-            m.observe(time.perf_counter() - start)
-            m.inflight.n -= 1
-            m.count(code)
 
     return handler
 
