@@ -9,7 +9,6 @@ Errors come back as `grpc.RpcError` (code() and details() name the status and th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import grpc
 import numpy as np
 
 from vaeserve.errors import VaeserveError
+from vaeserve.grid import tile
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
 MB = 1 << 20
@@ -124,14 +124,7 @@ def write_grid(images: np.ndarray, path: str | Path, columns: int | None = None,
     each pixel repeated `scale` times."""
     from PIL import Image
 
-    n, c, h, w = images.shape
-    columns = columns or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / columns)
-    grid = np.zeros((c, rows * (h + 1) + 1, columns * (w + 1) + 1), dtype=np.float32)
-    for i, image in enumerate(images):
-        r, k = divmod(i, columns)
-        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = image
-    grid = grid.repeat(scale, axis=1).repeat(scale, axis=2)
-    pixels = (np.clip(grid, 0.0, 1.0) * 255).round().astype(np.uint8)
+    grid = tile(images, columns).repeat(scale, axis=1).repeat(scale, axis=2)
+    pixels = (grid * 255).round().astype(np.uint8)
     # Grey for one channel (or the first of an unusual count), RGB for three.
-    Image.fromarray(pixels.transpose(1, 2, 0) if c == 3 else pixels[0]).save(path)
+    Image.fromarray(pixels.transpose(1, 2, 0) if len(pixels) == 3 else pixels[0]).save(path)

@@ -18,24 +18,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from vaeserve.grid import tile
+
 from .data import Splits
 from .model import VAE
 
 REPORT_SEED = 0
 
 
-def image_grid(images: torch.Tensor, ncols: int, pad: int = 1) -> np.ndarray:
-    """[N, C, H, W] in [0, 1] -> one [rows*(H+pad), cols*(W+pad)(, C)] array with a light separator between cells."""
-    n, c, h, w = images.shape
-    nrows = -(-n // ncols)
-    grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), dtype=np.float32) * 0.5
-    pixels = images.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    for i in range(n):
-        r, col = divmod(i, ncols)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = pixels[
-            i
-        ]
-    return grid[..., 0] if c == 1 else grid
+def image_grid(images: torch.Tensor, ncols: int) -> np.ndarray:
+    """[N, C, H, W] in [0, 1] -> one [H', W'(, C)] array with a mid-grey separator between cells."""
+    grid = tile(images.detach().cpu().numpy(), ncols, fill=0.5)
+    return grid[0] if len(grid) == 1 else grid.transpose(1, 2, 0)
 
 
 def save_grid(images: torch.Tensor, ncols: int, path: Path, title: str) -> None:
