@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from vaeserve.server.noise import reparameterize
 from vaeserve.training.model import VAE
 
 from .repository import GRAPHS, MODEL_JSON, sha256_file
@@ -96,7 +97,7 @@ def neg_elbo(
     for start in range(0, len(images), EVAL_BATCH):
         x = images[start : start + EVAL_BATCH]
         mean, log_variance = encoder.run(None, {"image": x})
-        z = mean + np.exp(0.5 * log_variance) * eps[start : start + EVAL_BATCH]
+        z = reparameterize(mean, log_variance, eps[start : start + EVAL_BATCH])
         (p,) = decoder.run(None, {"latent": z.astype(np.float32)})
         x64, p64 = x.astype(np.float64), np.clip(p.astype(np.float64), PROB_CLIP, 1.0 - PROB_CLIP)
         if likelihood == "bernoulli":
