@@ -51,7 +51,7 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_training
 	$(BIN)/python -m tests.bench.bench_export
 	$(BIN)/python -m tests.bench.bench_serving
-	$(BIN)/python -m tests.bench.bench_interceptor
+	$(BIN)/python -m tests.bench.bench_counting
 
 load: install
 	$(BIN)/python -m tests.load.run_local

@@ -1,4 +1,4 @@
-"""A probe gRPC service of known outcomes on a real grpc.aio server on loopback, with given interceptors."""
+"""A probe gRPC service of known outcomes on a real grpc.aio server on loopback, counted and intercepted as asked."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2_grpc
+
+from vaeserve.server.metrics import CountingRegistrar, Metrics
 
 SERVICE = "test.v1.Probe"
 
@@ -50,7 +52,9 @@ class Probe:
         yield request
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many chunks")
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def add_to(self, server: aio.Server | CountingRegistrar, registered: bool) -> None:
+        """Like generated `add_XServicer_to_server`: a generic handler, and (`registered`) the registered methods
+        gRPC looks up first."""
         unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
         methods = {
             "Ok": unary(self.ok, _identity, _identity),
@@ -61,15 +65,19 @@ class Probe:
             "Chunks": stream(self.chunks, _identity, _identity),
             "ChunksThenAbort": stream(self.chunks_then_abort, _identity, _identity),
         }
-        return grpc.method_handlers_generic_handler(SERVICE, methods)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, methods)])
+        if registered:
+            server.add_registered_method_handlers(SERVICE, methods)
 
 
 @contextlib.asynccontextmanager
-async def probe_server(*interceptors: aio.ServerInterceptor) -> AsyncIterator[tuple[Probe, aio.Channel]]:
-    """The probe and health services behind `interceptors`, and a channel to them."""
+async def probe_server(
+    metrics: Metrics | None, *interceptors: aio.ServerInterceptor, registered: bool = True
+) -> AsyncIterator[tuple[Probe, aio.Channel]]:
+    """The probe (counted by `metrics` when given) and health services behind `interceptors`, and a channel."""
     probe = Probe()
     server = aio.server(interceptors=interceptors)
-    server.add_generic_rpc_handlers([probe.handler()])
+    probe.add_to(server if metrics is None else metrics.counting(server), registered)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -60,7 +60,7 @@ def test_rpc_and_batch_spans_reach_the_collector(receiver):
     metrics, tracing = Metrics(), Tracing(f"http://127.0.0.1:{port}", service_name="vaeserve-test")
 
     async def scenario() -> None:
-        async with probe_server(metrics.interceptor(), tracing.interceptor()) as (_, channel):
+        async with probe_server(metrics, tracing.interceptor()) as (_, channel):
             assert await call(channel, "Ok", metadata=(("traceparent", TRACEPARENT),)) == grpc.StatusCode.OK
             assert await call(channel, "Invalid") == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -99,7 +99,7 @@ def test_health_checks_are_not_traced(receiver):
     tracing = Tracing(f"http://127.0.0.1:{port}")
 
     async def scenario() -> None:
-        async with probe_server(tracing.interceptor()) as (_, channel):
+        async with probe_server(None, tracing.interceptor()) as (_, channel):
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             await call(channel, "Ok")
 

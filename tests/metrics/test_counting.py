@@ -1,4 +1,4 @@
-"""The metrics interceptor inside a real grpc.aio server on loopback, with a small probe service of known outcomes.
+"""Counting RPCs (`Metrics.counting`) in a real grpc.aio server on loopback, with a probe service of known outcomes.
 
 Every status a handler can end with goes through the real gRPC machinery: a return, `await context.abort(...)`,
 `context.set_code(...)`, an unexpected exception, a client cancellation, a deadline that passes.
@@ -47,11 +47,12 @@ def run(scenario: Callable[[], Coroutine[object, object, T]]) -> T:
     return asyncio.run(scenario())
 
 
-def test_each_outcome_is_counted_once_with_its_status_code():
+@pytest.mark.parametrize("registered", [True, False], ids=["registered-methods", "generic-handler-only"])
+def test_each_outcome_is_counted_once_with_its_status_code(registered: bool):
     m = Metrics()
 
     async def scenario() -> None:
-        async with probe_server(m.interceptor()) as (_, channel):
+        async with probe_server(m, registered=registered) as (_, channel):
             outcomes = {"Ok": 3, "Invalid": 2, "NotFound": 1, "Boom": 1}
             for method, n in outcomes.items():
                 for _ in range(n):
@@ -72,7 +73,7 @@ def test_client_sees_the_code_the_metric_records():
     m = Metrics()
 
     async def scenario() -> dict[str, grpc.StatusCode]:
-        async with probe_server(m.interceptor()) as (_, channel):
+        async with probe_server(m) as (_, channel):
             return {method: await call(channel, method) for method in ("Ok", "Invalid", "NotFound", "Boom")}
 
     seen = run(scenario)
@@ -84,7 +85,7 @@ def test_inflight_counts_running_calls_and_cancellation_is_counted():
     m = Metrics()
 
     async def scenario() -> None:
-        async with probe_server(m.interceptor()) as (probe, channel):
+        async with probe_server(m) as (probe, channel):
             hanging = channel.unary_unary(f"/{SERVICE}/Hang")(b"x")
             await probe.started.wait()
             assert m.registry.get_sample_value("vaeserve_inflight_requests") == 1
@@ -100,7 +101,7 @@ def test_deadline_passing_in_the_handler_is_counted_as_deadline_exceeded():
     m = Metrics()
 
     async def scenario() -> None:
-        async with probe_server(m.interceptor()) as (_, channel):
+        async with probe_server(m) as (_, channel):
             assert await call(channel, "Hang", timeout=0.2) == grpc.StatusCode.DEADLINE_EXCEEDED
             await eventually(lambda: requests(m, "Hang", "DEADLINE_EXCEEDED") == 1, "Hang counted")
 
@@ -113,7 +114,7 @@ def test_server_streams_are_counted_once_when_they_end():
     m = Metrics()
 
     async def scenario() -> None:
-        async with probe_server(m.interceptor()) as (_, channel):
+        async with probe_server(m) as (_, channel):
             chunks = [c async for c in channel.unary_stream(f"/{SERVICE}/Chunks")(b"x")]
             assert chunks == [b"x"] * 3
             with pytest.raises(aio.AioRpcError) as info:
@@ -132,7 +133,7 @@ def test_health_checks_and_unknown_methods_are_not_counted():
     m = Metrics()
 
     async def scenario() -> None:
-        async with probe_server(m.interceptor()) as (_, channel):
+        async with probe_server(m) as (_, channel):
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             assert await call(channel, "NoSuchMethod") == grpc.StatusCode.UNIMPLEMENTED
@@ -146,7 +147,7 @@ def test_instances_do_not_share_counts():
     first, second = Metrics(), Metrics()
 
     async def scenario() -> None:
-        async with probe_server(first.interceptor()) as (_, channel):
+        async with probe_server(first) as (_, channel):
             await call(channel, "Ok")
 
     run(scenario)
