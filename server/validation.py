@@ -16,6 +16,9 @@ from vaeserve.protos.vae.v1 import vae_pb2
 from .errors import InvalidArgument
 
 FLOAT32 = np.dtype("<f4")
+# The bits of float32 1.0. As unsigned integers, the bit patterns of +0.0 ... 1.0 are exactly 0 ... ONE_BITS:
+# negative values (sign bit), values over 1, Inf and NaN all compare greater.
+ONE_BITS = np.uint32(0x3F800000)
 
 
 def _shape_text(shape: Sequence[int | str]) -> str:
@@ -42,12 +45,16 @@ def tensor(t: vae_pb2.Tensor, field: str, row_shape: Sequence[int], max_rows: in
 def images(t: vae_pb2.Tensor, field: str, image_shape: Sequence[int], max_rows: int) -> np.ndarray:
     """Images [N, C, H, W] with every value finite and in [0, 1]."""
     x = tensor(t, field, image_shape, max_rows)
+    # One integer reduction instead of min and max: a call's numpy calls cost ~10x their isolated timing
+    # inside a busy server (cold caches between calls), so the per-call path keeps them few.
+    if x.view("<u4").max() <= ONE_BITS:
+        return x
     lo, hi = x.min(), x.max()  # NaN propagates into both, so one comparison catches it
     if not (lo >= 0.0 and hi <= 1.0):
         if not np.isfinite(x).all():
             raise InvalidArgument(f"{field}.data", "expected finite values in [0, 1], got NaN or Inf")
         raise InvalidArgument(f"{field}.data", f"expected values in [0, 1], got values in [{lo:g}, {hi:g}]")
-    return x
+    return x  # only -0.0 gets here
 
 
 def latents(t: vae_pb2.Tensor, field: str, latent_dim: int, max_rows: int) -> np.ndarray:

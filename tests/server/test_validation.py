@@ -122,3 +122,33 @@ def test_reparameterize_matches_the_definition() -> None:
     z = reparameterize(mean, log_variance, eps)
     assert z.dtype == np.float32
     np.testing.assert_allclose(z, mean + np.sqrt(np.exp(log_variance)) * eps, rtol=1e-6)
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=64, max_size=64))
+def test_image_values_are_checked_bit_pattern_by_bit_pattern(bits: list[int]) -> None:
+    # Any float32 bit patterns (NaNs with payloads, subnormals, -0.0, Inf): accepted exactly when every
+    # value is in [0, 1], as a float comparison says.
+    x = np.array(bits, "<u4").view("<f4").reshape(1, *IMAGE_SHAPE)
+    valid = bool(np.all((x >= 0.0) & (x <= 1.0)))
+    try:
+        got = validation.images(tensor(x), "images", IMAGE_SHAPE, 8)
+    except InvalidArgument:
+        assert not valid
+    else:
+        assert valid and got.tobytes() == x.tobytes()
+
+
+@pytest.mark.parametrize("value", [0.0, -0.0, 1.0, np.nextafter(np.float32(0), np.float32(1)), np.float32(0.5)])
+def test_unit_range_edges_are_accepted(value: float) -> None:
+    x = np.full((1, *IMAGE_SHAPE), value, np.float32)
+    np.testing.assert_array_equal(validation.images(tensor(x), "images", IMAGE_SHAPE, 8), x)
+
+
+@pytest.mark.parametrize(
+    "value", [np.nextafter(np.float32(1), np.float32(2)), -np.nextafter(np.float32(0), np.float32(1)), -np.inf]
+)
+def test_just_outside_the_unit_range_is_refused(value: float) -> None:
+    x = np.zeros((1, *IMAGE_SHAPE), np.float32)
+    x[0, 0, 7, 7] = value
+    with pytest.raises(InvalidArgument, match=r"images\.data: expected"):
+        validation.images(tensor(x), "images", IMAGE_SHAPE, 8)
