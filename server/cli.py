@@ -29,6 +29,15 @@ def add_flag(p: argparse.ArgumentParser, flag: str, default: Any, help: str, **k
                    **kwargs)  # fmt: skip
 
 
+def boolean(text: str) -> bool:
+    """A switch's value from a flag or the environment: true/false, yes/no, on/off or 1/0."""
+    value = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    try:
+        return value[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
@@ -40,6 +49,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flag(p, "--version", serve_default("version"), "model version number, or latest")
     add_flag(p, "--host", serve_default("host"), "address to listen on (0.0.0.0 in a container)")
     add_flag(p, "--port", serve_default("port"), "gRPC port (0: any free port, logged)")
+    add_flag(
+        p,
+        "--reuse-port",
+        serve_default("reuse_port"),
+        "let several serve processes share --port (SO_REUSEPORT; each needs its own --metrics-port); "
+        "off: a port in use is an error",
+        type=boolean,
+        nargs="?",
+        const=True,
+    )
     add_flag(
         p, "--metrics-port", serve_default("metrics_port"), "Prometheus /metrics port on the same host (0: disabled)"
     )

@@ -25,8 +25,9 @@ class DeviceError(VaeserveError):
 
 def _options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    # Defaults of 1: on a small model the gRPC layer is the bottleneck, and idle intra-op threads that spin
-    # take the core the event loop needs (measured slower with 2 threads on 2 cores).
+    # Pool threads must not spin while idle: a spinning thread takes the core the event loop needs (measured
+    # slower with 2 spinning threads on 2 cores). Sleeping, they cost small batches nothing (ORT runs those on
+    # the calling thread) and split the heavy ones.
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

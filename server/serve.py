@@ -23,6 +23,7 @@ from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
 from .batcher import Batcher
 from .config import MB, ServeConfig
+from .memory import MMAP_THRESHOLD, keep_large_buffers
 from .metrics import Metrics
 from .runtime import GraphSession
 from .servicer import VaeServicer
@@ -89,6 +90,8 @@ async def serve(config: ServeConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    if keep_large_buffers():
+        log.info("malloc: buffers up to %d MiB are reused from the heap, not mapped per call", MMAP_THRESHOLD // MB)
     model = verify_version(resolve_version(config.repo, config.name, config.version))
     check_message_limit(model, config)
     log.info("model %s version %d from %s", model.name, model.version, model.path)
@@ -99,14 +102,14 @@ async def serve(config: ServeConfig) -> int:
 
     metrics = Metrics()
     metrics.set_model_info(model.name, model.version, provider)
-    interceptors = [metrics.interceptor()]
+    interceptors: list[grpc.aio.ServerInterceptor] = []
     observers = {name: metrics.graph(name) for name in graphs}
     tracing = None
     if config.otlp_endpoint:
         from .tracing import Tracing  # imports OpenTelemetry, an optional extra
 
         tracing = Tracing(config.otlp_endpoint)
-        interceptors.insert(0, tracing.interceptor())
+        interceptors.append(tracing.interceptor())
         observers = {name: tracing.observer(name, observer) for name, observer in observers.items()}
         log.info("tracing to %s", config.otlp_endpoint)
     delay_s = config.max_batch_delay_ms / 1000
@@ -125,7 +128,7 @@ async def serve(config: ServeConfig) -> int:
     )
     info = model_info(model, provider, config)
     vae_pb2_grpc.add_VaeServiceServicer_to_server(
-        VaeServicer(model, encoder, decoder, config.max_num_samples, info), server
+        VaeServicer(model, encoder, decoder, config.max_num_samples, info), metrics.counting(server)
     )
     health_servicer = health.aio.HealthServicer()
     for service in ("", SERVICE_NAME):
@@ -137,8 +140,9 @@ async def serve(config: ServeConfig) -> int:
     encoder.start()
     decoder.start()
     await server.start()
-    log.info("gRPC listening on %s:%d (max message %d MiB, max %d concurrent RPCs)", config.host, port,
-             config.max_message_mb, config.max_concurrent_rpcs)  # fmt: skip
+    log.info("gRPC listening on %s:%d (max message %d MiB, max %d concurrent RPCs%s)", config.host, port,
+             config.max_message_mb, config.max_concurrent_rpcs,
+             ", port shared with other processes: --reuse-port" if config.reuse_port else "")  # fmt: skip
     log.info("metrics on %s", f"http://{config.host}:{http.port}/metrics" if http else "(disabled: --metrics-port 0)")
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

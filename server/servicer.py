@@ -2,7 +2,8 @@
 
 The one place request errors become gRPC statuses (`_answers_errors`); everything below raises
 `RequestError`s. Per-call work is kept to numpy views of the request bytes in and one `tobytes()` per
-output tensor, because with a small model the Python gRPC layer, not the model, is what a call costs.
+output tensor, written into the response's own fields, because with a small model the Python gRPC layer,
+not the model, is what a call costs.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ Response = TypeVar("Response")
 Handler = Callable[["VaeServicer", Request, grpc.aio.ServicerContext], Awaitable[Response]]
 
 
-def _tensor(a: np.ndarray) -> vae_pb2.Tensor:
-    return vae_pb2.Tensor(shape=a.shape, data=a.tobytes())
+def _fill(t: vae_pb2.Tensor, a: np.ndarray) -> None:
+    """Writes `a` into a response's own Tensor field: a Tensor built apart would be copied in once more."""
+    t.shape[:] = a.shape
+    t.data = a.tobytes()
 
 
 def _seed(request: vae_pb2.SampleRequest | vae_pb2.EncodeRequest | vae_pb2.ReconstructRequest) -> int | None:
@@ -75,19 +78,28 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         if temperature != 1.0:
             latents *= np.float32(temperature)
         (images,) = await self.decoder.submit(latents, context.time_remaining())
-        return vae_pb2.SampleResponse(images=_tensor(images), latents=_tensor(latents))
+        response = vae_pb2.SampleResponse()
+        _fill(response.images, images)
+        _fill(response.latents, latents)
+        return response
 
     @_answers_errors
     async def Encode(self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> vae_pb2.EncodeResponse:
         x = validation.images(request.images, "images", self.image_shape, self.max_rows)
         mean, log_variance, latents = await self._encode(x, _seed(request), context)
-        return vae_pb2.EncodeResponse(mean=_tensor(mean), log_variance=_tensor(log_variance), latents=_tensor(latents))
+        response = vae_pb2.EncodeResponse()
+        _fill(response.mean, mean)
+        _fill(response.log_variance, log_variance)
+        _fill(response.latents, latents)
+        return response
 
     @_answers_errors
     async def Decode(self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> vae_pb2.DecodeResponse:
         z = validation.latents(request.latents, "latents", self.latent_dim, self.max_rows)
         (images,) = await self.decoder.submit(z, context.time_remaining())
-        return vae_pb2.DecodeResponse(images=_tensor(images))
+        response = vae_pb2.DecodeResponse()
+        _fill(response.images, images)
+        return response
 
     @_answers_errors
     async def Reconstruct(
@@ -96,7 +108,10 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         x = validation.images(request.images, "images", self.image_shape, self.max_rows)
         _, _, latents = await self._encode(x, _seed(request), context)
         (images,) = await self.decoder.submit(latents, context.time_remaining())
-        return vae_pb2.ReconstructResponse(images=_tensor(images), latents=_tensor(latents))
+        response = vae_pb2.ReconstructResponse()
+        _fill(response.images, images)
+        _fill(response.latents, latents)
+        return response
 
     async def GetModelInfo(
         self, request: vae_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext

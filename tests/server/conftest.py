@@ -1,13 +1,14 @@
 """Real `vaeserve serve` processes on free loopback ports, and clients for them.
 
 Servers run as subprocesses through the real CLI (`python -m vaeserve.cli serve ...`), so every test talks to
-what a user runs; `start_server` waits until the standard health service reports SERVING.
+what a user runs; `start_server` waits until the standard health service reports SERVING and the process logged it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from tests.conftest import free_port
 from vaeserve.server.client import VaeClient
 
 START_TIMEOUT_S = 60
+_SERVING = re.compile(r"\bSERVING\b")  # the start-up log line, not NOT_SERVING
 
 
 @dataclass
@@ -73,8 +75,10 @@ def health_status(target: str, service: str = "") -> int:
         return response.status
 
 
-def start_server(repo: Path, log: Path, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
-    port, metrics_port = free_port(), free_port()
+def start_server(
+    repo: Path, log: Path, *flags: str, env: dict[str, str] | None = None, port: int | None = None
+) -> ServerProcess:
+    port, metrics_port = port or free_port(), free_port()
     with open(log, "w") as out:
         process = subprocess.Popen(serve_command(repo, *flags, port=port, metrics_port=metrics_port),
                                    stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})  # fmt: skip
@@ -84,7 +88,10 @@ def start_server(repo: Path, log: Path, *flags: str, env: dict[str, str] | None 
         if process.poll() is not None:
             raise AssertionError(f"server exited {process.returncode} while starting:\n{server.output()}")
         try:
-            if health_status(server.target) == health_pb2.HealthCheckResponse.SERVING:
+            # Its own log too: with --reuse-port another process may answer on the same port.
+            if health_status(server.target) == health_pb2.HealthCheckResponse.SERVING and _SERVING.search(
+                server.output()
+            ):
                 return server
         except grpc.RpcError:
             pass
@@ -104,9 +111,12 @@ def stop_server(server: ServerProcess) -> None:
 
 
 @contextlib.contextmanager
-def serving(repo: Path, log: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    """A started server that is stopped (if the test did not stop it) however the test ends."""
-    server = start_server(repo, log, *flags, env=env)
+def serving(
+    repo: Path, log: Path, *flags: str, env: dict[str, str] | None = None, port: int | None = None
+) -> Iterator[ServerProcess]:
+    """A started server (on `port`, else a free one) that is stopped (if the test did not stop it) however the
+    test ends."""
+    server = start_server(repo, log, *flags, env=env, port=port)
     try:
         yield server
     finally:

@@ -65,7 +65,7 @@ def test_flags_come_from_the_environment_and_are_checked(model_repo: Path, tmp_p
     assert (info.max_batch_size, info.max_num_samples) == (7, 99)
     lines = [json.loads(line) for line in server.output().splitlines()]
     messages = " | ".join(line["message"] for line in lines)
-    for fact in ("model vae version 1", "execution provider CPUExecutionProvider", "intra-op 1", "gRPC listening on",
+    for fact in ("model vae version 1", "execution provider CPUExecutionProvider", "intra-op 2", "gRPC listening on",
                  "max 7 rows", "SERVING", "draining", "stopped"):  # fmt: skip
         assert fact in messages
 
@@ -86,6 +86,22 @@ def test_a_port_in_use_is_an_error(server: ServerProcess, model_repo: Path) -> N
         serve_command(model_repo, port=server.port, metrics_port=0), capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and f"--port: cannot listen on 127.0.0.1:{server.port}" in result.stderr
+
+
+def test_reuse_port_lets_two_processes_share_the_port_and_its_connections(model_repo: Path, tmp_path: Path) -> None:
+    port = free_port()
+    with (
+        serving(model_repo, tmp_path / "first.log", "--reuse-port", port=port) as first,
+        serving(model_repo, tmp_path / "second.log", port=port, env={"VAESERVE_REUSE_PORT": "true"}) as second,
+    ):
+        for _ in range(24):  # new connections: the kernel spreads them over both listeners
+            with VaeClient(first.target) as client:
+                images, _ = client.sample(2, seed=0)
+            assert images.shape == (2, 1, 8, 8)
+        served = [s.metric('vaeserve_requests_total{code="OK",method="Sample"}', 0.0) for s in (first, second)]
+    assert sum(served) == 24
+    assert min(served) > 0, f"one process got every connection: {served}"
+    assert "port shared with other processes" in second.output()
 
 
 def test_health_watch_sees_serving_then_not_serving_on_sigterm(model_repo: Path, tmp_path: Path) -> None:

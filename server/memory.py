@@ -1,0 +1,37 @@
+"""glibc malloc settings for a server whose responses are megabytes: keep large buffers for reuse.
+
+glibc serves allocations over its mmap threshold with fresh mmap'd pages and unmaps them on free, so every
+large buffer a call makes (onnxruntime's output, the response's bytes, the serialized message) page-faults
+its whole size in again. Measured on a 28x28 model's Sample(1024) (3.2 MB of images): building and
+serializing the response took 4.7 ms with the defaults and 1.6 ms with large buffers kept in the heap, and
+the server went from 84 to 134 calls/s. The cost is that freed memory up to the trim threshold stays with
+the process instead of going back to the OS.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+M_TRIM_THRESHOLD = -1  # <malloc.h>
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit (HEAP_MAX_SIZE / 2)
+TRIM_THRESHOLD = 256 << 20  # free heap kept before any is returned to the OS
+
+
+def keep_large_buffers() -> bool:
+    """Raises glibc's mmap and trim thresholds; False (and nothing changed) where libc is not glibc."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): leave the allocator alone
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    # mallopt returns 1 on success. The mmap threshold goes first: setting it also stops glibc from adjusting
+    # both thresholds by itself.
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
