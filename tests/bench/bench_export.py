@@ -1,7 +1,7 @@
 """Export benchmark: parity with PyTorch, graph sizes, and each variant's speed and test-ELBO change.
 
-Trains small models with the real CLI (digits MLP and conv; MNIST MLP when /work/shared/data/mnist or
-$VAESERVE_MNIST_DIR holds the t10k IDX files: the first 9,000 images train, the last 1,000 test), exports
+Trains small models with the real CLI (digits MLP and conv; MNIST MLP when ../shared/data/mnist or
+$MNIST_DIR holds the t10k IDX files: the first 9,000 images train, the last 1,000 test), exports
 them, then measures with the same functions `vaeserve export --variants` uses. Throughput is in-process
 onnxruntime on the CPU execution provider, 1 intra-op thread, encode then decode the mean, best of 5 passes.
 
@@ -11,14 +11,13 @@ onnxruntime on the CPU execution provider, 1 intra-op thread, encode then decode
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
+from tests.bench import mnist
 from tests.bench.report import markdown_table, write_section
 from tests.conftest import run_cli
 from vaeserve.export.graphs import graph_modules
@@ -26,22 +25,9 @@ from vaeserve.export.parity import BATCH_SIZES, max_abs_diff, random_inputs
 from vaeserve.export.repository import GRAPHS
 from vaeserve.export.variants import MAX_ELBO_CHANGE, make_variant, neg_elbo, session, test_images, throughput
 from vaeserve.training.checkpoint import load_model
-from vaeserve.training.data import read_idx
 
 VARIANTS = ("fp32", "ort", "fp16", "int8")
 ROUNDS = 5
-MNIST_DIR = Path(os.environ.get("VAESERVE_MNIST_DIR", "/work/shared/data/mnist"))
-
-
-def mnist_npz(folder: Path) -> Path | None:
-    """The t10k split as a keras-layout .npz (9,000 train / 1,000 test), or None where the files are absent."""
-    images = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
-    if not images.is_file():
-        return None
-    x = read_idx(images, 3)
-    path = folder / "mnist-t10k.npz"
-    np.savez(path, x_train=x[:9000], x_test=x[9000:])
-    return path
 
 
 def train(folder: Path, name: str, *flags: str) -> Path:
@@ -103,8 +89,8 @@ def main() -> None:
             "digits MLP": train(folder, "digits-mlp", "--dataset", "digits", "--epochs", "15"),
             "digits conv": train(folder, "digits-conv", "--dataset", "digits", "--arch", "conv", "--epochs", "15"),
         }
-        npz = mnist_npz(folder)
-        if npz is not None:
+        if mnist.available():
+            npz = mnist.write_npz(folder / "mnist-t10k.npz")
             models["MNIST MLP"] = train(folder, "mnist-mlp", "--dataset", "npz", "--data-path", str(npz),
                                         "--latent-dim", "16", "--epochs", "10")  # fmt: skip
         parity, variants = [], []

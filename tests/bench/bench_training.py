@@ -1,6 +1,6 @@
 """Training benchmark: `vaeserve train` against a minimal pytorch/examples vae/main.py loop, same data and seed.
 
-Data: the MNIST test set in ../shared/data/mnist (MNIST_DIR overrides): its first 9,000 images train, the last
+Data: the MNIST test set in ../shared/data/mnist ($MNIST_DIR overrides): its first 9,000 images train, the last
 1,000 are the test split. Both: MLP 784-400-20, batch 128, Adam 1e-3, 10 epochs, Bernoulli likelihood on the grey
 values. Ours runs through the real CLI (`--dataset npz`; it holds 1% of the training images out for validation);
 the baseline is the pytorch/examples loop (DataLoader, summed BCE + KLD). Both models are scored by the same code
@@ -14,7 +14,6 @@ two trainers' epochs alternate (ours continues with `--resume`, which is exact) 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -27,15 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.bench.report import ROOT, markdown_table, write_section
+from tests.bench import mnist
+from tests.bench.report import markdown_table, write_section
 from vaeserve.cli import main as vaeserve
 from vaeserve.training.checkpoint import load_model
-from vaeserve.training.data import IDX_FILES, read_idx
 from vaeserve.training.evaluate import evaluate
 from vaeserve.training.model import VAE
 
-MNIST_DIR = Path(os.environ.get("MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
-N_TRAIN, EPOCHS, BATCH, LR, LATENT, SEED, IW_SAMPLES = 9000, 10, 128, 1e-3, 20, 0, 1000
+EPOCHS, BATCH, LR, LATENT, SEED, IW_SAMPLES = 10, 128, 1e-3, 20, 0, 1000
 
 
 class BaselineVAE(nn.Module):
@@ -119,11 +117,9 @@ def as_vaeserve_model(baseline: BaselineVAE, like: VAE) -> VAE:
     return model.eval()
 
 
-def our_command(images: np.ndarray, labels: np.ndarray, workdir: Path) -> list[str]:
+def our_command(workdir: Path) -> list[str]:
     """`vaeserve train --dataset npz` on the same split, without --epochs."""
-    data = workdir / "mnist-t10k.npz"
-    np.savez(data, x_train=images[:N_TRAIN], x_test=images[N_TRAIN:], y_train=labels[:N_TRAIN],
-             y_test=labels[N_TRAIN:])  # fmt: skip
+    data = mnist.write_npz(workdir / "mnist-t10k.npz")
     return ["train", "--dataset", "npz", "--data-path", str(data), "--arch", "mlp", "--latent-dim", str(LATENT),
             "--hidden-dim", "400", "--batch-size", str(BATCH), "--lr", str(LR), "--seed", str(SEED),
             "--val-fraction", "0.01", "--no-report", "--out", str(workdir / "run")]  # fmt: skip
@@ -138,19 +134,20 @@ def our_epoch(command: list[str], epoch: int) -> float:
 
 
 def main() -> None:
-    if not MNIST_DIR.is_dir():
-        sys.exit(f"{MNIST_DIR}: MNIST test-set folder not found (set MNIST_DIR)")
-    images = read_idx(MNIST_DIR / f"{IDX_FILES['test_images']}.gz", 3)
-    labels = read_idx(MNIST_DIR / f"{IDX_FILES['test_labels']}.gz", 1)
-    train = torch.from_numpy(images[:N_TRAIN].astype(np.float32) / 255.0).unsqueeze(1)
-    test = torch.from_numpy(images[N_TRAIN:].astype(np.float32) / 255.0).unsqueeze(1)
-    print(f"MNIST t10k from {MNIST_DIR}: {len(train)} train / {len(test)} test, {torch.get_num_threads()} threads")
+    if not mnist.available():
+        sys.exit(f"{mnist.MNIST_DIR}: MNIST test-set files not found (set mnist.MNIST_DIR)")
+    images, _ = mnist.t10k()
+    train = torch.from_numpy(images[: mnist.N_TRAIN].astype(np.float32) / 255.0).unsqueeze(1)
+    test = torch.from_numpy(images[mnist.N_TRAIN :].astype(np.float32) / 255.0).unsqueeze(1)
+    print(
+        f"MNIST t10k from {mnist.MNIST_DIR}: {len(train)} train / {len(test)} test, {torch.get_num_threads()} threads"
+    )
 
     # Epochs alternate between the two trainers, so both see the same load on a shared machine.
     baseline = Baseline(train)
     speeds: dict[str, list[float]] = {"baseline": [], "vaeserve": []}
     with tempfile.TemporaryDirectory() as tmp:
-        command = our_command(images, labels, Path(tmp))
+        command = our_command(Path(tmp))
         for epoch in range(1, EPOCHS + 1):
             speeds["baseline"].append(baseline.epoch())
             speeds["vaeserve"].append(our_epoch(command, epoch))
@@ -174,7 +171,8 @@ def main() -> None:
         f"throughput {ratio:.2f}x (goal >= 0.9x; median over epochs of the paired ratio)."
     )
     body = (
-        f"MNIST test set (`{MNIST_DIR.name}`): first {N_TRAIN:,} images train, last {len(test):,} test. MLP "
+        f"MNIST test set (`{mnist.MNIST_DIR.name}`): first {mnist.N_TRAIN:,} images train, last {len(test):,} test. "
+        "MLP "
         f"784-400-{LATENT}, batch {BATCH}, Adam {LR:g}, {EPOCHS} epochs, seed {SEED}, Bernoulli on grey values. "
         "Both models scored by `vaeserve.training.evaluate` on the test images; vaeserve trains through "
         "`vaeserve train --dataset npz` and holds 1% of its training images out for validation/best.pt. "
