@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .config import EVENT_LOOPS
 from .config import default as serve_default
 
 DEFAULT_TARGET = "localhost:50051"
@@ -119,6 +120,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "OpenTelemetry collector for a span per RPC and per batch, "
         "http://HOST:4317 (needs the tracing extra; empty: off)",
     )
+    add_flag(
+        p,
+        "--event-loop",
+        serve_default("event_loop"),
+        "asyncio event loop: auto (uvloop when installed), asyncio, uvloop",
+        choices=EVENT_LOOPS,
+    )
     add_flag(p, "--log-format", "text", "log line format", choices=("text", "json"))
     add_flag(p, "--log-level", "INFO", "log level")
     p.set_defaults(run=run_serve)
@@ -164,15 +172,14 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import asyncio
     import dataclasses
 
     from .logs import configure_logging
-    from .serve import ServeConfig, serve
+    from .serve import ServeConfig, run
 
     configure_logging(args.log_format, args.log_level)
     config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
-    return asyncio.run(serve(config))
+    return run(config)
 
 
 def _calling(args: argparse.Namespace, call):  # -> the call's result

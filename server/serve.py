@@ -83,6 +83,19 @@ def listen(server: grpc.aio.Server, config: ServeConfig) -> int:
     return port
 
 
+def run(config: ServeConfig) -> int:
+    """Runs `serve` on the event loop --event-loop names; its exit status."""
+    if config.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if config.event_loop == "uvloop":
+                raise VaeserveError("--event-loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        else:
+            return uvloop.run(serve(config))
+    return asyncio.run(serve(config))
+
+
 async def serve(config: ServeConfig) -> int:
     config.check()
     # Installed first, so a signal during loading and warm-up ends the start-up cleanly as well.
@@ -90,6 +103,7 @@ async def serve(config: ServeConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    log.info("event loop %s", type(loop).__module__.split(".")[0])  # uvloop or asyncio
     if keep_large_buffers():
         log.info("malloc: buffers up to %d MiB are reused from the heap, not mapped per call", MMAP_THRESHOLD // MB)
     model = verify_version(resolve_version(config.repo, config.name, config.version))

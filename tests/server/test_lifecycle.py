@@ -65,7 +65,8 @@ def test_flags_come_from_the_environment_and_are_checked(model_repo: Path, tmp_p
     assert (info.max_batch_size, info.max_num_samples) == (7, 99)
     lines = [json.loads(line) for line in server.output().splitlines()]
     messages = " | ".join(line["message"] for line in lines)
-    for fact in ("model vae version 1", "execution provider CPUExecutionProvider", "intra-op 2", "gRPC listening on",
+    for fact in ("event loop uvloop", "model vae version 1", "execution provider CPUExecutionProvider", "intra-op 2",
+                 "gRPC listening on",
                  "max 7 rows", "SERVING", "draining", "stopped"):  # fmt: skip
         assert fact in messages
 
@@ -77,6 +78,8 @@ def test_flags_come_from_the_environment_and_are_checked(model_repo: Path, tmp_p
     assert "--max-num-samples 5000: a full response of [1, 8, 8] images is 1.4 MiB, more than --max-message-mb 1" in (
         result.stderr
     )
+    result = run_serve(model_repo, "--event-loop", "trio")
+    assert result.returncode == 2 and "--event-loop: invalid choice: 'trio'" in result.stderr
     result = run_serve(model_repo, "--otlp-endpoint", "localhost:4317")
     assert result.returncode == 2 and "--otlp-endpoint: expected http://HOST:PORT" in result.stderr
 
@@ -138,10 +141,14 @@ def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_0(conv_model_
     assert "draining" in server.output()
 
 
-def test_sigint_stops_cleanly(model_repo: Path, tmp_path: Path) -> None:
-    with serving(model_repo, tmp_path / "serve.log") as server:
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_sigint_stops_cleanly_on_either_event_loop(model_repo: Path, tmp_path: Path, event_loop: str) -> None:
+    with serving(model_repo, tmp_path / "serve.log", "--event-loop", event_loop) as server:
+        with VaeClient(server.target) as client:
+            assert client.sample(2, seed=0)[0].shape == (2, 1, 8, 8)
         server.signal(signal.SIGINT)
         assert server.wait() == 0
+    assert f"event loop {event_loop}" in server.output()
     assert "Traceback" not in server.output()
 
 
