@@ -21,10 +21,12 @@ from vaeserve.errors import VaeserveError
 from vaeserve.export.repository import ModelVersion, resolve_version, verify_version
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
+from . import validation
 from .batcher import Batcher
 from .config import MB, ServeConfig
 from .memory import MMAP_THRESHOLD, keep_large_buffers
 from .metrics import Metrics
+from .noise import with_reparameterization
 from .runtime import GraphSession
 from .servicer import VaeServicer
 
@@ -129,10 +131,14 @@ async def serve(config: ServeConfig) -> int:
     delay_s = config.max_batch_delay_ms / 1000
     # On CUDA every batch goes to the worker thread: a GPU run waits on the device, which must not stall the loop.
     inline_s = 0.0 if provider == "CUDAExecutionProvider" else config.inline_budget_us / 1e6
-    encoder, decoder = (
-        Batcher(name, graph.run, observers[name], config.max_batch_size, delay_s, config.max_queue, inline_s)
-        for name, graph in graphs.items()
-    )
+    limits = {"max_rows": config.max_batch_size, "max_delay_s": delay_s, "max_queue": config.max_queue,
+              "inline_budget_s": inline_s}  # fmt: skip
+    image_shape, latent_shape = tuple(model.image_shape), (model.latent_dim,)
+    # The encoder's batches take (images, eps) and give (mean, log_variance, z); the decoder's take latents.
+    encoder = Batcher("encoder", with_reparameterization(graphs["encoder"].run), observers["encoder"],
+                      [image_shape, latent_shape], check=validation.check_images, **limits)  # fmt: skip
+    decoder = Batcher("decoder", graphs["decoder"].run, observers["decoder"], [latent_shape],
+                      check=validation.check_latents, **limits)  # fmt: skip
     log.info("batching: max %d rows, max delay %g ms, inline below %g us, max queue %d requests per graph, "
              "max %d samples per request", config.max_batch_size, config.max_batch_delay_ms, inline_s * 1e6,
              config.max_queue, config.max_num_samples)  # fmt: skip

@@ -1,9 +1,10 @@
-"""vae.v1.VaeService: validate, draw the request's noise, queue rows for a graph, reparameterize, reply.
+"""vae.v1.VaeService: check shapes, draw the request's noise, queue its bytes for a graph, reply with bytes.
 
 The one place request errors become gRPC statuses (`_answers_errors`); everything below raises
-`RequestError`s. Per-call work is kept to numpy views of the request bytes in and one `tobytes()` per
-output tensor, written into the response's own fields, because with a small model the Python gRPC layer,
-not the model, is what a call costs.
+`RequestError`s. A call passes the request's tensor bytes to the batcher as they are and writes the bytes it
+gets back into the response's own fields: numpy work (value checks, the encoder's reparameterization,
+conversions) happens once per batch in the batcher, because with a small model the Python gRPC layer, not
+the model, is what a call costs.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from . import validation
 from .batcher import Batcher
 from .errors import RequestError
-from .noise import draw_eps, reparameterize
+from .noise import draw_eps
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Handler = Callable[["VaeServicer", Request, grpc.aio.ServicerContext], Awaitable[Response]]
 
 
-def _fill(t: vae_pb2.Tensor, a: np.ndarray) -> None:
-    """Writes `a` into a response's own Tensor field: a Tensor built apart would be copied in once more."""
-    t.shape[:] = a.shape
-    t.data = a.tobytes()
+def _fill(t: vae_pb2.Tensor, shape: tuple[int, ...], data: bytes) -> None:
+    """Writes a tensor into a response's own Tensor field: a Tensor built apart would be copied in once more."""
+    t.shape[:] = shape
+    t.data = data
 
 
 def _seed(request: vae_pb2.SampleRequest | vae_pb2.EncodeRequest | vae_pb2.ReconstructRequest) -> int | None:
@@ -63,12 +64,12 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         self.info = info
 
     async def _encode(
-        self, x: np.ndarray, seed: int | None, context: grpc.aio.ServicerContext
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self, images: bytes, rows: int, seed: int | None, context: grpc.aio.ServicerContext
+    ) -> tuple[bytes, bytes, bytes]:
         """mean, log_variance, and latents = mean + exp(0.5 * log_variance) * eps with the request's eps."""
-        eps = draw_eps(seed, len(x), self.latent_dim)
-        mean, log_variance = await self.encoder.submit(x, context.time_remaining())
-        return mean, log_variance, reparameterize(mean, log_variance, eps)
+        eps = draw_eps(seed, rows, self.latent_dim).tobytes()
+        mean, log_variance, latents = await self.encoder.submit((images, eps), rows, context.time_remaining())
+        return mean, log_variance, latents
 
     @_answers_errors
     async def Sample(self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext) -> vae_pb2.SampleResponse:
@@ -77,40 +78,42 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         latents = draw_eps(_seed(request), n, self.latent_dim)
         if temperature != 1.0:
             latents *= np.float32(temperature)
-        (images,) = await self.decoder.submit(latents, context.time_remaining())
+        z = latents.tobytes()
+        (images,) = await self.decoder.submit((z,), n, context.time_remaining())
         response = vae_pb2.SampleResponse()
-        _fill(response.images, images)
-        _fill(response.latents, latents)
+        _fill(response.images, (n, *self.image_shape), images)
+        _fill(response.latents, (n, self.latent_dim), z)
         return response
 
     @_answers_errors
     async def Encode(self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> vae_pb2.EncodeResponse:
-        x = validation.images(request.images, "images", self.image_shape, self.max_rows)
-        mean, log_variance, latents = await self._encode(x, _seed(request), context)
+        n, images = validation.rows(request.images, "images", self.image_shape, self.max_rows)
+        mean, log_variance, latents = await self._encode(images, n, _seed(request), context)
         response = vae_pb2.EncodeResponse()
-        _fill(response.mean, mean)
-        _fill(response.log_variance, log_variance)
-        _fill(response.latents, latents)
+        shape = (n, self.latent_dim)
+        _fill(response.mean, shape, mean)
+        _fill(response.log_variance, shape, log_variance)
+        _fill(response.latents, shape, latents)
         return response
 
     @_answers_errors
     async def Decode(self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> vae_pb2.DecodeResponse:
-        z = validation.latents(request.latents, "latents", self.latent_dim, self.max_rows)
-        (images,) = await self.decoder.submit(z, context.time_remaining())
+        n, z = validation.rows(request.latents, "latents", (self.latent_dim,), self.max_rows)
+        (images,) = await self.decoder.submit((z,), n, context.time_remaining())
         response = vae_pb2.DecodeResponse()
-        _fill(response.images, images)
+        _fill(response.images, (n, *self.image_shape), images)
         return response
 
     @_answers_errors
     async def Reconstruct(
         self, request: vae_pb2.ReconstructRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.ReconstructResponse:
-        x = validation.images(request.images, "images", self.image_shape, self.max_rows)
-        _, _, latents = await self._encode(x, _seed(request), context)
-        (images,) = await self.decoder.submit(latents, context.time_remaining())
+        n, images = validation.rows(request.images, "images", self.image_shape, self.max_rows)
+        _, _, latents = await self._encode(images, n, _seed(request), context)
+        (reconstructions,) = await self.decoder.submit((latents,), n, context.time_remaining())
         response = vae_pb2.ReconstructResponse()
-        _fill(response.images, images)
-        _fill(response.latents, latents)
+        _fill(response.images, (n, *self.image_shape), reconstructions)
+        _fill(response.latents, (n, self.latent_dim), latents)
         return response
 
     async def GetModelInfo(

@@ -1,7 +1,9 @@
-"""Request checks: every field is validated against the model before anything is queued.
+"""Request checks: every field is validated against the model, naming the field and the expected value.
 
-A tensor arrives as shape + float32 bytes; `images` and `latents` turn it into a numpy view of the
-request's own buffer (no copy) or raise `InvalidArgument` naming the field and the expected value.
+A tensor arrives as shape + float32 bytes. Its shape and size are checked when the call arrives (`rows`), in
+plain Python; its values (`check_images`, `check_latents`) are checked on numpy arrays by the batcher, once
+per batch, and request by request only when a batch fails: inside a busy server every numpy call costs
+several times its isolated timing (cold caches between calls), so the per-call path makes none.
 """
 
 from __future__ import annotations
@@ -25,44 +27,40 @@ def _shape_text(shape: Sequence[int | str]) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
-def tensor(t: vae_pb2.Tensor, field: str, row_shape: Sequence[int], max_rows: int) -> np.ndarray:
-    """The [N, *row_shape] float32 array `t` holds, 1 <= N <= max_rows; a read-only view of its bytes."""
+def rows(t: vae_pb2.Tensor, field: str, row_shape: Sequence[int], max_rows: int) -> tuple[int, bytes]:
+    """N and the bytes of `t`, a [N, *row_shape] float32 tensor with 1 <= N <= max_rows."""
     shape = tuple(t.shape)
     expected = _shape_text(("N", *row_shape))
     if len(shape) != 1 + len(row_shape) or shape[1:] != tuple(row_shape):
         raise InvalidArgument(f"{field}.shape", f"expected {expected}, got {_shape_text(shape)}")
-    rows = shape[0]
-    if not 1 <= rows <= max_rows:
-        raise InvalidArgument(f"{field}.shape", f"expected {expected} with 1 <= N <= {max_rows}, got N = {rows}")
+    n = shape[0]
+    if not 1 <= n <= max_rows:
+        raise InvalidArgument(f"{field}.shape", f"expected {expected} with 1 <= N <= {max_rows}, got N = {n}")
+    data = t.data  # one read: each read of a bytes field makes a new bytes object
     nbytes = math.prod(shape) * FLOAT32.itemsize
-    if len(t.data) != nbytes:
+    if len(data) != nbytes:
         raise InvalidArgument(
-            f"{field}.data", f"expected {nbytes} bytes (float32 {_shape_text(shape)}), got {len(t.data)}"
+            f"{field}.data", f"expected {nbytes} bytes (float32 {_shape_text(shape)}), got {len(data)}"
         )
-    return np.frombuffer(t.data, dtype=FLOAT32).reshape(shape)
+    return n, data
 
 
-def images(t: vae_pb2.Tensor, field: str, image_shape: Sequence[int], max_rows: int) -> np.ndarray:
-    """Images [N, C, H, W] with every value finite and in [0, 1]."""
-    x = tensor(t, field, image_shape, max_rows)
-    # One integer reduction instead of min and max: a call's numpy calls cost ~10x their isolated timing
-    # inside a busy server (cold caches between calls), so the per-call path keeps them few.
-    if x.view("<u4").max() <= ONE_BITS:
-        return x
+def check_images(x: np.ndarray, field: str = "images") -> None:
+    """Every value finite and in [0, 1]."""
+    if x.view("<u4").max() <= ONE_BITS:  # one integer reduction instead of min and max
+        return
     lo, hi = x.min(), x.max()  # NaN propagates into both, so one comparison catches it
     if not (lo >= 0.0 and hi <= 1.0):
         if not np.isfinite(x).all():
             raise InvalidArgument(f"{field}.data", "expected finite values in [0, 1], got NaN or Inf")
         raise InvalidArgument(f"{field}.data", f"expected values in [0, 1], got values in [{lo:g}, {hi:g}]")
-    return x  # only -0.0 gets here
+    # only -0.0 gets here
 
 
-def latents(t: vae_pb2.Tensor, field: str, latent_dim: int, max_rows: int) -> np.ndarray:
-    """Latents [N, latent_dim] with every value finite."""
-    z = tensor(t, field, (latent_dim,), max_rows)
+def check_latents(z: np.ndarray, field: str = "latents") -> None:
+    """Every value finite."""
     if not np.isfinite(z).all():
         raise InvalidArgument(f"{field}.data", "expected finite values, got NaN or Inf")
-    return z
 
 
 def num_samples(n: int, max_rows: int) -> int:

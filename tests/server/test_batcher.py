@@ -1,4 +1,7 @@
-"""The batcher on its own: the real Batcher and real metrics around a numpy "graph" that records its batches."""
+"""The batcher on its own: the real Batcher and real metrics around a numpy "graph" that records its batches.
+
+The batcher takes and gives bytes; `ArrayBatcher` states the cases in numpy rows of width 3.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,47 @@ import time
 import numpy as np
 import pytest
 
-from vaeserve.server.batcher import Batcher, InferenceFailed
-from vaeserve.server.errors import DeadlineExpired, QueueFull
+from vaeserve.server.batcher import Batcher, BatchObserver, InferenceFailed
+from vaeserve.server.errors import DeadlineExpired, InvalidArgument, QueueFull
 from vaeserve.server.metrics import Metrics
+
+WIDTH = 3  # values per row of the test graphs' input
+
+
+class ArrayBatcher:
+    """A Batcher over rows of WIDTH float32 values, submitted and returned as numpy arrays.
+
+    `widths`: values per row of each graph output, to turn the result bytes back into arrays."""
+
+    def __init__(self, name: str, graph, observer: BatchObserver, widths: tuple[int, ...] = (WIDTH, 1), **kw) -> None:
+        self.batcher = Batcher(name, graph, observer, [(WIDTH,)], **kw)
+        self.widths = widths
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    def submit(self, x: np.ndarray, timeout: float | None = None) -> asyncio.Future:
+        """The batcher's future, decoded; cancelling it cancels the batcher's (as gRPC cancelling a handler does)."""
+        queued = self.batcher.submit((x.tobytes(),), len(x), timeout)  # raises QueueFull here, like the batcher
+        result = asyncio.get_running_loop().create_future()
+
+        def settle(done: asyncio.Future) -> None:
+            if result.done():
+                return
+            if done.cancelled():
+                result.cancel()
+            elif done.exception() is not None:
+                result.set_exception(done.exception())
+            else:
+                widths = zip(done.result(), self.widths, strict=True)
+                result.set_result([np.frombuffer(data, np.float32).reshape(-1, w) for data, w in widths])
+
+        queued.add_done_callback(settle)
+        result.add_done_callback(lambda r: queued.cancel() if r.cancelled() else None)
+        return result
 
 
 class Graph:
@@ -32,7 +73,7 @@ class Graph:
 
 
 def rows(start: int, n: int) -> np.ndarray:
-    return np.arange(start, start + n, dtype=np.float32)[:, None].repeat(3, axis=1)
+    return np.arange(start, start + n, dtype=np.float32)[:, None].repeat(WIDTH, axis=1)
 
 
 def run(coro) -> None:
@@ -47,7 +88,7 @@ def test_concurrent_requests_share_a_run_and_get_their_own_rows_back() -> None:
     graph, metrics = Graph(gated=True), Metrics()
 
     async def main() -> None:
-        b = Batcher("decoder", graph, metrics.graph("decoder"), max_rows=64)
+        b = ArrayBatcher("decoder", graph, metrics.graph("decoder"), max_rows=64)
         b.start()
         first = b.submit(rows(0, 1))
         await asyncio.to_thread(graph.running.wait, 10)  # the first batch is running: the next ones queue up
@@ -72,7 +113,7 @@ def test_big_requests_are_split_and_take_turns_with_small_ones() -> None:
     graph, metrics = Graph(gated=True), Metrics()
 
     async def main() -> None:
-        b = Batcher("decoder", graph, metrics.graph("decoder"), max_rows=4)
+        b = ArrayBatcher("decoder", graph, metrics.graph("decoder"), max_rows=4)
         b.start()
         big = b.submit(rows(0, 10))
         await asyncio.to_thread(graph.running.wait, 10)
@@ -94,7 +135,7 @@ def test_a_full_queue_refuses_at_once() -> None:
     graph = Graph(gated=True)
 
     async def main() -> None:
-        b = Batcher("encoder", graph, Metrics().graph("encoder"), max_rows=1, max_queue=2)
+        b = ArrayBatcher("encoder", graph, Metrics().graph("encoder"), max_rows=1, max_queue=2)
         b.start()
         running = b.submit(rows(0, 1))
         await asyncio.to_thread(graph.running.wait, 10)
@@ -114,7 +155,7 @@ def test_expired_and_cancelled_requests_are_dropped_not_computed() -> None:
     graph = Graph(gated=True)
 
     async def main() -> None:
-        b = Batcher("decoder", graph, Metrics().graph("decoder"), max_rows=64)
+        b = ArrayBatcher("decoder", graph, Metrics().graph("decoder"), max_rows=64)
         b.start()
         running = b.submit(rows(0, 1))
         await asyncio.to_thread(graph.running.wait, 10)
@@ -145,7 +186,7 @@ def test_a_failing_run_fails_its_requests_and_the_batcher_goes_on() -> None:
         return [x]
 
     async def main() -> None:
-        b = Batcher("decoder", flaky, Metrics().graph("decoder"), max_rows=8)
+        b = ArrayBatcher("decoder", flaky, Metrics().graph("decoder"), widths=(WIDTH,), max_rows=8)
         b.start()
         with pytest.raises(InferenceFailed, match="decoder inference failed: boom"):
             await b.submit(rows(0, 2))
@@ -160,7 +201,7 @@ def test_with_a_delay_a_lone_caller_never_waits_and_concurrent_callers_are_await
     graph = Graph()
 
     async def main() -> None:
-        b = Batcher("decoder", graph, Metrics().graph("decoder"), max_rows=64, max_delay_s=30.0)
+        b = ArrayBatcher("decoder", graph, Metrics().graph("decoder"), max_rows=64, max_delay_s=30.0)
         b.start()
         for i in range(3):  # one caller at a time: each request runs at once, not after the 30 s delay
             await asyncio.wait_for(b.submit(rows(i, 1)), 10)
@@ -179,7 +220,7 @@ def test_with_a_delay_a_full_batch_does_not_wait() -> None:
     graph = Graph()
 
     async def main() -> None:
-        b = Batcher("decoder", graph, Metrics().graph("decoder"), max_rows=4, max_delay_s=30.0)
+        b = ArrayBatcher("decoder", graph, Metrics().graph("decoder"), max_rows=4, max_delay_s=30.0)
         b.start()
         await asyncio.gather(b.submit(rows(0, 1)), b.submit(rows(1, 1)), b.submit(rows(2, 1)))  # three callers
         await asyncio.wait_for(b.submit(rows(10, 4)), 10)  # one full request: runs although two are missing
@@ -210,7 +251,9 @@ def _run_batches(graph: ThreadRecorder, inline_budget_s: float, sizes: list[int]
     async def main() -> None:
         nonlocal loop_thread
         loop_thread = threading.current_thread().name
-        b = Batcher("encoder", graph, Metrics().graph("encoder"), max_rows=64, inline_budget_s=inline_budget_s)
+        b = ArrayBatcher(
+            "encoder", graph, Metrics().graph("encoder"), widths=(WIDTH,), max_rows=64, inline_budget_s=inline_budget_s
+        )
         b.start()
         for n in sizes:  # one at a time: each is its own batch
             (out,) = await b.submit(rows(0, n))
@@ -235,3 +278,54 @@ def test_a_zero_budget_always_uses_the_worker_thread() -> None:
     loop_thread = _run_batches(graph, inline_budget_s=0.0, sizes=[1, 1, 1])
     assert loop_thread not in graph.threads
     assert set(graph.threads) == {"onnx-encoder_0"}
+
+
+def test_values_are_checked_once_per_batch_and_a_bad_request_fails_alone() -> None:
+    graph, checked = Graph(gated=True), []
+
+    def check(x: np.ndarray) -> None:
+        checked.append(len(x))
+        if (x < 0).any():
+            raise InvalidArgument("latents.data", "expected values >= 0")
+
+    async def main() -> None:
+        b = ArrayBatcher("decoder", graph, Metrics().graph("decoder"), max_rows=64, check=check)
+        b.start()
+        first = b.submit(rows(0, 1))
+        await asyncio.to_thread(graph.running.wait, 10)
+        good, bad, also_good = b.submit(rows(10, 2)), b.submit(rows(-5, 3)), b.submit(rows(20, 1))
+        graph.gate.set()
+        await first
+        with pytest.raises(InvalidArgument, match=r"latents\.data: expected values >= 0"):
+            await bad
+        (out, _), (also_out, _) = await good, await also_good
+        np.testing.assert_array_equal(out, 2 * rows(10, 2))
+        np.testing.assert_array_equal(also_out, 2 * rows(20, 1))
+        await b.stop()
+
+    run(main())
+    # The first batch passed as a whole; the second failed as a whole, then each request was checked alone.
+    assert checked == [1, 6, 2, 3, 1]
+    assert [x[:, 0].tolist() for x in graph.batches] == [[0], [10, 11, 20]]
+
+
+def test_every_input_is_joined_row_aligned() -> None:
+    # A graph of two inputs, like the encoder with its noise: each request's rows keep their own second input.
+    seen = []
+
+    def graph(x: np.ndarray, eps: np.ndarray) -> list[np.ndarray]:
+        seen.append(len(x))
+        return [x[:, :1] + eps]
+
+    async def main() -> list[list[bytes]]:
+        b = Batcher("encoder", graph, Metrics().graph("encoder"), [(WIDTH,), (2,)], max_rows=64, max_delay_s=1.0)
+        b.start()
+        requests = [(rows(100 * i, i), np.full((i, 2), i, np.float32)) for i in (1, 2, 3)]
+        results = await asyncio.gather(*(b.submit((x.tobytes(), e.tobytes()), len(x)) for x, e in requests))
+        await b.stop()
+        for (x, e), (out,) in zip(requests, results, strict=True):
+            np.testing.assert_array_equal(np.frombuffer(out, np.float32).reshape(-1, 2), x[:, :1] + e)
+        return results
+
+    run(main())
+    assert seen == [6]  # one run for the three

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.server import validation
 from vaeserve.server.errors import InvalidArgument
-from vaeserve.server.noise import draw_eps, reparameterize
+from vaeserve.server.noise import draw_eps, reparameterize, with_reparameterization
 
 IMAGE_SHAPE = (1, 8, 8)
 
@@ -21,12 +21,18 @@ def tensor(a: np.ndarray) -> vae_pb2.Tensor:
     return vae_pb2.Tensor(shape=a.shape, data=np.asarray(a, "<f4").tobytes())
 
 
-def test_images_are_a_view_of_the_request_bytes() -> None:
+def images(t: vae_pb2.Tensor, max_rows: int = 8) -> np.ndarray:
+    """What the server does with an images field: shape and size on arrival, values in the batcher."""
+    n, data = validation.rows(t, "images", IMAGE_SHAPE, max_rows)
+    x = np.frombuffer(data, "<f4").reshape(n, *IMAGE_SHAPE)
+    validation.check_images(x)
+    return x
+
+
+def test_rows_are_counted_and_the_bytes_passed_on_as_they_are() -> None:
     x = np.random.default_rng(0).random((3, *IMAGE_SHAPE), dtype=np.float32)
-    t = tensor(x)
-    got = validation.images(t, "images", IMAGE_SHAPE, 8)
-    np.testing.assert_array_equal(got, x)
-    assert not got.flags.owndata  # no copy of the request
+    n, data = validation.rows(tensor(x), "images", IMAGE_SHAPE, 8)
+    assert n == 3 and data == x.tobytes()
 
 
 @pytest.mark.parametrize(
@@ -44,7 +50,7 @@ def test_bad_image_tensors_name_the_field_and_expected_value(shape: tuple, data_
     n = data_len if data_len is not None else 4 * math.prod(shape)
     t = vae_pb2.Tensor(shape=shape, data=bytes(n))
     with pytest.raises(InvalidArgument) as info:
-        validation.images(t, "images", IMAGE_SHAPE, 8)
+        images(t)
     assert str(info.value) == message
 
 
@@ -61,19 +67,18 @@ def test_image_values_must_be_finite_and_in_unit_range(value: float, message: st
     x = np.zeros((2, *IMAGE_SHAPE), np.float32)
     x[1, 0, 3, 4] = value
     with pytest.raises(InvalidArgument) as info:
-        validation.images(tensor(x), "images", IMAGE_SHAPE, 8)
+        images(tensor(x))
     assert str(info.value) == message
 
 
 def test_latents_check_dimension_and_finiteness() -> None:
     with pytest.raises(InvalidArgument, match=r"latents.shape: expected \[N, 8\], got \[2, 4\]"):
-        validation.latents(tensor(np.zeros((2, 4))), "latents", 8, 8)
+        validation.rows(tensor(np.zeros((2, 4))), "latents", (8,), 8)
     z = np.zeros((2, 8), np.float32)
     z[0, 0] = -np.inf
     with pytest.raises(InvalidArgument, match=r"latents\.data: expected finite values"):
-        validation.latents(tensor(z), "latents", 8, 8)
-    big = np.full((2, 8), 1e30, np.float32)  # large but finite latents are the caller's business
-    np.testing.assert_array_equal(validation.latents(tensor(big), "latents", 8, 8), big)
+        validation.check_latents(z)
+    validation.check_latents(np.full((2, 8), 1e30, np.float32))  # large but finite latents are the caller's business
 
 
 def test_num_samples_and_temperature() -> None:
@@ -99,7 +104,7 @@ def test_any_tensor_is_accepted_exactly_when_it_is_valid(shape: list[int], extra
     valid = (len(shape) == 4 and tuple(shape[1:]) == IMAGE_SHAPE and 1 <= shape[0] <= 8 and extra_bytes == 0
              and 0.0 <= fill <= 1.0)  # fmt: skip
     try:
-        x = validation.images(t, "images", IMAGE_SHAPE, 8)
+        x = images(t)
     except InvalidArgument as exc:
         assert not valid, exc
         assert str(exc).startswith(("images.shape: expected [N, 1, 8, 8]", "images.data: expected"))
@@ -131,7 +136,7 @@ def test_image_values_are_checked_bit_pattern_by_bit_pattern(bits: list[int]) ->
     x = np.array(bits, "<u4").view("<f4").reshape(1, *IMAGE_SHAPE)
     valid = bool(np.all((x >= 0.0) & (x <= 1.0)))
     try:
-        got = validation.images(tensor(x), "images", IMAGE_SHAPE, 8)
+        got = images(tensor(x))
     except InvalidArgument:
         assert not valid
     else:
@@ -141,7 +146,7 @@ def test_image_values_are_checked_bit_pattern_by_bit_pattern(bits: list[int]) ->
 @pytest.mark.parametrize("value", [0.0, -0.0, 1.0, np.nextafter(np.float32(0), np.float32(1)), np.float32(0.5)])
 def test_unit_range_edges_are_accepted(value: float) -> None:
     x = np.full((1, *IMAGE_SHAPE), value, np.float32)
-    np.testing.assert_array_equal(validation.images(tensor(x), "images", IMAGE_SHAPE, 8), x)
+    np.testing.assert_array_equal(images(tensor(x)), x)
 
 
 @pytest.mark.parametrize(
@@ -151,4 +156,14 @@ def test_just_outside_the_unit_range_is_refused(value: float) -> None:
     x = np.zeros((1, *IMAGE_SHAPE), np.float32)
     x[0, 0, 7, 7] = value
     with pytest.raises(InvalidArgument, match=r"images\.data: expected"):
-        validation.images(tensor(x), "images", IMAGE_SHAPE, 8)
+        images(tensor(x))
+
+
+def test_the_encoders_batch_function_reparameterizes_each_row_with_its_own_eps() -> None:
+    rng = np.random.default_rng(1)
+    mean, log_variance = (rng.standard_normal((5, 3)).astype(np.float32) for _ in range(2))
+    images, eps = rng.random((5, *IMAGE_SHAPE), dtype=np.float32), draw_eps(3, 5, 3)
+    got_mean, got_log_variance, z = with_reparameterization(lambda x: [mean, log_variance])(images, eps)
+    assert got_mean is mean and got_log_variance is log_variance
+    for i in range(5):  # a row's z is the same computed alone
+        np.testing.assert_array_equal(z[i], reparameterize(mean[i : i + 1], log_variance[i : i + 1], eps[i : i + 1])[0])
