@@ -49,7 +49,7 @@ FLOAT32 = np.dtype("<f4")
 class BatchObserver(Protocol):
     """What the batcher reports (`metrics.GraphMetrics` implements it)."""
 
-    def queue_depth(self, n: int) -> None: ...
+    def watch_queue(self, length: Callable[[], int]) -> None: ...
 
     def batch(self, rows: int, inference_seconds: float, queue_waits: Sequence[float]) -> None: ...
 
@@ -102,6 +102,7 @@ class Batcher:
         # current batch in this thread, and those requests form the next batch.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnx-{name}")
         self._queue: deque[_Request] = deque()
+        observer.watch_queue(self._queue.__len__)
         self._queued_rows = 0
         self._active = 1  # requests the previous batch merged: how many callers are sending concurrently
         self._wakeup = asyncio.Event()
@@ -126,7 +127,6 @@ class Batcher:
         deadline = None if timeout is None else loop.time() + timeout
         self._queue.append(_Request(inputs, rows, future, deadline, time.perf_counter()))
         self._queued_rows += rows
-        self.observer.queue_depth(len(self._queue))
         self._wakeup.set()
         return future
 
@@ -189,12 +189,14 @@ class Batcher:
         """With a batch delay: wait until the active callers' requests or max_rows are queued, or the delay is over."""
         loop = asyncio.get_running_loop()
         end = loop.time() + self.max_delay_s
-        while len(self._queue) < self._active and self._queued_rows < self.max_rows and (left := end - loop.time()) > 0:
+        while len(self._queue) < self._active and self._queued_rows < self.max_rows and loop.time() < end:
             self._wakeup.clear()
+            # A timer that sets the same event: asyncio.wait_for would make a task per wait.
+            timer = loop.call_at(end, self._wakeup.set)
             try:
-                await asyncio.wait_for(self._wakeup.wait(), left)
-            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-                return
+                await self._wakeup.wait()
+            finally:
+                timer.cancel()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -205,7 +207,6 @@ class Batcher:
             if self.max_delay_s > 0:
                 await self._wait_for_requests()
             batch, waits = self._take()
-            self.observer.queue_depth(len(self._queue))
             if not batch:
                 continue
             self._active = len(batch)

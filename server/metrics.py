@@ -165,8 +165,9 @@ class GraphMetrics:
         self._depth = depth
         self._images = images
 
-    def queue_depth(self, n: int) -> None:
-        self._depth.set(n)
+    def watch_queue(self, length: Callable[[], int]) -> None:
+        """The queue depth is read from `length` at scrape time: nothing to update per request."""
+        self._depth.set_function(length)
 
     def batch(self, rows: int, inference_seconds: float, queue_waits: Sequence[float]) -> None:
         """One onnxruntime run of `rows` rows, merging requests that waited `queue_waits` seconds each."""

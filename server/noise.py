@@ -2,9 +2,11 @@
 
 A seeded request draws its noise from its own generator, PCG64(seed), before it is batched: its noise is
 byte-identical whatever else shares its onnxruntime run (and z is computed row by row from it, so a row's z
-does not depend on the batch either). Unseeded requests take the next draws of one
-process-wide generator seeded from OS entropy (fresh noise per request, without an entropy read per call);
-it is only used from the event loop's thread.
+does not depend on the batch either). Unseeded requests take the next draws of one process-wide generator
+seeded from OS entropy (fresh noise per request, without an entropy read per call), drawn in blocks so that
+a call's noise is a slice of bytes, not a numpy call: inside a busy server each numpy call costs several
+times its isolated timing. Noise is float32 bytes, the form the batcher takes; it is only drawn from the
+event loop's thread.
 """
 
 from __future__ import annotations
@@ -13,13 +15,35 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-_unseeded = np.random.Generator(np.random.PCG64())
+
+class _Stream:
+    """Consecutive standard normal float32 draws of one generator, `block` values at a time, taken as bytes."""
+
+    def __init__(self, generator: np.random.Generator, block: int = 1 << 16) -> None:
+        self._generator = generator
+        self._block = block
+        self._buffer = b""
+        self._offset = 0
+
+    def take(self, n: int) -> bytes:
+        """The next n values."""
+        end = self._offset + 4 * n
+        if end > len(self._buffer):
+            fresh = self._generator.standard_normal(max(n, self._block), dtype=np.float32).tobytes()
+            self._buffer, self._offset, end = self._buffer[self._offset :] + fresh, 0, 4 * n
+        out = self._buffer[self._offset : end]
+        self._offset = end
+        return out
 
 
-def draw_eps(seed: int | None, rows: int, latent_dim: int) -> np.ndarray:
-    """Standard normal noise [rows, latent_dim] float32 from PCG64(seed), or from the unseeded stream."""
-    generator = _unseeded if seed is None else np.random.Generator(np.random.PCG64(seed))
-    return generator.standard_normal((rows, latent_dim), dtype=np.float32)
+_unseeded = _Stream(np.random.Generator(np.random.PCG64()))
+
+
+def draw_eps(seed: int | None, rows: int, latent_dim: int) -> bytes:
+    """Standard normal noise [rows, latent_dim] as float32 bytes: from PCG64(seed), or the unseeded stream."""
+    if seed is None:
+        return _unseeded.take(rows * latent_dim)
+    return np.random.Generator(np.random.PCG64(seed)).standard_normal((rows, latent_dim), dtype=np.float32).tobytes()
 
 
 def reparameterize(mean: np.ndarray, log_variance: np.ndarray, eps: np.ndarray) -> np.ndarray:

@@ -67,7 +67,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         self, images: bytes, rows: int, seed: int | None, context: grpc.aio.ServicerContext
     ) -> tuple[bytes, bytes, bytes]:
         """mean, log_variance, and latents = mean + exp(0.5 * log_variance) * eps with the request's eps."""
-        eps = draw_eps(seed, rows, self.latent_dim).tobytes()
+        eps = draw_eps(seed, rows, self.latent_dim)
         mean, log_variance, latents = await self.encoder.submit((images, eps), rows, context.time_remaining())
         return mean, log_variance, latents
 
@@ -75,10 +75,9 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     async def Sample(self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext) -> vae_pb2.SampleResponse:
         n = validation.num_samples(request.num_samples, self.max_rows)
         temperature = validation.temperature(request.temperature)
-        latents = draw_eps(_seed(request), n, self.latent_dim)
+        z = draw_eps(_seed(request), n, self.latent_dim)
         if temperature != 1.0:
-            latents *= np.float32(temperature)
-        z = latents.tobytes()
+            z = (np.frombuffer(z, np.float32) * np.float32(temperature)).tobytes()
         (images,) = await self.decoder.submit((z,), n, context.time_remaining())
         response = vae_pb2.SampleResponse()
         _fill(response.images, (n, *self.image_shape), images)

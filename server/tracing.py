@@ -10,7 +10,7 @@ Batch spans are roots of their own traces: one run serves many requests, each of
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from grpc import aio
@@ -65,8 +65,8 @@ class _TracedBatches:
         self._inner = inner
         self._root = Context()  # a batch is never a child of whichever RPC happens to be current
 
-    def queue_depth(self, n: int) -> None:
-        self._inner.queue_depth(n)
+    def watch_queue(self, length: Callable[[], int]) -> None:
+        self._inner.watch_queue(length)
 
     def batch(self, rows: int, inference_seconds: float, queue_waits: Sequence[float]) -> None:
         self._inner.batch(rows, inference_seconds, queue_waits)

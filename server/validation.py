@@ -30,11 +30,12 @@ def _shape_text(shape: Sequence[int | str]) -> str:
 def rows(t: vae_pb2.Tensor, field: str, row_shape: Sequence[int], max_rows: int) -> tuple[int, bytes]:
     """N and the bytes of `t`, a [N, *row_shape] float32 tensor with 1 <= N <= max_rows."""
     shape = tuple(t.shape)
-    expected = _shape_text(("N", *row_shape))
     if len(shape) != 1 + len(row_shape) or shape[1:] != tuple(row_shape):
+        expected = _shape_text(("N", *row_shape))
         raise InvalidArgument(f"{field}.shape", f"expected {expected}, got {_shape_text(shape)}")
     n = shape[0]
     if not 1 <= n <= max_rows:
+        expected = _shape_text(("N", *row_shape))
         raise InvalidArgument(f"{field}.shape", f"expected {expected} with 1 <= N <= {max_rows}, got N = {n}")
     data = t.data  # one read: each read of a bytes field makes a new bytes object
     nbytes = math.prod(shape) * FLOAT32.itemsize

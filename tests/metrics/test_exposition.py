@@ -56,7 +56,7 @@ def test_batches_change_the_histograms_and_image_counters(served):
     decoder.batch(16, 0.004, [0.001, 0.002, 0.0005])
     decoder.batch(3, 0.002, [0.0001])
     encoder.batch(5, 0.001, [0.003])
-    decoder.queue_depth(7)
+    decoder.watch_queue(lambda: 7)
 
     samples = parse(scrape(port))
     assert value(samples, "vaeserve_images_generated_total") == 19
