@@ -86,9 +86,11 @@ class Batcher:
         max_queue: int = 1024,
         inline_budget_s: float = 0.0,
         check: CheckFn | None = None,
+        run_on_worker: RunFn | None = None,
     ) -> None:
         self.name = name
-        self.run = run
+        self.run = run  # batches run on the event loop
+        self.run_on_worker = run_on_worker or run  # batches handed to the worker thread
         self.observer = observer
         self.input_shapes = [tuple(shape) for shape in input_shapes]  # one row of each input
         self._row_bytes = [FLOAT32.itemsize * int(np.prod(shape)) for shape in self.input_shapes]
@@ -223,7 +225,7 @@ class Batcher:
                 if self._seconds_per_row * rows < self.inline_budget_s:
                     outputs = self.run(*inputs)
                 else:
-                    outputs = await loop.run_in_executor(self._executor, self.run, *inputs)
+                    outputs = await loop.run_in_executor(self._executor, self.run_on_worker, *inputs)
             except Exception as exc:
                 log.exception("%s: onnxruntime failed on a batch of %d rows", self.name, rows)
                 for req, _, _ in batch:

@@ -136,9 +136,11 @@ async def serve(config: ServeConfig) -> int:
     image_shape, latent_shape = tuple(model.image_shape), (model.latent_dim,)
     # The encoder's batches take (images, eps) and give (mean, log_variance, z); the decoder's take latents.
     encoder = Batcher("encoder", with_reparameterization(graphs["encoder"].run), observers["encoder"],
-                      [image_shape, latent_shape], check=validation.check_images, **limits)  # fmt: skip
+                      [image_shape, latent_shape], check=validation.check_images,
+                      run_on_worker=with_reparameterization(graphs["encoder"].run_on_worker), **limits)  # fmt: skip
     decoder = Batcher("decoder", graphs["decoder"].run, observers["decoder"], [latent_shape],
-                      check=validation.check_latents, **limits)  # fmt: skip
+                      check=validation.check_latents, run_on_worker=graphs["decoder"].run_on_worker,
+                      **limits)  # fmt: skip
     log.info("batching: max %d rows, max delay %g ms, inline below %g us, max queue %d requests per graph, "
              "max %d samples per request", config.max_batch_size, config.max_batch_delay_ms, inline_s * 1e6,
              config.max_queue, config.max_num_samples)  # fmt: skip

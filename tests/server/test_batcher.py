@@ -329,3 +329,22 @@ def test_every_input_is_joined_row_aligned() -> None:
 
     run(main())
     assert seen == [6]  # one run for the three
+
+
+def test_worker_batches_use_the_worker_function() -> None:
+    # run and run_on_worker are the same graph in two sessions (runtime.GraphSession): which one a batch gets
+    # follows where it runs.
+    inline, on_worker = ThreadRecorder(seconds_per_row=200e-6), ThreadRecorder(seconds_per_row=200e-6)
+
+    async def main() -> None:
+        b = Batcher("encoder", inline, Metrics().graph("encoder"), [(WIDTH,)], max_rows=64, inline_budget_s=5e-3,
+                    run_on_worker=on_worker)  # fmt: skip
+        b.start()
+        for n in (1, 1, 60):
+            (out,) = await b.submit((rows(0, n).tobytes(),), n)
+            np.testing.assert_array_equal(np.frombuffer(out, np.float32).reshape(n, WIDTH), rows(0, n))
+        await b.stop()
+
+    run(main())
+    # 1-row batches are predicted cheap (the loop), the 60-row one costly (the worker thread).
+    assert inline.threads == ["MainThread", "MainThread"] and on_worker.threads == ["onnx-encoder_0"]

@@ -17,9 +17,12 @@ def test_cpu_session_runs_the_graph_with_and_without_io_binding(model_repo: Path
     x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
     plain = graph.run(x)
     bound = graph._run_bound(x)
+    on_worker = graph.run_on_worker(x)  # the worker thread's session, whose pool threads spin
+    assert graph.worker_session is not graph.session
     assert [a.shape for a in plain] == [(5, 8), (5, 8)]
-    for a, b in zip(plain, bound, strict=True):
+    for a, b, c in zip(plain, bound, on_worker, strict=True):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
 
 
 def test_auto_uses_cuda_only_where_it_really_works(model_repo: Path) -> None:
@@ -29,6 +32,7 @@ def test_auto_uses_cuda_only_where_it_really_works(model_repo: Path) -> None:
     graph = GraphSession(decoder, "latent", ["image"], device="auto")
     if graph.provider == "CUDAExecutionProvider":  # a machine with a usable GPU: IO binding on the device
         assert graph.cpu_reason == "" and graph.run == graph._run_bound and graph.device_type == "cuda"
+        assert graph.run_on_worker == graph.run  # one session on the device
         return
     assert graph.provider == "CPUExecutionProvider" and graph.cpu_reason  # the reason goes to the start-up log
     with pytest.raises(DeviceError, match="--device cuda: "):
