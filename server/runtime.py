@@ -7,6 +7,9 @@ what counts. `auto` falls back to CPU with one log line; `cuda` refuses to start
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import onnxruntime as ort
 
 from vaeserve.errors import VaeserveError
 
+SPIN_AFTER_S = 5e-3  # batches at least this long run on the spinning session (see GraphSession)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
@@ -54,11 +58,13 @@ class GraphSession:
     """One ONNX graph (dynamic batch axis): `run(x)` -> its outputs, in order, for batches run on the event
     loop, and `run_on_worker(x)` for the heavy ones the batcher hands to its worker thread.
 
-    On CPU these are two sessions of the same graph that differ in one setting. The event loop's must not let
-    its pool threads spin while idle: a spinning thread takes the core the loop needs (measured slower with 2
-    spinning threads on 2 cores), while sleeping ones cost small batches nothing. The worker's spins: a heavy
-    graph wakes its pool for every operator, and waking sleeping threads each time made a conv decoder's
-    1024-row run a third slower (Sample(1024) 62 -> 83 calls/s with spinning). On CUDA one session does both.
+    On CPU the graph has two sessions that differ in one setting, whether idle pool threads spin. The event
+    loop's never spins: a spinning thread takes the core the loop needs (measured slower with 2 spinning
+    threads on 2 cores). Waking sleeping threads for every operator costs a long graph dearly, though: a conv
+    decoder's 1024-row run was a third slower than with spinning (Sample(1024) 62 -> 80 calls/s). Spinning
+    during medium batches under concurrency cost more than it saved (conv Encode(32) at 32 clients fell by
+    40%), so only batches predicted to run for SPIN_AFTER_S or longer use the spinning session, predicted from
+    the full batch timed at warm-up. On CUDA one session does both.
     """
 
     def __init__(
@@ -90,14 +96,16 @@ class GraphSession:
         else:
             spinning = _options(intra_op_threads, inter_op_threads, spinning=True)
             self.worker_session = ort.InferenceSession(str(path), spinning, providers=[CPU])
+            self.spin_rows = 1 << 62  # rows from which a batch spins: set by warm_up from a measured run
             self.run = self._run_plain
-            self.run_on_worker = self._run_spinning
+            self.run_on_worker = self._run_worker
 
     def _run_plain(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.output_names, {self.input_name: x})
 
-    def _run_spinning(self, x: np.ndarray) -> list[np.ndarray]:
-        return self.worker_session.run(self.output_names, {self.input_name: x})
+    def _run_worker(self, x: np.ndarray) -> list[np.ndarray]:
+        session = self.worker_session if len(x) >= self.spin_rows else self.session
+        return session.run(self.output_names, {self.input_name: x})
 
     def _run_bound(self, x: np.ndarray) -> list[np.ndarray]:
         # IO binding: the input is copied to the device once and outputs stay there until the one copy back,
@@ -110,9 +118,20 @@ class GraphSession:
         return binding.copy_outputs_to_cpu()
 
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None:
-        """Runs a single row and a full batch, so the first requests pay no allocation or kernel set-up."""
+        """Runs a single row and a full batch on every session, so the first requests pay no allocation or kernel
+        set-up; on CPU the full batch's best time of three sets the rows from which batches spin."""
         for rows in sorted({1, max_rows}):
             x = np.zeros((rows, *row_shape), dtype=np.float32)
             self.run(x)
             if self.run_on_worker != self.run:
-                self.run_on_worker(x)
+                self.worker_session.run(self.output_names, {self.input_name: x})
+        if self.run_on_worker != self.run:
+            x = np.zeros((max_rows, *row_shape), dtype=np.float32)
+            seconds = min(_timed(self.worker_session.run, self.output_names, {self.input_name: x}) for _ in range(3))
+            self.spin_rows = max(1, math.ceil(SPIN_AFTER_S / (seconds / max_rows)))
+
+
+def _timed(fn: Callable[..., object], *args: object) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start

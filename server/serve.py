@@ -27,7 +27,7 @@ from .config import MB, ServeConfig
 from .memory import MMAP_THRESHOLD, keep_large_buffers
 from .metrics import Metrics
 from .noise import with_reparameterization
-from .runtime import GraphSession
+from .runtime import SPIN_AFTER_S, GraphSession
 from .servicer import VaeServicer
 
 log = logging.getLogger("vaeserve.server")
@@ -70,6 +70,9 @@ def load_graphs(model: ModelVersion, config: ServeConfig) -> tuple[GraphSession,
     log.info("onnxruntime threads: intra-op %d, inter-op %d", config.intra_op_threads, config.inter_op_threads)
     encoder.warm_up(model.image_shape, config.max_batch_size)
     decoder.warm_up((model.latent_dim,), config.max_batch_size)
+    if decoder.provider == "CPUExecutionProvider":
+        log.info("pool threads spin for batches from %d rows (encoder) and %d rows (decoder): predicted >= %g ms",
+                 encoder.spin_rows, decoder.spin_rows, SPIN_AFTER_S * 1e3)  # fmt: skip
     return encoder, decoder
 
 
