@@ -51,7 +51,7 @@ class Prometheus:
                 return result
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = self.log.read_text()[-3000:]
-                pytest.fail(f"prometheus: timed out after {timeout:g} s waiting for {what}\n{tail}")
+                pytest.fail(f"prometheus: timed out after {timeout:g} s waiting for {what} (last: {result!r})\n{tail}")
             time.sleep(0.25)
 
     def _ready(self) -> bool:
