@@ -5,7 +5,7 @@ of each output. The batch is where numpy works, once per batch: it joins the req
 per input, checks the values (`check`; request by request only if the batch fails), runs the graph and turns
 each output into bytes once, which are then sliced per request. Inside a busy server every numpy call costs
 several times its isolated timing, so a call that makes none is what keeps a small model's RPCs cheap
-(measured, Encode(1) at 32 clients: 180 against 152 us of server CPU per call).
+(measured, Encode(1) at 32 clients: 180 against 160 us of server CPU per call).
 
 One task per graph takes whatever is queued when a batch is due (up to `max_rows`) and runs it; requests that
 arrive while a batch runs form the next one, so a busy server fills its batches by itself. With a batch delay,

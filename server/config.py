@@ -39,7 +39,8 @@ class ServeConfig:
     inline_budget_us: float = 200.0
     max_num_samples: int = 4096
     # 2: a Sample(1024) on a 28x28 model went from 148 to 176 calls/s, and small calls were no slower (idle
-    # pool threads sleep: spinning is off in runtime.py). More threads only pay for heavy batches.
+    # pool threads sleep except during the longest batches: see runtime.GraphSession). More threads only pay
+    # for heavy batches.
     intra_op_threads: int = 2
     inter_op_threads: int = 1
     max_concurrent_rpcs: int = 1024

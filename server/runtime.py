@@ -123,9 +123,9 @@ class GraphSession:
         for rows in sorted({1, max_rows}):
             x = np.zeros((rows, *row_shape), dtype=np.float32)
             self.run(x)
-            if self.run_on_worker != self.run:
+            if self.provider == CPU:
                 self.worker_session.run(self.output_names, {self.input_name: x})
-        if self.run_on_worker != self.run:
+        if self.provider == CPU:
             x = np.zeros((max_rows, *row_shape), dtype=np.float32)
             seconds = min(_timed(self.worker_session.run, self.output_names, {self.input_name: x}) for _ in range(3))
             self.spin_rows = max(1, math.ceil(SPIN_AFTER_S / (seconds / max_rows)))

@@ -27,7 +27,7 @@ from .config import MB, ServeConfig
 from .memory import MMAP_THRESHOLD, keep_large_buffers
 from .metrics import Metrics
 from .noise import with_reparameterization
-from .runtime import SPIN_AFTER_S, GraphSession
+from .runtime import CPU, CUDA, SPIN_AFTER_S, GraphSession
 from .servicer import VaeServicer
 
 log = logging.getLogger("vaeserve.server")
@@ -65,12 +65,12 @@ def load_graphs(model: ModelVersion, config: ServeConfig) -> tuple[GraphSession,
     threads = (config.device, config.intra_op_threads, config.inter_op_threads)
     encoder = GraphSession(model.encoder_path, "image", ["mean", "log_variance"], *threads)
     decoder = GraphSession(model.decoder_path, "latent", ["image"], *threads)
-    why = "IO binding" if decoder.provider == "CUDAExecutionProvider" else decoder.cpu_reason
+    why = "IO binding" if decoder.provider == CUDA else decoder.cpu_reason
     log.info("execution provider %s (--device %s: %s)", decoder.provider, config.device, why)
     log.info("onnxruntime threads: intra-op %d, inter-op %d", config.intra_op_threads, config.inter_op_threads)
     encoder.warm_up(model.image_shape, config.max_batch_size)
     decoder.warm_up((model.latent_dim,), config.max_batch_size)
-    if decoder.provider == "CPUExecutionProvider":
+    if decoder.provider == CPU:
         log.info("pool threads spin for batches from %d rows (encoder) and %d rows (decoder): predicted >= %g ms",
                  encoder.spin_rows, decoder.spin_rows, SPIN_AFTER_S * 1e3)  # fmt: skip
     return encoder, decoder
@@ -133,7 +133,7 @@ async def serve(config: ServeConfig) -> int:
         log.info("tracing to %s", config.otlp_endpoint)
     delay_s = config.max_batch_delay_ms / 1000
     # On CUDA every batch goes to the worker thread: a GPU run waits on the device, which must not stall the loop.
-    inline_s = 0.0 if provider == "CUDAExecutionProvider" else config.inline_budget_us / 1e6
+    inline_s = 0.0 if provider == CUDA else config.inline_budget_us / 1e6
     limits = {"max_rows": config.max_batch_size, "max_delay_s": delay_s, "max_queue": config.max_queue,
               "inline_budget_s": inline_s}  # fmt: skip
     image_shape, latent_shape = tuple(model.image_shape), (model.latent_dim,)

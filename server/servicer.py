@@ -68,8 +68,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     ) -> tuple[bytes, bytes, bytes]:
         """mean, log_variance, and latents = mean + exp(0.5 * log_variance) * eps with the request's eps."""
         eps = draw_eps(seed, rows, self.latent_dim)
-        mean, log_variance, latents = await self.encoder.submit((images, eps), rows, context.time_remaining())
-        return mean, log_variance, latents
+        return await self.encoder.submit((images, eps), rows, context.time_remaining())
 
     @_answers_errors
     async def Sample(self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext) -> vae_pb2.SampleResponse:
