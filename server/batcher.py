@@ -19,9 +19,9 @@ or whose call was cancelled while queued is dropped, never computed.
 
 Where a batch runs: a small model's batch takes tens of microseconds, less than handing it to a thread and
 back costs the event loop (a thread hop plus GIL hand-offs between the loop, gRPC's poller and the worker),
-so a batch whose predicted run time is under `inline_budget_s` runs on the loop itself. The prediction is a
-running mean of seconds per row; heavier batches, and every batch on CUDA (budget 0), go to the worker thread
-so the loop keeps reading requests while onnxruntime (which releases the GIL) computes.
+so a batch of at most `inline_rows` rows (those predicted to run within a budget: runtime.GraphSession) runs on
+the loop itself. Heavier batches, and every batch on CUDA (`inline_rows` 0), go to the worker thread so the
+loop keeps reading requests while onnxruntime (which releases the GIL) computes.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Batcher:
         max_rows: int = 64,
         max_delay_s: float = 0.0,
         max_queue: int = 1024,
-        inline_budget_s: float = 0.0,
+        inline_rows: int = 0,
         check: CheckFn | None = None,
         run_on_worker: RunFn | None = None,
     ) -> None:
@@ -97,11 +97,10 @@ class Batcher:
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
-        self.inline_budget_s = inline_budget_s
+        self.inline_rows = inline_rows
         self.check = check
-        self._seconds_per_row = 0.0  # measured run time per row (running mean): predicts the next batch's
-        # For batches over the inline budget: the loop keeps reading new requests while onnxruntime runs the
-        # current batch in this thread, and those requests form the next batch.
+        # For batches over inline_rows: the loop keeps reading new requests while onnxruntime runs the current
+        # batch in this thread, and those requests form the next batch.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnx-{name}")
         self._queue: deque[_Request] = deque()
         observer.watch_queue(self._queue.__len__)
@@ -222,7 +221,7 @@ class Batcher:
             rows = len(first)
             t0 = time.perf_counter()
             try:
-                if self._seconds_per_row * rows < self.inline_budget_s:
+                if rows <= self.inline_rows:
                     outputs = self.run(*inputs)
                 else:
                     outputs = await loop.run_in_executor(self._executor, self.run_on_worker, *inputs)
@@ -232,11 +231,7 @@ class Batcher:
                     if not req.future.done():
                         req.future.set_exception(InferenceFailed(f"{self.name} inference failed: {exc}"))
                 continue
-            seconds = time.perf_counter() - t0
-            per_row = seconds / rows
-            # A running mean, seeded by the first run so that the prediction is not biased toward zero.
-            self._seconds_per_row = 0.9 * self._seconds_per_row + 0.1 * per_row if self._seconds_per_row else per_row
-            self.observer.batch(rows, seconds, waits)
+            self.observer.batch(rows, time.perf_counter() - t0, waits)
             self._reply(batch, [(out.tobytes(), out.nbytes // rows) for out in outputs])
 
     @staticmethod

@@ -82,8 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p,
         "--inline-budget-us",
         serve_default("inline_budget_us"),
-        "batches predicted to take less than this many "
-        "microseconds run on the event loop instead of the worker thread (CPU only; 0: always the thread)",
+        "batches predicted (from warm-up timings) to take at most "
+        "this many microseconds run on the event loop instead of the worker thread (CPU only; 0: always the thread)",
     )
     add_flag(
         p,

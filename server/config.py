@@ -35,7 +35,7 @@ class ServeConfig:
     # 14 rows 234 us; 5-10 ms no better and a worse p99). A lone client's p50 did not move.
     max_batch_delay_ms: float = 3.0
     max_queue: int = 1024
-    # Batches predicted to run faster than this run on the event loop (CPU only): see batcher.py.
+    # Batches predicted (from warm-up timings) to run within this run on the event loop (CPU only): batcher.py.
     inline_budget_us: float = 200.0
     max_num_samples: int = 4096
     # 2: a Sample(1024) on a 28x28 model went from 148 to 176 calls/s, and small calls were no slower (idle

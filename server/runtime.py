@@ -7,9 +7,9 @@ what counts. `auto` falls back to CPU with one log line; `cuda` refuses to start
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +63,12 @@ class GraphSession:
     threads on 2 cores). Waking sleeping threads for every operator costs a long graph dearly, though: a conv
     decoder's 1024-row run was a third slower than with spinning (Sample(1024) 62 -> 80 calls/s). Spinning
     during medium batches under concurrency cost more than it saved (conv Encode(32) at 32 clients fell by
-    40%), so only batches predicted to run for SPIN_AFTER_S or longer use the spinning session, predicted from
-    the full batch timed at warm-up. On CUDA one session does both.
+    40%), so only batches predicted to run for SPIN_AFTER_S or longer use the spinning session. On CUDA one
+    session does both.
+
+    Predictions come from warm-up, where each session is timed alone at one row and at a full batch (`Cost`):
+    a run timed inside a busy server also holds the wait for the GIL after onnxruntime returns, which grows
+    with the load, not with the batch (measured: a 0.2 us/row decoder timed at 3.6-4.4 us/row in service).
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class GraphSession:
             self.spin_rows = 1 << 62  # rows from which a batch spins: set by warm_up from a measured run
             self.run = self._run_plain
             self.run_on_worker = self._run_worker
+        self.cost = Cost(0.0, 0.0)  # of the event loop's session: set by warm_up
 
     def _run_plain(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.output_names, {self.input_name: x})
@@ -118,17 +123,46 @@ class GraphSession:
         return binding.copy_outputs_to_cpu()
 
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None:
-        """Runs a single row and a full batch on every session, so the first requests pay no allocation or kernel
-        set-up; on CPU the full batch's best time of three sets the rows from which batches spin."""
+        """Runs a single row and a full batch the way batches run, so the first requests pay no allocation or
+        kernel set-up, then times the sessions alone: `cost` and, on CPU, the rows from which batches spin."""
         for rows in sorted({1, max_rows}):
-            x = np.zeros((rows, *row_shape), dtype=np.float32)
-            self.run(x)
-            if self.provider == CPU:
-                self.worker_session.run(self.output_names, {self.input_name: x})
+            self.run(np.zeros((rows, *row_shape), dtype=np.float32))
+        self.cost = _measure(self.session, self.input_name, self.output_names, row_shape, max_rows)
         if self.provider == CPU:
-            x = np.zeros((max_rows, *row_shape), dtype=np.float32)
-            seconds = min(_timed(self.worker_session.run, self.output_names, {self.input_name: x}) for _ in range(3))
-            self.spin_rows = max(1, math.ceil(SPIN_AFTER_S / (seconds / max_rows)))
+            spinning = _measure(self.worker_session, self.input_name, self.output_names, row_shape, max_rows)
+            self.spin_rows = spinning.rows_within(SPIN_AFTER_S, max_rows) + 1
+
+    def rows_within(self, seconds: float, max_rows: int) -> int:
+        """The most rows (up to max_rows) of a batch predicted to run within `seconds` on the event loop's session."""
+        return self.cost.rows_within(seconds, max_rows)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A session's run time as fixed + per_row * rows, fitted to two timed runs."""
+
+    fixed_s: float
+    per_row_s: float
+
+    def rows_within(self, seconds: float, max_rows: int) -> int:
+        if seconds < self.fixed_s + self.per_row_s:
+            return 0
+        if self.per_row_s <= 0:
+            return max_rows
+        return min(max_rows, int((seconds - self.fixed_s) / self.per_row_s))
+
+
+def _measure(
+    session: ort.InferenceSession, input_name: str, output_names: list[str], row_shape: tuple[int, ...], max_rows: int
+) -> Cost:
+    """Warms `session` up and fits its Cost to the best of three runs at one row and at max_rows."""
+    best = {}
+    for rows in sorted({1, max_rows}):
+        feed = {input_name: np.zeros((rows, *row_shape), dtype=np.float32)}
+        session.run(output_names, feed)  # allocations and kernel set-up, not timed
+        best[rows] = min(_timed(session.run, output_names, feed) for _ in range(3))
+    per_row = (best[max_rows] - best[1]) / (max_rows - 1) if max_rows > 1 else best[1]
+    return Cost(best[1] - per_row, max(per_row, 0.0))
 
 
 def _timed(fn: Callable[..., object], *args: object) -> float:

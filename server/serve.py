@@ -134,19 +134,21 @@ async def serve(config: ServeConfig) -> int:
     delay_s = config.max_batch_delay_ms / 1000
     # On CUDA every batch goes to the worker thread: a GPU run waits on the device, which must not stall the loop.
     inline_s = 0.0 if provider == CUDA else config.inline_budget_us / 1e6
-    limits = {"max_rows": config.max_batch_size, "max_delay_s": delay_s, "max_queue": config.max_queue,
-              "inline_budget_s": inline_s}  # fmt: skip
+    inline_rows = {name: graph.rows_within(inline_s, config.max_batch_size) for name, graph in graphs.items()}
+    limits = {"max_rows": config.max_batch_size, "max_delay_s": delay_s, "max_queue": config.max_queue}
     image_shape, latent_shape = tuple(model.image_shape), (model.latent_dim,)
     # The encoder's batches take (images, eps) and give (mean, log_variance, z); the decoder's take latents.
     encoder = Batcher("encoder", with_reparameterization(graphs["encoder"].run), observers["encoder"],
                       [image_shape, latent_shape], check=validation.check_images,
-                      run_on_worker=with_reparameterization(graphs["encoder"].run_on_worker), **limits)  # fmt: skip
+                      run_on_worker=with_reparameterization(graphs["encoder"].run_on_worker),
+                      inline_rows=inline_rows["encoder"], **limits)  # fmt: skip
     decoder = Batcher("decoder", graphs["decoder"].run, observers["decoder"], [latent_shape],
                       check=validation.check_latents, run_on_worker=graphs["decoder"].run_on_worker,
-                      **limits)  # fmt: skip
-    log.info("batching: max %d rows, max delay %g ms, inline below %g us, max queue %d requests per graph, "
-             "max %d samples per request", config.max_batch_size, config.max_batch_delay_ms, inline_s * 1e6,
-             config.max_queue, config.max_num_samples)  # fmt: skip
+                      inline_rows=inline_rows["decoder"], **limits)  # fmt: skip
+    log.info("batching: max %d rows, max delay %g ms, max queue %d requests per graph, max %d samples per request",
+             config.max_batch_size, config.max_batch_delay_ms, config.max_queue, config.max_num_samples)  # fmt: skip
+    log.info("batches run on the event loop up to %d rows (encoder) and %d rows (decoder): predicted within %g us",
+             inline_rows["encoder"], inline_rows["decoder"], inline_s * 1e6)  # fmt: skip
 
     server = grpc.aio.server(
         interceptors=interceptors, options=config.grpc_options(), maximum_concurrent_rpcs=config.max_concurrent_rpcs
