@@ -106,7 +106,10 @@ class Batcher:
         observer.watch_queue(self._queue.__len__)
         self._queued_rows = 0
         self._active = 1  # requests the previous batch merged: how many callers are sending concurrently
+        # Set by submit once `_wake_at` requests (or max_rows rows) are queued: the batching task wakes once per
+        # batch, not once per request (each wake-up is a task step and a timer on the event loop).
         self._wakeup = asyncio.Event()
+        self._wake_at = 1
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -128,7 +131,8 @@ class Batcher:
         deadline = None if timeout is None else loop.time() + timeout
         self._queue.append(_Request(inputs, rows, future, deadline, time.perf_counter()))
         self._queued_rows += rows
-        self._wakeup.set()
+        if len(self._queue) >= self._wake_at or self._queued_rows >= self.max_rows:
+            self._wakeup.set()
         return future
 
     def _take(self) -> tuple[list[Slice], list[float]]:
@@ -188,16 +192,18 @@ class Batcher:
 
     async def _wait_for_requests(self) -> None:
         """With a batch delay: wait until the active callers' requests or max_rows are queued, or the delay is over."""
+        if len(self._queue) >= self._active or self._queued_rows >= self.max_rows:
+            return
         loop = asyncio.get_running_loop()
-        end = loop.time() + self.max_delay_s
-        while len(self._queue) < self._active and self._queued_rows < self.max_rows and loop.time() < end:
-            self._wakeup.clear()
-            # A timer that sets the same event: asyncio.wait_for would make a task per wait.
-            timer = loop.call_at(end, self._wakeup.set)
-            try:
-                await self._wakeup.wait()
-            finally:
-                timer.cancel()
+        self._wakeup.clear()
+        self._wake_at = self._active
+        # A timer that sets the same event: asyncio.wait_for would make a task per wait.
+        timer = loop.call_at(loop.time() + self.max_delay_s, self._wakeup.set)
+        try:
+            await self._wakeup.wait()
+        finally:
+            timer.cancel()
+            self._wake_at = 1
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
