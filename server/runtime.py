@@ -123,18 +123,16 @@ class GraphSession:
         return binding.copy_outputs_to_cpu()
 
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None:
-        """Runs a single row and a full batch the way batches run, so the first requests pay no allocation or
-        kernel set-up, then times the sessions alone: `cost` and, on CPU, the rows from which batches spin."""
-        for rows in sorted({1, max_rows}):
-            self.run(np.zeros((rows, *row_shape), dtype=np.float32))
+        """Times each session alone at one row and at a full batch, each size run once untimed first so that the
+        first requests pay no allocation or kernel set-up: `cost` and, on CPU, the rows from which batches spin.
+        On CUDA the IO-binding path the batches take is run as well."""
         self.cost = _measure(self.session, self.input_name, self.output_names, row_shape, max_rows)
-        if self.provider == CPU:
+        if self.provider == CUDA:
+            for rows in sorted({1, max_rows}):
+                self.run(np.zeros((rows, *row_shape), dtype=np.float32))
+        else:
             spinning = _measure(self.worker_session, self.input_name, self.output_names, row_shape, max_rows)
             self.spin_rows = spinning.rows_within(SPIN_AFTER_S, max_rows) + 1
-
-    def rows_within(self, seconds: float, max_rows: int) -> int:
-        """The most rows (up to max_rows) of a batch predicted to run within `seconds` on the event loop's session."""
-        return self.cost.rows_within(seconds, max_rows)
 
 
 @dataclass(frozen=True)
@@ -145,6 +143,7 @@ class Cost:
     per_row_s: float
 
     def rows_within(self, seconds: float, max_rows: int) -> int:
+        """The most rows (up to max_rows) of a batch predicted to run within `seconds`."""
         if seconds < self.fixed_s + self.per_row_s:
             return 0
         if self.per_row_s <= 0:

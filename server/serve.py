@@ -134,7 +134,7 @@ async def serve(config: ServeConfig) -> int:
     delay_s = config.max_batch_delay_ms / 1000
     # On CUDA every batch goes to the worker thread: a GPU run waits on the device, which must not stall the loop.
     inline_s = 0.0 if provider == CUDA else config.inline_budget_us / 1e6
-    inline_rows = {name: graph.rows_within(inline_s, config.max_batch_size) for name, graph in graphs.items()}
+    inline_rows = {name: graph.cost.rows_within(inline_s, config.max_batch_size) for name, graph in graphs.items()}
     limits = {"max_rows": config.max_batch_size, "max_delay_s": delay_s, "max_queue": config.max_queue}
     image_shape, latent_shape = tuple(model.image_shape), (model.latent_dim,)
     # The encoder's batches take (images, eps) and give (mean, log_variance, z); the decoder's take latents.

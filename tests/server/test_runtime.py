@@ -19,7 +19,7 @@ def test_cpu_session_runs_the_graph_with_and_without_io_binding(model_repo: Path
     bound = graph._run_bound(x)
     assert graph.spin_rows >= 1  # measured at warm-up
     # What runs on the event loop is predicted from the warm-up timings: more time, never fewer rows.
-    within = [graph.rows_within(seconds, 16) for seconds in (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 10.0)]
+    within = [graph.cost.rows_within(seconds, 16) for seconds in (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 10.0)]
     assert within[0] == 0 and within[-1] == 16 and within == sorted(within)
     graph.spin_rows = 3  # so that 5 rows run on the worker's spinning session
     on_worker = graph.run_on_worker(x)
