@@ -131,9 +131,13 @@ class Batcher:
         deadline = None if timeout is None else loop.time() + timeout
         self._queue.append(_Request(inputs, rows, future, deadline, time.perf_counter()))
         self._queued_rows += rows
-        if len(self._queue) >= self._wake_at or self._queued_rows >= self.max_rows:
+        if self._enough(self._wake_at):
             self._wakeup.set()
         return future
+
+    def _enough(self, requests: int) -> bool:
+        """Whether a batch of `requests` requests, or a full one (max_rows), is queued."""
+        return len(self._queue) >= requests or self._queued_rows >= self.max_rows
 
     def _take(self) -> tuple[list[Slice], list[float]]:
         """Up to max_rows queued rows as (request, start, stop) slices, and the queue wait of newly started requests."""
@@ -192,7 +196,7 @@ class Batcher:
 
     async def _wait_for_requests(self) -> None:
         """With a batch delay: wait until the active callers' requests or max_rows are queued, or the delay is over."""
-        if len(self._queue) >= self._active or self._queued_rows >= self.max_rows:
+        if self._enough(self._active):
             return
         loop = asyncio.get_running_loop()
         self._wakeup.clear()
