@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vaeserve.repository import VARIANTS
+
 from .config import EVENT_LOOPS
 from .config import default as serve_default
 
@@ -48,6 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flag(p, "--repo", serve_default("repo"), "model repository folder", type=Path)
     add_flag(p, "--name", serve_default("name"), "model name in the repository")
     add_flag(p, "--version", serve_default("version"), "model version number, or latest")
+    add_flag(
+        p,
+        "--variant",
+        serve_default("variant"),
+        "graph pair to serve: plain (fp32), or one `vaeserve export --variants` wrote (ort, int8: CPU; fp16: CUDA)",
+        choices=VARIANTS,
+    )
     add_flag(p, "--host", serve_default("host"), "address to listen on (0.0.0.0 in a container)")
     add_flag(p, "--port", serve_default("port"), "gRPC port (0: any free port, logged)")
     add_flag(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vaeserve.errors import VaeserveError
+from vaeserve.repository import VARIANTS
 
 MB = 1 << 20
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
@@ -20,6 +21,8 @@ class ServeConfig:
     repo: Path = Path("models")
     name: str = "vae"
     version: str = "latest"
+    # Which graph pair of the version to serve: the fp32 export, or a variant `vaeserve export --variants` built.
+    variant: str = "plain"
     host: str = "127.0.0.1"
     port: int = 50051
     # Several processes on one port, the kernel spreading connections over them (SO_REUSEPORT): for machines
@@ -72,6 +75,8 @@ class ServeConfig:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise VaeserveError(f"--{name.replace('_', '-')}: expected 0..65535, got {getattr(self, name)}")
+        if self.variant not in VARIANTS:
+            raise VaeserveError(f"--variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.event_loop not in EVENT_LOOPS:
             raise VaeserveError(f"--event-loop: expected one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
         if self.max_concurrent_rpcs < self.max_batch_size:

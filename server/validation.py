@@ -75,3 +75,11 @@ def temperature(t: float) -> float:
     if not (math.isfinite(t) and t >= 0.0):
         raise InvalidArgument("temperature", f"expected a finite value >= 0 (0 means 1.0), got {t}")
     return t or 1.0
+
+
+def check_decoded(images: np.ndarray, field: str = "latents") -> None:
+    """Decoded pixels must be finite: latents far outside the prior can overflow the decoder's arithmetic."""
+    if not np.isfinite(images).all():
+        raise InvalidArgument(
+            f"{field}.data", "the decoder computed NaN or Inf pixels from these latents: they are too large for it"
+        )

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from tests.conftest import free_port
 from tests.deploy.conftest import SERVER_DOCKERFILES, config_of, container, find
 from tests.deploy.dockerfile import Stage, healthcheck, read_stages
-from tests.server.conftest import health_status
+from tests.harness import health_status, vaeserve
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
 START_TIMEOUT_S = 60
@@ -45,19 +43,6 @@ def container_env(image: Stage, config: dict[str, str]) -> dict[str, str]:
     return {**env, **config}
 
 
-def wait_serving(process: subprocess.Popen, target: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"server exited {process.returncode} while starting:\n{log.read_text()}"
-        try:
-            if health_status(target) == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"not SERVING after {START_TIMEOUT_S} s:\n{log.read_text()}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("overlay", SERVER_DOCKERFILES)
 def test_container_command_serves_passes_healthcheck_and_drains(
@@ -67,17 +52,15 @@ def test_container_command_serves_passes_healthcheck_and_drains(
     pod = find(built[overlay], "Deployment", "vaeserve")["spec"]["template"]["spec"]
     server = container(pod, "server")
     config = config_of(built[overlay], server)
-    port, metrics_port = free_port(), free_port()
-    host_only = {"VAESERVE_HOST": "127.0.0.1", "VAESERVE_PORT": str(port), "VAESERVE_METRICS_PORT": str(metrics_port),
-                 "VAESERVE_REPO": str(model_repo), "VAESERVE_DEVICE": "cpu"}  # fmt: skip
+    process = vaeserve(model_repo, tmp_path / "serve.log", argv=container_argv(image, server))
+    host_only = {"VAESERVE_HOST": "127.0.0.1", "VAESERVE_PORT": str(process.port),
+                 "VAESERVE_METRICS_PORT": str(process.metrics_port), "VAESERVE_REPO": str(model_repo),
+                 "VAESERVE_DEVICE": "cpu"}  # fmt: skip
     assert host_only.keys() <= config.keys(), "the Deployment no longer sets these; the test would not replace them"
     env = {**container_env(image, config), **host_only}
-    log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(container_argv(image, server), env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        target = f"127.0.0.1:{port}"
-        wait_serving(process, target, log)
+    process.env = env  # exactly the container's environment, not this process's
+    with process:
+        target = process.target
 
         # The readiness probe asks for a named service: the server must report that one too.
         readiness_service = server["readinessProbe"]["grpc"]["service"]
@@ -93,12 +76,8 @@ def test_container_command_serves_passes_healthcheck_and_drains(
         assert info.max_batch_size == int(config["VAESERVE_MAX_BATCH_SIZE"])
         assert info.execution_provider == "CPUExecutionProvider"
 
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=float(config["VAESERVE_GRACE_PERIOD"]) + 15) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        process.signal(signal.SIGTERM)
+        assert process.wait(timeout=float(config["VAESERVE_GRACE_PERIOD"]) + 15) == 0, process.output()
     if config["VAESERVE_LOG_FORMAT"] == "json":
-        lines = [line for line in log.read_text().splitlines() if line.strip()]
-        assert lines and all(isinstance(json.loads(line), dict) for line in lines), log.read_text()
+        lines = [line for line in process.output().splitlines() if line.strip()]
+        assert lines and all(isinstance(json.loads(line), dict) for line in lines), process.output()

@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from vaeserve.cli import main as vaeserve
-from vaeserve.export.repository import RepositoryError, resolve_version, sha256_file, verify_version
+from vaeserve.repository import RepositoryError, resolve_version, sha256_file, verify_version
 
 
 @pytest.fixture
@@ -130,14 +130,14 @@ def test_resolve_version_picks_latest_complete_and_named_versions(version: Path)
 
 
 def test_repository_knows_the_training_likelihoods() -> None:
-    from vaeserve.export import repository
+    from vaeserve import repository
     from vaeserve.training import model
 
     assert repository.LIKELIHOODS == model.LIKELIHOODS
 
 
 def test_repository_reader_imports_neither_torch_nor_onnx() -> None:
-    code = ("import sys, vaeserve.export.repository; "
+    code = ("import sys, vaeserve.repository; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnx', 'onnxscript'}))")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -1,6 +1,6 @@
 """The batcher on its own: the real Batcher and real metrics around a numpy "graph" that records its batches.
 
-The batcher takes and gives bytes; `ArrayBatcher` states the cases in numpy rows of width 3.
+The batcher takes and gives bytes by name; `ArrayBatcher` states the cases in numpy rows of width 3.
 """
 
 from __future__ import annotations
@@ -13,18 +13,43 @@ import pytest
 
 from vaeserve.server.batcher import Batcher, BatchObserver, InferenceFailed
 from vaeserve.server.errors import DeadlineExpired, InvalidArgument, QueueFull
+from vaeserve.server.graphs import GraphSpec, TensorSpec
 from vaeserve.server.metrics import Metrics
 
 WIDTH = 3  # values per row of the test graphs' input
 
 
+class Runner:
+    """What the batcher runs a graph with (runtime.Session): here both paths are plain functions."""
+
+    def __init__(self, run, run_on_worker=None) -> None:
+        self.run = run
+        self.run_on_worker = run_on_worker or run
+
+
+def spec(name: str, inputs: dict[str, int], widths: tuple[int, ...], compute, check=None) -> GraphSpec:
+    """A graph of rows: inputs {name: values per row}, outputs out0, out1, ... of `widths` values per row."""
+    return GraphSpec(
+        name=name,
+        inputs=tuple(TensorSpec(n, (w,)) for n, w in inputs.items()),
+        outputs=tuple(TensorSpec(f"out{i}", (w,)) for i, w in enumerate(widths)),
+        compute=compute,
+        check=check,
+    )
+
+
 class ArrayBatcher:
     """A Batcher over rows of WIDTH float32 values, submitted and returned as numpy arrays.
 
-    `widths`: values per row of each graph output, to turn the result bytes back into arrays."""
+    `widths`: values per row of each graph output, to turn the result bytes back into arrays; `check` is given
+    the batch's input array."""
 
-    def __init__(self, name: str, graph, observer: BatchObserver, widths: tuple[int, ...] = (WIDTH, 1), **kw) -> None:
-        self.batcher = Batcher(name, graph, observer, [(WIDTH,)], **kw)
+    def __init__(
+        self, name: str, graph, observer: BatchObserver, widths: tuple[int, ...] = (WIDTH, 1), check=None, **kw
+    ) -> None:
+        checks = None if check is None else lambda batch: check(batch["x"])
+        graph_spec = spec(name, {"x": WIDTH}, widths, lambda run, batch: run(batch["x"]), checks)
+        self.batcher = Batcher(graph_spec, Runner(graph), observer, **kw)
         self.widths = widths
 
     def start(self) -> None:
@@ -35,7 +60,7 @@ class ArrayBatcher:
 
     def submit(self, x: np.ndarray, timeout: float | None = None) -> asyncio.Future:
         """The batcher's future, decoded; cancelling it cancels the batcher's (as gRPC cancelling a handler does)."""
-        queued = self.batcher.submit((x.tobytes(),), len(x), timeout)  # raises QueueFull here, like the batcher
+        queued = self.batcher.submit({"x": x.tobytes()}, len(x), timeout)  # raises QueueFull here, like the batcher
         result = asyncio.get_running_loop().create_future()
 
         def settle(done: asyncio.Future) -> None:
@@ -46,8 +71,9 @@ class ArrayBatcher:
             elif done.exception() is not None:
                 result.set_exception(done.exception())
             else:
-                widths = zip(done.result(), self.widths, strict=True)
-                result.set_result([np.frombuffer(data, np.float32).reshape(-1, w) for data, w in widths])
+                outputs = done.result()
+                result.set_result([np.frombuffer(outputs[f"out{i}"], np.float32).reshape(-1, w)
+                                   for i, w in enumerate(self.widths)])  # fmt: skip
 
         queued.add_done_callback(settle)
         result.add_done_callback(lambda r: queued.cancel() if r.cancelled() else None)
@@ -310,14 +336,15 @@ def test_every_input_is_joined_row_aligned() -> None:
         seen.append(len(x))
         return [x[:, :1] + eps]
 
-    async def main() -> list[list[bytes]]:
-        b = Batcher("encoder", graph, Metrics().graph("encoder"), [(WIDTH,), (2,)], max_rows=64, max_delay_s=1.0)
+    async def main() -> list[dict[str, bytes]]:
+        two_inputs = spec("encoder", {"x": WIDTH, "eps": 2}, (2,), lambda run, batch: run(batch["x"], batch["eps"]))
+        b = Batcher(two_inputs, Runner(graph), Metrics().graph("encoder"), max_rows=64, max_delay_s=1.0)
         b.start()
         requests = [(rows(100 * i, i), np.full((i, 2), i, np.float32)) for i in (1, 2, 3)]
-        results = await asyncio.gather(*(b.submit((x.tobytes(), e.tobytes()), len(x)) for x, e in requests))
+        results = await asyncio.gather(*(b.submit({"x": x.tobytes(), "eps": e.tobytes()}, len(x)) for x, e in requests))
         await b.stop()
-        for (x, e), (out,) in zip(requests, results, strict=True):
-            np.testing.assert_array_equal(np.frombuffer(out, np.float32).reshape(-1, 2), x[:, :1] + e)
+        for (x, e), out in zip(requests, results, strict=True):
+            np.testing.assert_array_equal(np.frombuffer(out["out0"], np.float32).reshape(-1, 2), x[:, :1] + e)
         return results
 
     run(main())
@@ -325,16 +352,16 @@ def test_every_input_is_joined_row_aligned() -> None:
 
 
 def test_worker_batches_use_the_worker_function() -> None:
-    # run and run_on_worker are the same graph in two sessions (runtime.GraphSession): which one a batch gets
+    # run and run_on_worker are the same graph in two sessions (runtime.CpuSession): which one a batch gets
     # follows where it runs.
     inline, on_worker = ThreadRecorder(), ThreadRecorder()
 
     async def main() -> None:
-        b = Batcher("encoder", inline, Metrics().graph("encoder"), [(WIDTH,)], max_rows=64, inline_rows=10,
-                    run_on_worker=on_worker)  # fmt: skip
+        one_input = spec("encoder", {"x": WIDTH}, (WIDTH,), lambda run, batch: run(batch["x"]))
+        b = Batcher(one_input, Runner(inline, on_worker), Metrics().graph("encoder"), max_rows=64, inline_rows=10)
         b.start()
         for n in (1, 1, 60):
-            (out,) = await b.submit((rows(0, n).tobytes(),), n)
+            out = (await b.submit({"x": rows(0, n).tobytes()}, n))["out0"]
             np.testing.assert_array_equal(np.frombuffer(out, np.float32).reshape(n, WIDTH), rows(0, n))
         await b.stop()
 

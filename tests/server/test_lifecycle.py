@@ -17,11 +17,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import free_port
+from tests.harness import ServerProcess, free_port, serve_argv, serving
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server.client import VaeClient, to_tensor
-
-from .conftest import ServerProcess, serve_command, serving
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -31,7 +29,7 @@ BIG_BATCHES = ("--max-batch-size", str(BIG), "--max-concurrent-rpcs", str(BIG))
 
 def run_serve(repo: Path, *flags: str) -> subprocess.CompletedProcess:
     """`vaeserve serve` expected to fail at start-up."""
-    cmd = serve_command(repo, *flags, port=free_port(), metrics_port=0)
+    cmd = serve_argv(repo, *flags, port=free_port(), metrics_port=0)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
@@ -86,7 +84,7 @@ def test_flags_come_from_the_environment_and_are_checked(model_repo: Path, tmp_p
 
 def test_a_port_in_use_is_an_error(server: ServerProcess, model_repo: Path) -> None:
     result = subprocess.run(
-        serve_command(model_repo, port=server.port, metrics_port=0), capture_output=True, text=True, timeout=60
+        serve_argv(model_repo, port=server.port, metrics_port=0), capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and f"--port: cannot listen on 127.0.0.1:{server.port}" in result.stderr
 
