@@ -5,15 +5,15 @@ Imports nothing heavy, so `vaeserve --help` stays instant and the CLI reads its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vaeserve.errors import VaeserveError
 from vaeserve.repository import VARIANTS
 
 MB = 1 << 20
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -34,16 +34,15 @@ class ServeConfig:
     max_batch_size: int = 1024
     # Adaptive, not a fixed window: only a batch whose previous one merged several callers waits, and only
     # until that many requests are queued. Larger batches mean fewer wake-ups per call for the Python gRPC
-    # layer (measured, Encode(1) at 32 clients: 0 ms 1.0 row/run 324 us CPU/call; 1 ms 6 rows 258 us; 3 ms
-    # 14 rows 234 us; 5-10 ms no better and a worse p99). A lone client's p50 did not move.
+    # layer; longer delays gained nothing and cost p99, and a lone client never waits (BENCHMARKS.md, "Design
+    # measurements").
     max_batch_delay_ms: float = 3.0
     max_queue: int = 1024
     # Batches predicted (from warm-up timings) to run within this run on the event loop (CPU only): batcher.py.
     inline_budget_us: float = 200.0
     max_num_samples: int = 4096
-    # 2: a Sample(1024) on a 28x28 model went from 148 to 176 calls/s, and small calls were no slower (idle
-    # pool threads sleep except during the longest batches: see runtime.GraphSession). More threads only pay
-    # for heavy batches.
+    # 2: heavy batches run faster and small calls are no slower, since idle pool threads sleep except during the
+    # longest batches (runtime.CpuSession; BENCHMARKS.md, "Design measurements"). More only pays for heavy batches.
     intra_op_threads: int = 2
     inter_op_threads: int = 1
     max_concurrent_rpcs: int = 1024
@@ -52,8 +51,8 @@ class ServeConfig:
     max_connection_age_grace_s: float = 30.0
     grace_period: float = 10.0
     otlp_endpoint: str = ""  # OpenTelemetry collector; "" disables tracing
-    # uvloop where installed (the serve extra does, except on Windows): measured, Encode(1) at 32 clients went
-    # from 243 to 217 us of server CPU per call and Sample(16) from 213 to 183.
+    # uvloop where installed (the serve extra does, except on Windows): less server CPU per call than asyncio's
+    # loop (BENCHMARKS.md, "Design measurements").
     event_loop: str = "auto"
 
     def check(self) -> None:
@@ -100,7 +99,3 @@ class ServeConfig:
             ]
         return options
 
-
-def default(name: str) -> Any:
-    """The default of a ServeConfig field: the one place each serve flag's default is written."""
-    return next(f.default for f in fields(ServeConfig) if f.name == name)

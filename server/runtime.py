@@ -23,10 +23,11 @@ import onnxruntime as ort
 
 from vaeserve.errors import VaeserveError
 
+from .config import DEVICES
+
 SPIN_AFTER_S = 5e-3  # CPU batches predicted to run at least this long use the spinning session (CpuSession)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class DeviceError(VaeserveError):

@@ -6,6 +6,7 @@ The batcher takes and gives bytes by name; `ArrayBatcher` states the cases in nu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 import numpy as np
@@ -368,3 +369,56 @@ def test_worker_batches_use_the_worker_function() -> None:
     run(main())
     # 1-row batches run on the loop, the 60-row one on the worker thread.
     assert inline.threads == ["MainThread", "MainThread"] and on_worker.threads == ["onnx-encoder_0"]
+
+
+def test_outputs_without_one_row_per_batch_row_fail_the_batch_clearly() -> None:
+    calls = []
+
+    def short(x: np.ndarray) -> list[np.ndarray]:
+        calls.append(len(x))
+        return [x[:-1] if len(calls) == 1 else x]  # the first run loses a row
+
+    async def main() -> None:
+        b = ArrayBatcher("decoder", short, Metrics().graph("decoder"), widths=(WIDTH,), max_rows=8)
+        b.start()
+        with pytest.raises(
+            InferenceFailed, match=r"decoder output out0 came out float32 \[2, 3\] for a batch of 3 rows"
+        ):
+            await b.submit(rows(0, 3))
+        (out,) = await b.submit(rows(5, 2))  # and the batcher goes on
+        np.testing.assert_array_equal(out, rows(5, 2))
+        await b.stop()
+
+    run(main())
+
+
+def test_output_checks_fail_only_the_requests_whose_rows_fail() -> None:
+    graph = Graph(gated=True)
+
+    def finite(outputs) -> None:
+        if not np.isfinite(outputs[0]).all():
+            raise InvalidArgument("latents.data", "decoded to NaN")
+
+    def nan_for_negative(x: np.ndarray) -> list[np.ndarray]:
+        doubled, sums = graph(x)
+        return [np.where(x < 0, np.float32("nan"), doubled), sums]
+
+    async def main() -> None:
+        graph_spec = spec("decoder", {"x": WIDTH}, (WIDTH, 1), lambda run, batch: run(batch["x"]))
+        graph_spec = dataclasses.replace(graph_spec, check_outputs=finite)
+        b = Batcher(graph_spec, Runner(nan_for_negative), Metrics().graph("decoder"), max_rows=64)
+        b.start()
+        first = b.submit({"x": rows(0, 1).tobytes()}, 1)
+        await asyncio.to_thread(graph.running.wait, 10)
+        good, bad = b.submit({"x": rows(10, 2).tobytes()}, 2), b.submit({"x": rows(-5, 3).tobytes()}, 3)
+        later = b.submit({"x": rows(20, 1).tobytes()}, 1)
+        graph.gate.set()
+        await first
+        with pytest.raises(InvalidArgument, match=r"latents\.data: decoded to NaN"):
+            await bad
+        for result, x in ((await good, rows(10, 2)), (await later, rows(20, 1))):
+            np.testing.assert_array_equal(np.frombuffer(result["out0"], np.float32).reshape(-1, WIDTH), 2 * x)
+        await b.stop()
+
+    run(main())
+    assert [len(x) for x in graph.batches] == [1, 6]  # the bad request shared the run, then failed alone
