@@ -25,8 +25,13 @@ def env_name(flag: str) -> str:
 
 
 def add_flag(p: argparse.ArgumentParser, flag: str, default: Any, help: str, **kwargs: Any) -> None:
-    """--flag whose default comes from VAESERVE_FLAG when set (argparse applies `type` to it like to a flag)."""
+    """--flag whose default comes from VAESERVE_FLAG when set (argparse applies `type` to it like to a flag).
+    A switch (a bool default) is `--flag [true|false]`, plus `--no-flag`."""
     env = env_name(flag)
+    if isinstance(default, bool):
+        kwargs.update(type=boolean, nargs="?", const=True)
+        p.add_argument("--no-" + flag[2:], dest=flag[2:].replace("-", "_"), action="store_false",
+                       default=argparse.SUPPRESS, help=f"the same as {flag} false")  # fmt: skip
     kwargs.setdefault("type", type(default) if default is not None else str)
     p.add_argument(flag, default=os.environ.get(env, default), help=f"{help} (env {env}; default: %(default)s)",
                    **kwargs)  # fmt: skip
@@ -51,8 +56,11 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "host": ("address to listen on (0.0.0.0 in a container)", {}),
     "port": ("gRPC port (0: any free port, logged)", {}),
     "reuse_port": ("let several serve processes share --port (SO_REUSEPORT; each needs its own --metrics-port); "
-                   "off: a port in use is an error", {"type": boolean, "nargs": "?", "const": True}),
-    "metrics_port": ("Prometheus /metrics port on the same host (0: disabled)", {}),
+                   "off: a port in use is an error", {}),
+    "metrics_port": ("Prometheus /metrics port (0: disabled); unauthenticated, keep it off client networks", {}),
+    "metrics_host": ("address /metrics listens on (empty: --host)", {}),
+    "health_port": ("plaintext port serving only the gRPC health service, for probes that speak no TLS "
+                    "(0: none)", {}),
     "device": ("execution provider: auto (CUDA when usable, else CPU), cpu, cuda", {"choices": DEVICES}),
     "max_batch_size": ("most rows per onnxruntime run", {}),
     "max_batch_delay_ms": ("longest a batch that is not full may wait for the requests of callers known to be "
@@ -63,12 +71,21 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "max_num_samples": ("most rows (samples or images) in one request", {}),
     "intra_op_threads": ("onnxruntime intra-op threads per session", {}),
     "inter_op_threads": ("onnxruntime inter-op threads per session", {}),
-    "max_concurrent_rpcs": ("calls admitted at once (>= --max-batch-size)", {}),
-    "max_message_mb": ("largest request or response message in MiB", {}),
+    "max_concurrent_rpcs": ("most calls in flight at once (>= --max-batch-size); more get RESOURCE_EXHAUSTED", {}),
+    "max_wait_ms": ("refuse new calls (RESOURCE_EXHAUSTED) when those in flight would take longer than this to "
+                    "serve at the measured rate", {}),
+    "max_message_mb": ("largest request or response message in MiB (0: what the model's largest valid call "
+                       "needs)", {}),
     "max_connection_age_s": ("close client connections after this many seconds, so load rebalances across "
                              "replicas (0: never)", {}),
     "max_connection_age_grace_s": ("time calls on an aged connection get to finish", {}),
     "grace_period": ("seconds in-flight calls get to finish after SIGTERM/SIGINT", {}),
+    "tls_cert": ("PEM certificate chain: serve TLS on --port (with --tls-key)", {}),
+    "tls_key": ("PEM private key of --tls-cert", {}),
+    "tls_client_ca": ("PEM CA bundle: require client certificates it signed (mTLS)", {}),
+    "auth_token_file": ("file of accepted bearer tokens, one per line, re-read when it changes or on SIGHUP; "
+                        "calls need `authorization: Bearer TOKEN` (health stays open)", {}),
+    "reflection": ("gRPC server reflection", {}),
     "otlp_endpoint": ("OpenTelemetry collector for a span per RPC and per batch, http://HOST:4317 (needs the "
                       "tracing extra; empty: off)", {}),
     "event_loop": ("asyncio event loop: auto (uvloop when installed), asyncio, uvloop", {"choices": EVENT_LOOPS}),

@@ -234,7 +234,8 @@ class _Counted:
     """One call, counted: in flight while its handler runs, then its duration and final status.
 
     The status is the handler's (`context.code()`: None means OK) when it returned or aborted, CANCELLED or
-    DEADLINE_EXCEEDED when gRPC cancelled it, and UNKNOWN (what gRPC sends) for any other exception.
+    DEADLINE_EXCEEDED when gRPC cancelled it or the call ended under it (answering a call whose client has gone
+    raises), and UNKNOWN (what gRPC sends) for any other exception.
     """
 
     __slots__ = ("context", "m", "start")
@@ -251,7 +252,7 @@ class _Counted:
         self.m.inflight.n -= 1
         if exc_type is None or issubclass(exc_type, aio.AbortError):
             code = self.context.code()
-        elif issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)):
+        elif issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)) or self.context.done():
             code = _cancelled_status(self.context)
         else:
             code = grpc.StatusCode.UNKNOWN

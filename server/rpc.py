@@ -11,6 +11,7 @@ Below this module everything raises `RequestError`s; this is the one place they 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -74,6 +75,8 @@ def _answering(method: Callable, request_type: type[message.Message]) -> Behavio
         try:
             return await method(request, context)
         except RequestError as exc:
+            if context.done():  # cancelled by the client or its deadline: nobody is waiting for a status
+                raise asyncio.CancelledError from exc
             await context.abort(exc.code, str(exc))
 
     return behavior

@@ -15,6 +15,7 @@ import logging
 import math
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,9 +23,11 @@ from grpc_reflection.v1alpha import reflection
 
 from vaeserve.errors import VaeserveError
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.repository import ModelVersion, graph_signatures, resolve_version, verify_version
+from vaeserve.repository import ModelVersion, graph_signatures, open_version
 
 from . import graphs, rpc
+from .admission import Admission
+from .auth import Tokens
 from .batcher import Batcher
 from .config import MB, ServeConfig
 from .memory import MMAP_THRESHOLD, keep_large_buffers
@@ -53,15 +56,23 @@ def model_info(model: ModelVersion, provider: str, config: ServeConfig) -> vae_p
     )
 
 
-def check_message_limit(model: ModelVersion, config: ServeConfig) -> None:
-    """The largest request or response the limits allow (max rows of images plus latents) must fit a message."""
-    row_bytes = 4 * (math.prod(model.image_shape) + model.latent_dim)
-    largest = config.max_num_samples * row_bytes + 1024  # + framing and shapes
+MESSAGE_FRAMING = 4096  # bytes beside the tensor data: tags, lengths, shapes, a status message
+
+
+def message_limit(model: ModelVersion, config: ServeConfig) -> int:
+    """The largest request or response message, in bytes: what the model's largest valid call needs (the
+    limits' most rows of images plus latents, or of the encoder's three outputs) unless --max-message-mb says
+    more. A caller can then never make the server read a message bigger than one it serves."""
+    row_bytes = 4 * max(math.prod(model.image_shape) + model.latent_dim, 3 * model.latent_dim)
+    largest = config.max_num_samples * row_bytes + MESSAGE_FRAMING
+    if not config.max_message_mb:
+        return largest
     if largest > config.max_message_mb * MB:
         raise VaeserveError(
             f"--max-num-samples {config.max_num_samples}: a full response of {list(model.image_shape)} images is "
-            f"{largest / MB:.1f} MiB, more than --max-message-mb {config.max_message_mb}"
+            f"{largest / MB:.1f} MiB, more than --max-message-mb {config.max_message_mb:g}"
         )
+    return int(config.max_message_mb * MB)
 
 
 @dataclass
@@ -78,8 +89,8 @@ class Loaded:
 
 def load(config: ServeConfig) -> Loaded:
     """Verifies the version's served variant, opens both sessions on the chosen device and warms them up."""
-    model = verify_version(resolve_version(config.repo, config.name, config.version), (config.variant,))
-    check_message_limit(model, config)
+    model = open_version(config.repo, config.name, config.version, (config.variant,), skipped=log.warning)
+    message_limit(model, config)  # a limit too small for the model stops the server here
     log.info("model %s version %d (%s graphs) from %s", model.name, model.version, model.variant, model.path)
     log.info("latent_dim %d, image_shape %s, likelihood %s", model.latent_dim, list(model.image_shape),
              model.likelihood)  # fmt: skip
@@ -100,39 +111,71 @@ def load(config: ServeConfig) -> Loaded:
     return Loaded(model, sessions)
 
 
+DRAIN_SETTLE_S = 0.25  # after SIGTERM, calls still start normally: those that reached gRPC before the signal
+DRAIN_QUIET_S = 0.1  # closing waits until no call has arrived for this long, so it cuts off no caller
+
+
 @dataclass
 class App:
-    """The wired server: gRPC with its services, the batchers, metrics and tracing; `run` serves until a signal."""
+    """The wired server: gRPC with its services, admission, auth, the batchers, metrics and tracing."""
 
     config: ServeConfig
     server: grpc.aio.Server
     port: int
+    message_bytes: int  # the largest message either way
+    health_server: grpc.aio.Server | None  # the plaintext health-only listener (--health-port)
     health: health.aio.HealthServicer
+    admission: Admission
+    tokens: Tokens | None
     batchers: list[Batcher]
     metrics: Metrics
     tracing: Tracing | None
 
     async def run(self, stopping: asyncio.Event) -> int:
+        """Serves until `stopping` is set, then drains: every call that reached the server completes, later
+        ones get UNAVAILABLE, and the process closes once nothing is in flight (or the grace period is over)."""
         config = self.config
-        http: MetricsHttpServer | None = self.metrics.serve_http(config.host, config.metrics_port)
+        metrics_host = config.metrics_host or config.host
+        http: MetricsHttpServer | None = self.metrics.serve_http(metrics_host, config.metrics_port)
         for batcher in self.batchers:
             batcher.start()
+        self.admission.start()
+        if self.tokens is not None:
+            self.tokens.start()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.tokens.reload)
         await self.server.start()
-        log.info("gRPC listening on %s:%d (max message %d MiB, max %d concurrent RPCs%s)", config.host, self.port,
-                 config.max_message_mb, config.max_concurrent_rpcs,
+        if self.health_server is not None:
+            await self.health_server.start()
+        tls = "TLS" + (" with client certificates" if config.tls_client_ca else "") if config.tls_cert else "plaintext"
+        log.info("gRPC listening on %s:%d (%s%s, max message %.2f MiB, max %d calls in flight%s)", config.host,
+                 self.port, tls, ", bearer tokens" if self.tokens else "", self.message_bytes / MB,
+                 config.max_concurrent_rpcs,
                  ", port shared with other processes: --reuse-port" if config.reuse_port else "")  # fmt: skip
-        log.info(
-            "metrics on %s", f"http://{config.host}:{http.port}/metrics" if http else "(disabled: --metrics-port 0)"
-        )
+        if self.health_server is not None:
+            log.info("health service (plaintext, health only) on %s:%d", config.host, config.health_port)
+        where = f"http://{metrics_host}:{http.port}/metrics" if http else "(disabled: --metrics-port 0)"
+        log.info("metrics on %s (unauthenticated)", where)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING")
 
         await stopping.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.grace_period
         log.info("draining: NOT_SERVING, in-flight calls get %g s", config.grace_period)
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(config.grace_period)
+        await asyncio.sleep(min(DRAIN_SETTLE_S, config.grace_period))
+        self.admission.drain()
+        if not await self.admission.quiet(DRAIN_QUIET_S, max(0.0, deadline - loop.time())):
+            log.warning("grace period over with %d call(s) in flight: cancelling them", self.admission.inflight)
+        # Cancels what is left: health Watch streams, reflection, calls past the grace period.
+        await self.server.stop(None)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         for batcher in self.batchers:
             await batcher.stop()
+        await self.admission.stop()
+        if self.tokens is not None:
+            await self.tokens.stop()
         if http is not None:
             http.close()
         if self.tracing is not None:
@@ -146,7 +189,8 @@ class App:
 
 
 async def build(config: ServeConfig, loaded: Loaded) -> App:
-    """The batchers (built from the graphs' descriptions), the gRPC server and its services, metrics, tracing."""
+    """The batchers (built from the graphs' descriptions), the gRPC server and its services, admission and auth,
+    metrics, tracing."""
     model, sessions = loaded.model, loaded.sessions
     metrics = Metrics()
     metrics.set_model_info(model.name, model.version, loaded.provider, model.variant)
@@ -173,32 +217,76 @@ async def build(config: ServeConfig, loaded: Loaded) -> App:
     log.info("batches run on the event loop up to %d rows (encoder) and %d rows (decoder): predicted within %g us",
              batchers["encoder"].inline_rows, batchers["decoder"].inline_rows, inline_s * 1e6)  # fmt: skip
 
-    server = grpc.aio.server(
-        interceptors=interceptors, options=config.grpc_options(), maximum_concurrent_rpcs=config.max_concurrent_rpcs
-    )
+    message_bytes = message_limit(model, config)
+    # No maximum_concurrent_rpcs: gRPC would hold calls over it unanswered, then cancel them; admission refuses
+    # them at once with a status that says why.
+    server = grpc.aio.server(interceptors=interceptors, options=config.grpc_options(message_bytes))
+    admission = Admission(config.max_wait_ms / 1000, config.admission_floor, config.max_concurrent_rpcs)
+    tokens = Tokens(config.auth_token_file) if config.auth_token_file else None
     info = model_info(model, loaded.provider, config)
     servicer = VaeServicer(model.image_shape, model.latent_dim, batchers["encoder"], batchers["decoder"],
                            config.max_num_samples, info)  # fmt: skip
-    rpc.add_service(server, SERVICE, servicer, metrics.counted)
+
+    def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Innermost first: admission, then the token check, then counting (so refusals are counted too)."""
+        handler = admission.wrap(method, handler)
+        if tokens is not None:
+            handler = tokens.wrap(method, handler)
+        return metrics.counted(method, handler)
+
+    rpc.add_service(server, SERVICE, servicer, wrap)
     health_servicer = health.aio.HealthServicer()
     for service in ("", SERVICE.full_name):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = listen(server, config)
-    return App(config, server, port, health_servicer, list(batchers.values()), metrics, tracing)
+    if config.reflection:
+        reflection.enable_server_reflection((SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = listen(server, config.host, config.port, "--port", server_credentials(config))
+    health_server = None
+    if config.health_port:
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        listen(health_server, config.host, config.health_port, "--health-port", None)
+    return App(config, server, port, message_bytes, health_server, health_servicer, admission, tokens,
+               list(batchers.values()), metrics, tracing)  # fmt: skip
 
 
-def listen(server: grpc.aio.Server, config: ServeConfig) -> int:
-    """Binds the gRPC port; the port number (the one chosen when --port is 0)."""
-    address = f"{config.host}:{config.port}"
+def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials from --tls-cert/--tls-key (and --tls-client-ca: client certificates required), or None."""
+    if not config.tls_cert:
+        return None
+    pem = {flag: _read_pem(flag, path) for flag, path in
+           (("--tls-cert", config.tls_cert), ("--tls-key", config.tls_key), ("--tls-client-ca", config.tls_client_ca))
+           if path}  # fmt: skip
+    return grpc.ssl_server_credentials(
+        [(pem["--tls-key"], pem["--tls-cert"])],
+        root_certificates=pem.get("--tls-client-ca"),
+        require_client_auth="--tls-client-ca" in pem,
+    )
+
+
+def _read_pem(flag: str, path: str) -> bytes:
     try:
-        port = server.add_insecure_port(address)
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise VaeserveError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from exc
+    if b"-----BEGIN " not in data:
+        raise VaeserveError(f"{flag} {path}: not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def listen(server: grpc.aio.Server, host: str, port: int, flag: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Binds host:port (TLS with `credentials`); the port number (the one chosen when port is 0)."""
+    address = f"{host}:{port}"
+    try:
+        bound = (
+            server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+        )
     except RuntimeError as exc:
-        raise VaeserveError(f"--port: cannot listen on {address}: {exc}") from exc
-    if port == 0:
-        raise VaeserveError(f"--port: cannot listen on {address}")
-    return port
+        raise VaeserveError(f"{flag}: cannot listen on {address}: {exc}") from exc
+    if bound == 0:
+        raise VaeserveError(f"{flag}: cannot listen on {address}")
+    return bound
 
 
 def run(config: ServeConfig) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,13 +104,48 @@ def resolve_version(repo: str | Path, name: str, version: int | str | None = "la
     return path
 
 
+def open_version(
+    repo: str | Path,
+    name: str,
+    version: int | str | None = "latest",
+    variants: tuple[str, ...] | None = None,
+    skipped: Callable[[str], None] | None = None,
+) -> ModelVersion:
+    """The verified REPO/NAME/VERSION. For "latest" (or None): the newest version that verifies, each newer one
+    that does not reported to `skipped` with its reason, so one bad export cannot take a server down; when none
+    verifies, the error names every version's reason."""
+    if version is not None and version != "latest":
+        return verify_version(resolve_version(repo, name, version), variants)
+    newest = resolve_version(repo, name, version)  # errors for a missing model or one without a complete version
+    reasons = []
+    for number in reversed([v for v in version_numbers(repo, name) if v <= int(newest.name)]):
+        path = newest.parent / str(number)
+        if not (path / MODEL_JSON).is_file():
+            continue
+        try:
+            return verify_version(path, variants)
+        except RepositoryError as exc:
+            reasons.append(str(exc))
+            if skipped is not None:
+                skipped(f"version {number} skipped: {exc}")
+    raise RepositoryError(f"{newest.parent}: no version verifies: " + "; ".join(reasons))
+
+
 def verify_version(path: str | Path, variants: tuple[str, ...] | None = None) -> ModelVersion:
     """Re-check a version folder REPO/NAME/VERSION; the name and number come from the path. `variants`: the
     graph pairs to check (the first is the one the ModelVersion points to); None checks every pair it holds."""
     path = Path(path)
     if not path.name.isdigit():
         raise RepositoryError(f"{path}: a version folder is named by its integer version (REPO/NAME/VERSION)")
+    _inside(path, path.parent.parent, "the version folder")
     return check_version(path, path.parent.name, int(path.name), variants)
+
+
+def _inside(path: Path, root: Path, what: str) -> None:
+    """Refuses a path that leaves `root` once links are followed: a repository serves only what it holds."""
+    real, real_root = path.resolve(), root.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise RepositoryError(f"{path}: {what} resolves to {real}, outside {real_root} (a link out of the repository)")
 
 
 def check_version(path: Path, name: str, version: int, variants: tuple[str, ...] | None = None) -> ModelVersion:
@@ -158,6 +194,7 @@ def _read_model_json(path: Path) -> dict[str, Any]:
         raise RepositoryError(f"{path}: version folder not found")
     if not where.is_file():
         raise RepositoryError(f"{where}: file not found")
+    _inside(where, path, "model.json")
     try:
         info = json.loads(where.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -169,10 +206,11 @@ def _read_model_json(path: Path) -> dict[str, Any]:
     types = {"name": str, "version": int, "latent_dim": int, "image_shape": list, "likelihood": str,
              "metadata": dict, "graphs": dict, "variants": dict}  # fmt: skip
     for key, kind in types.items():
-        if not isinstance(info.get(key), kind):
+        # type(), not isinstance: JSON true and false are Python bools, which isinstance counts as ints.
+        if type(info.get(key)) is not kind:
             raise RepositoryError(f"{where}: {key} is missing or not a {kind.__name__}")
     shape = info["image_shape"]
-    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape) or info["latent_dim"] < 1:
+    if len(shape) != 3 or not all(type(s) is int and s > 0 for s in shape) or info["latent_dim"] < 1:
         raise RepositoryError(f"{where}: image_shape {shape} / latent_dim {info['latent_dim']} are not valid")
     if info["likelihood"] not in LIKELIHOODS:
         raise RepositoryError(f"{where}: likelihood {info['likelihood']!r} is not one of {', '.join(LIKELIHOODS)}")
@@ -200,6 +238,7 @@ def _check_graph(
     path = folder / file
     if not path.is_file():
         raise RepositoryError(f"{path}: graph file not found")
+    _inside(path, folder, "the graph file")
     digest = sha256_file(path)
     if digest != entry.get("sha256"):
         raise RepositoryError(f"{path}: SHA-256 {digest} does not match model.json ({entry.get('sha256')})")
