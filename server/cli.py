@@ -148,6 +148,14 @@ def _register_clients(sub: argparse._SubParsersAction) -> None:
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
     add_flag(p, "--target", DEFAULT_TARGET, "server address host:port")
+    # No VAESERVE_* variables for these: in a server's container they would pick up the server's own certificate.
+    p.add_argument("--tls-ca", help="PEM CA bundle that signed the server's certificate: connect with TLS "
+                   "(default: plaintext, unless --tls-cert is given)")  # fmt: skip
+    p.add_argument("--tls-cert", help="PEM client certificate for servers that require one (mTLS), with --tls-key "
+                   "(default: none)")  # fmt: skip
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert (default: none)")
+    p.add_argument("--token-file", help="file whose first line is the bearer token to send (default: the token in "
+                   "env VAESERVE_TOKEN, if set)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=60.0, help="deadline of the call in seconds (default: %(default)s)")
     p.add_argument("--scale", type=int, default=4, help="PNG pixels per image pixel (default: %(default)s)")
 
@@ -171,11 +179,27 @@ def _calling(args: argparse.Namespace, call):  # -> the call's result
 
     from .client import VaeClient
 
-    with VaeClient(args.target, timeout=args.timeout) as client:
+    with VaeClient(args.target, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                   tls_key=args.tls_key, token=_token(args)) as client:  # fmt: skip
         try:
             return call(client)
         except grpc.RpcError as exc:
             raise VaeserveError(f"{args.target}: {exc.code().name}: {exc.details()}") from None
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token: the first line of --token-file, else VAESERVE_TOKEN, else none."""
+    if args.token_file:
+        from vaeserve.errors import VaeserveError
+
+        try:
+            lines = Path(args.token_file).read_text().split("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VaeserveError(f"--token-file {args.token_file}: cannot read it ({exc})") from exc
+        if not lines[0].strip():
+            raise VaeserveError(f"--token-file {args.token_file}: its first line holds no token")
+        return lines[0].strip()
+    return os.environ.get("VAESERVE_TOKEN") or None
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -228,7 +252,8 @@ def run_info(args: argparse.Namespace) -> int:
     import json
 
     info = _calling(args, lambda c: c.info())
-    fields = ("name", "version", "latent_dim", "likelihood", "execution_provider", "max_batch_size", "max_num_samples")
+    fields = ("name", "version", "variant", "latent_dim", "likelihood", "execution_provider", "max_batch_size",
+              "max_num_samples")  # fmt: skip
     described = {f: getattr(info, f) for f in fields}
     described |= {"image_shape": list(info.image_shape), "metadata": dict(sorted(info.metadata.items()))}
     print(json.dumps(described, indent=2))

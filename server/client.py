@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -32,16 +33,43 @@ def from_tensor(t: vae_pb2.Tensor) -> np.ndarray:
 
 
 class VaeClient:
-    """Blocking client; `timeout` (seconds) is every call's deadline."""
+    """Blocking client; `timeout` (seconds) is every call's deadline.
 
-    def __init__(self, target: str, timeout: float | None = 60.0, max_message_mb: int = 64) -> None:
+    TLS: `tls_ca` (PEM file of the CA that signed the server's certificate; the system's roots when only a
+    client certificate is given), and for mTLS `tls_cert` + `tls_key`. `token`: sent as `authorization: Bearer
+    TOKEN` with every call. `options`: extra gRPC channel arguments.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float | None = 60.0,
+        max_message_mb: int = 64,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        token: str | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_mb * MB),
             ("grpc.max_send_message_length", max_message_mb * MB),
+            *options,
         ]
         self.target = target
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(target, options=options)
+        if bool(tls_cert) != bool(tls_key):
+            raise VaeserveError("--tls-cert and --tls-key: give both (the client certificate and its private key)")
+        if tls_ca or tls_cert:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(tls_ca, "--tls-ca"),
+                private_key=_read(tls_key, "--tls-key"),
+                certificate_chain=_read(tls_cert, "--tls-cert"),
+            )
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.stub = vae_pb2_grpc.VaeServiceStub(self.channel)
 
     def __enter__(self) -> VaeClient:
@@ -53,29 +81,39 @@ class VaeClient:
     def close(self) -> None:
         self.channel.close()
 
+    def _call(self, method: Any, request: Any) -> Any:
+        return method(request, timeout=self.timeout, metadata=self.metadata)
+
     def sample(self, n: int, seed: int | None = None, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """(images [n, C, H, W], latents [n, latent_dim]) with z ~ N(0, temperature^2 I)."""
-        r = self.stub.Sample(
-            vae_pb2.SampleRequest(num_samples=n, seed=seed, temperature=temperature), timeout=self.timeout
-        )
+        r = self._call(self.stub.Sample, vae_pb2.SampleRequest(num_samples=n, seed=seed, temperature=temperature))
         return from_tensor(r.images), from_tensor(r.latents)
 
     def encode(self, images: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mean, log_variance, latents) [N, latent_dim] of images [N, C, H, W] in [0, 1]."""
-        r = self.stub.Encode(vae_pb2.EncodeRequest(images=to_tensor(images), seed=seed), timeout=self.timeout)
+        r = self._call(self.stub.Encode, vae_pb2.EncodeRequest(images=to_tensor(images), seed=seed))
         return from_tensor(r.mean), from_tensor(r.log_variance), from_tensor(r.latents)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        r = self.stub.Decode(vae_pb2.DecodeRequest(latents=to_tensor(latents)), timeout=self.timeout)
+        r = self._call(self.stub.Decode, vae_pb2.DecodeRequest(latents=to_tensor(latents)))
         return from_tensor(r.images)
 
     def reconstruct(self, images: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(reconstructed images, the latents that were decoded)."""
-        r = self.stub.Reconstruct(vae_pb2.ReconstructRequest(images=to_tensor(images), seed=seed), timeout=self.timeout)
+        r = self._call(self.stub.Reconstruct, vae_pb2.ReconstructRequest(images=to_tensor(images), seed=seed))
         return from_tensor(r.images), from_tensor(r.latents)
 
     def info(self) -> vae_pb2.ModelInfo:
-        return self.stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=self.timeout)
+        return self._call(self.stub.GetModelInfo, vae_pb2.GetModelInfoRequest())
+
+
+def _read(path: str | Path | None, flag: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise VaeserveError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from exc
 
 
 def read_images(paths: Sequence[str | Path], image_shape: Sequence[int]) -> np.ndarray:

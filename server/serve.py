@@ -188,7 +188,19 @@ class App:
             await self.health.set(service, status)
 
 
-async def build(config: ServeConfig, loaded: Loaded) -> App:
+@dataclass
+class Security:
+    """What --tls-* and --auth-token-file hold, read before the model is loaded so a bad file fails fast."""
+
+    credentials: grpc.ServerCredentials | None
+    tokens: Tokens | None
+
+    @classmethod
+    def read(cls, config: ServeConfig) -> Security:
+        return cls(server_credentials(config), Tokens(config.auth_token_file) if config.auth_token_file else None)
+
+
+async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
     """The batchers (built from the graphs' descriptions), the gRPC server and its services, admission and auth,
     metrics, tracing."""
     model, sessions = loaded.model, loaded.sessions
@@ -222,7 +234,7 @@ async def build(config: ServeConfig, loaded: Loaded) -> App:
     # them at once with a status that says why.
     server = grpc.aio.server(interceptors=interceptors, options=config.grpc_options(message_bytes))
     admission = Admission(config.max_wait_ms / 1000, config.admission_floor, config.max_concurrent_rpcs)
-    tokens = Tokens(config.auth_token_file) if config.auth_token_file else None
+    tokens = security.tokens
     info = model_info(model, loaded.provider, config)
     servicer = VaeServicer(model.image_shape, model.latent_dim, batchers["encoder"], batchers["decoder"],
                            config.max_num_samples, info)  # fmt: skip
@@ -241,7 +253,7 @@ async def build(config: ServeConfig, loaded: Loaded) -> App:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
         reflection.enable_server_reflection((SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = listen(server, config.host, config.port, "--port", server_credentials(config))
+    port = listen(server, config.host, config.port, "--port", security.credentials)
     health_server = None
     if config.health_port:
         health_server = grpc.aio.server()
@@ -304,6 +316,7 @@ def run(config: ServeConfig) -> int:
 
 async def serve(config: ServeConfig) -> int:
     config.check()
+    security = Security.read(config)
     # Installed first, so a signal during loading and warm-up ends the start-up cleanly as well.
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -312,5 +325,5 @@ async def serve(config: ServeConfig) -> int:
     log.info("event loop %s", type(loop).__module__.split(".")[0])  # uvloop or asyncio
     if keep_large_buffers():
         log.info("malloc: buffers up to %d MiB are reused from the heap, not mapped per call", MMAP_THRESHOLD // MB)
-    app = await build(config, load(config))
+    app = await build(config, load(config), security)
     return await app.run(stopping)

@@ -62,10 +62,13 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         name: str = "server",
         own_group: bool = False,
+        health_port: int = 0,
     ) -> None:
-        """own_group: the process leads its own process group and stop() signals the group (servers with children)."""
+        """own_group: the process leads its own process group and stop() signals the group (servers with children).
+        health_port: where the plaintext health service is, when not on `port` (a TLS server's --health-port)."""
         self.argv, self.log, self.port, self.ready = list(argv), log, port, ready
         self.metrics_port, self.name, self.own_group = metrics_port, name, own_group
+        self.health_port = health_port
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
 
@@ -149,7 +152,8 @@ class ServerProcess:
 
 
 def vaeserve_ready(server: ServerProcess) -> bool:
-    return health_status(server.target, timeout=2) == health_pb2.HealthCheckResponse.SERVING and bool(
+    target = f"127.0.0.1:{server.health_port}" if server.health_port else server.target
+    return health_status(target, timeout=2) == health_pb2.HealthCheckResponse.SERVING and bool(
         _SERVING_LINE.search(server.output())
     )
 
@@ -167,13 +171,17 @@ def vaeserve(
     port: int | None = None,
     name: str = "vae",
     argv: Sequence[str] | None = None,
+    health_port: bool = False,
 ) -> ServerProcess:
     """A `vaeserve serve` of REPO/NAME on loopback (on `port`, else a free one; metrics on a free port), not yet
-    started: use it in `with`, or call start(). `argv` replaces the command line (ports then come from `env`)."""
-    port, metrics_port = port or free_port(), free_port()
+    started: use it in `with`, or call start(). `argv` replaces the command line (ports then come from `env`).
+    health_port: give it a plaintext health-only port (--health-port), which readiness then asks (TLS servers)."""
+    port, metrics_port, health = port or free_port(), free_port(), free_port() if health_port else 0
     if argv is None:
         argv = serve_argv(repo, *flags, port=port, metrics_port=metrics_port, name=name)
-    return ServerProcess(argv, log, port, vaeserve_ready, metrics_port, env, name="vaeserve serve")
+        if health:
+            argv += ["--health-port", str(health)]
+    return ServerProcess(argv, log, port, vaeserve_ready, metrics_port, env, name="vaeserve serve", health_port=health)
 
 
 @contextlib.contextmanager

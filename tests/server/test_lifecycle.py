@@ -27,6 +27,14 @@ BIG = 4096  # rows of one conv decoder run: tens of milliseconds on one CPU thre
 BIG_BATCHES = ("--max-batch-size", str(BIG), "--max-concurrent-rpcs", str(BIG))
 
 
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    """Polls `condition` until it holds: the tests synchronise on the server's state, never on fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
 def run_serve(repo: Path, *flags: str) -> subprocess.CompletedProcess:
     """`vaeserve serve` expected to fail at start-up."""
     cmd = serve_argv(repo, *flags, port=free_port(), metrics_port=0)
@@ -95,8 +103,8 @@ def test_reuse_port_lets_two_processes_share_the_port_and_its_connections(model_
         serving(model_repo, tmp_path / "first.log", "--reuse-port", port=port) as first,
         serving(model_repo, tmp_path / "second.log", port=port, env={"VAESERVE_REUSE_PORT": "true"}) as second,
     ):
-        for _ in range(24):  # new connections: the kernel spreads them over both listeners
-            with VaeClient(first.target) as client:
+        for _ in range(24):  # new connections (a channel's own): the kernel spreads them over both listeners
+            with VaeClient(first.target, options=[("grpc.use_local_subchannel_pool", 1)]) as client:
                 images, _ = client.sample(2, seed=0)
             assert images.shape == (2, 1, 8, 8)
         served = [s.metric('vaeserve_requests_total{code="OK",method="Sample"}', 0.0) for s in (first, second)]
@@ -126,15 +134,20 @@ def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_0(conv_model_
     with serving(conv_model_repo, tmp_path / "serve.log", *flags) as server:
         with VaeClient(server.target) as client, ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(client.sample, 4 * BIG, 5)  # several conv runs: long enough to catch in flight
-            while server.metric("vaeserve_inflight_requests") < 1:
-                time.sleep(0.005)
+            wait_until(lambda: server.metric("vaeserve_inflight_requests") >= 1, "the call to be in flight")
             server.signal(signal.SIGTERM)
-            time.sleep(0.2)
-            with pytest.raises(grpc.RpcError) as refused:
-                client.sample(1, seed=0)
+            # New calls are still served for a moment (those already on their way when the signal came), then
+            # refused: poll until one is.
+            refused = None
+            while refused is None:
+                try:
+                    client.sample(1, seed=0)
+                except grpc.RpcError as exc:
+                    refused = exc
             images, latents = in_flight.result(timeout=60)
         assert server.wait() == 0
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert refused is not None and refused.code() == grpc.StatusCode.UNAVAILABLE
+    assert refused.details() == "the server is shutting down: retry the call"
     assert images.shape == (4 * BIG, 1, 8, 8) and latents.shape == (4 * BIG, 8)
     assert "draining" in server.output()
 
@@ -180,14 +193,6 @@ def test_a_full_queue_answers_resource_exhausted_at_once(busy_server: ServerProc
 
 
 HUGE = 65536  # rows of one conv decoder run: most of a second on this machine's cores
-
-
-def wait_until(condition, what: str, timeout: float = 30.0) -> None:
-    """Polls `condition` until it holds: the tests synchronise on the server's state, never on fixed sleeps."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.002)
 
 
 def test_calls_that_expire_or_are_cancelled_while_queued_are_not_computed(

@@ -1,0 +1,219 @@
+"""Access control on a real server: TLS, client certificates (mTLS), bearer tokens with rotation, the plaintext
+health-only port for probes, reflection off, and where /metrics listens. Certificates come from a throwaway CA
+made by the test (tests/server/certs.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tests.conftest import run_cli
+from tests.harness import ServerProcess, free_port, health_status, serve_argv, serving
+from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
+from vaeserve.server.client import VaeClient
+
+from .certs import CertificateAuthority, Pair
+
+
+@dataclass
+class Pki:
+    ca: CertificateAuthority
+    server: Pair
+    client: Pair
+    stranger: Pair  # a client certificate from a CA the server does not trust
+    tokens: Path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    ca, other = CertificateAuthority(folder), CertificateAuthority(folder, "other CA")
+    tokens = folder / "tokens"
+    tokens.write_text("# accepted bearer tokens\nalpha-token\n\n  beta-token  \n")
+    return Pki(ca, ca.issue("server", server=True), ca.issue("client", server=False),
+               other.issue("stranger", server=False), tokens)  # fmt: skip
+
+
+def tls_flags(pki: Pki, tokens: Path | None = None) -> tuple[str, ...]:
+    flags = ("--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key))
+    return (*flags, "--auth-token-file", str(tokens)) if tokens else flags
+
+
+def client(server: ServerProcess, pki: Pki, token: str | None = None, cert: Pair | None = None) -> VaeClient:
+    """A TLS client of `server` by the name its certificate holds (localhost)."""
+    return VaeClient(f"localhost:{server.port}", timeout=10, tls_ca=pki.ca.pem, token=token,
+                     tls_cert=cert and cert.cert, tls_key=cert and cert.key)  # fmt: skip
+
+
+def code_of(call) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.fixture(scope="module")
+def secured(model_repo: Path, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """TLS and tokens on the gRPC port, plaintext health on its own port, no reflection."""
+    log = tmp_path_factory.mktemp("secured") / "serve.log"
+    with serving(model_repo, log, *tls_flags(pki, pki.tokens), "--no-reflection", health_port=True) as server:
+        yield server
+
+
+def test_plaintext_to_a_tls_port_fails(secured: ServerProcess) -> None:
+    with VaeClient(secured.target, timeout=10) as plain:
+        assert code_of(plain.info) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_calls_need_an_accepted_token_and_refusals_are_counted(secured: ServerProcess, pki: Pki) -> None:
+    unauthenticated = 'vaeserve_requests_total{code="UNAUTHENTICATED",method="GetModelInfo"}'
+    before = secured.metric(unauthenticated, 0.0)
+    for token in (None, "wrong-token", "alpha-token-but-longer", "Alpha-Token"):
+        with client(secured, pki, token) as c, pytest.raises(grpc.RpcError) as refused:
+            c.info()
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "bearer token" in refused.value.details()
+    assert secured.metric(unauthenticated) - before == 4
+    for token in ("alpha-token", "beta-token"):  # every line of the file, stripped; comments and blanks skipped
+        with client(secured, pki, token) as c:
+            assert c.info().name == "vae" and c.sample(2, seed=0)[0].shape == (2, 1, 8, 8)
+    with grpc.secure_channel(f"localhost:{secured.port}", grpc.ssl_channel_credentials(pki.ca.pem.read_bytes())) as ch:
+        call = vae_pb2_grpc.VaeServiceStub(ch).GetModelInfo
+        lowercase = (("authorization", "bearer alpha-token"),)  # the scheme is case-insensitive (RFC 7235)
+        assert call(vae_pb2.GetModelInfoRequest(), metadata=lowercase, timeout=10).name == "vae"
+        basic = (("authorization", "Basic alpha-token"),)
+        assert code_of(lambda: call(vae_pb2.GetModelInfoRequest(), metadata=basic, timeout=10)) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+
+
+def test_health_stays_open_and_the_health_port_serves_health_only(secured: ServerProcess, pki: Pki) -> None:
+    health_target = f"127.0.0.1:{secured.health_port}"
+    assert health_status(health_target) == health_pb2.HealthCheckResponse.SERVING
+    assert health_status(health_target, "vae.v1.VaeService") == health_pb2.HealthCheckResponse.SERVING
+    with VaeClient(health_target, timeout=10, token="alpha-token") as plain:
+        assert code_of(plain.info) == grpc.StatusCode.UNIMPLEMENTED  # the model is not on the plaintext port
+    credentials = grpc.ssl_channel_credentials(pki.ca.pem.read_bytes())
+    with grpc.secure_channel(f"localhost:{secured.port}", credentials) as channel:  # no token: health is open
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_can_be_turned_off(secured: ServerProcess, pki: Pki) -> None:
+    credentials = grpc.ssl_channel_credentials(pki.ca.pem.read_bytes())
+    with grpc.secure_channel(f"localhost:{secured.port}", credentials) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        with pytest.raises(grpc.RpcError) as off:
+            list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    assert off.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_the_client_cli_speaks_tls_and_sends_the_token(secured: ServerProcess, pki: Pki, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("beta-token\n")
+    target = f"localhost:{secured.port}"
+    run_cli("info", "--target", target, "--tls-ca", str(pki.ca.pem), "--token-file", str(token_file))
+    env = {**os.environ, "VAESERVE_TOKEN": "alpha-token"}
+    argv = [sys.executable, "-m", "vaeserve.cli", "sample", "--target", target, "--tls-ca", str(pki.ca.pem),
+            "--n", "4", "--out", str(tmp_path / "s.png")]  # fmt: skip
+    assert subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60).returncode == 0
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=60, env={**env, "VAESERVE_TOKEN": "x"})
+    assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_tokens_rotate_without_a_restart(model_repo: Path, pki: Pki, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("first\n")
+    with serving(model_repo, tmp_path / "serve.log", *tls_flags(pki, tokens), health_port=True) as server:
+
+        def accepted(token: str) -> bool:
+            with client(server, pki, token) as c:
+                return code_of(c.info) == grpc.StatusCode.OK
+
+        assert accepted("first") and not accepted("second")
+        # As the kubelet updates a mounted Secret: a new file renamed over the old one; the server notices.
+        staged = tmp_path / "tokens.new"
+        staged.write_text("second\n")
+        staged.replace(tokens)
+        wait_until(lambda: accepted("second"), "the rotated token to be accepted")
+        assert not accepted("first")
+        # SIGHUP re-reads at once; an empty file keeps the tokens accepted so far.
+        tokens.write_text("third\n")
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: accepted("third"), "the token read on SIGHUP")
+        tokens.write_text("\n")
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: "holds no token" in server.output(), "the empty file to be reported")
+        assert accepted("third")
+    assert server.returncode == 0
+
+
+def test_client_certificates_are_required_with_a_client_ca(model_repo: Path, pki: Pki, tmp_path: Path) -> None:
+    flags = (*tls_flags(pki), "--tls-client-ca", str(pki.ca.pem))
+    with serving(model_repo, tmp_path / "serve.log", *flags, health_port=True) as server:
+        with client(server, pki) as anonymous:
+            assert code_of(anonymous.info) == grpc.StatusCode.UNAVAILABLE  # the handshake fails
+        with client(server, pki, cert=pki.stranger) as stranger:
+            assert code_of(stranger.info) == grpc.StatusCode.UNAVAILABLE
+        with client(server, pki, cert=pki.client) as known:
+            assert known.info().name == "vae"
+    assert "TLS with client certificates" in server.output()
+
+
+def test_metrics_listen_on_the_metrics_host(model_repo: Path, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    with serving(model_repo, tmp_path / "serve.log", "--metrics-host", "127.0.0.2") as server:
+        with urllib.request.urlopen(f"http://127.0.0.2:{server.metrics_port}/metrics", timeout=10) as r:
+            assert b"vaeserve_model_info" in r.read()
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10)
+    assert "(unauthenticated)" in server.output()
+
+
+BAD_SECURITY_FLAGS = [
+    (("--tls-cert", "cert.pem"), "--tls-cert and --tls-key: give both"),
+    (("--tls-client-ca", "ca.pem"), "--tls-client-ca: client certificates need TLS"),
+    (("--tls-cert", "missing.pem", "--tls-key", "missing.key"), "--tls-cert missing.pem: cannot read it"),
+    (("--tls-cert", "tokens", "--tls-key", "tokens"), "--tls-cert tokens: not a PEM file"),
+    (("--auth-token-file", "missing"), "--auth-token-file missing: cannot read it"),
+    (("--auth-token-file", "empty"), "--auth-token-file empty: holds no token"),
+    (("--health-port", "PORT"), "--health-port: PORT is already --port or --metrics-port"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD_SECURITY_FLAGS)
+def test_bad_security_flags_are_one_line_naming_the_flag(
+    model_repo: Path, tmp_path: Path, flags: tuple[str, ...], message: str
+) -> None:
+    (tmp_path / "tokens").write_text("a-token\n")
+    (tmp_path / "empty").write_text("# none\n")
+    port = free_port()
+    flags = tuple(str(port) if f == "PORT" else f for f in flags)
+    argv = serve_argv(model_repo, *flags, port=port, metrics_port=0)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    message = message.replace("PORT", str(port))
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()  # found before the model is even loaded: the only line
+    assert line.startswith(f"vaeserve serve: error: {message}"), line
