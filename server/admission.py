@@ -32,7 +32,7 @@ class Admission:
         self.rate = 0.0  # calls completed per second, smoothed
         self.draining = False
         self._completed = 0
-        self._last_arrival = 0.0  # time.monotonic() of the newest call, admitted or not
+        self._last_activity = 0.0  # time.monotonic() when a call last arrived or finished
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -48,10 +48,11 @@ class Admission:
         self.draining = True
 
     async def quiet(self, quiet_s: float, timeout: float) -> bool:
-        """Waits (at most `timeout` s) until no admitted call is in flight and none has arrived for `quiet_s`:
-        then closing the server cancels nothing a client is waiting for. Whether that happened."""
+        """Waits (at most `timeout` s) until no admitted call is in flight and none has arrived or finished for
+        `quiet_s` (a client whose call just finished may be sending its next one): then closing the server cancels
+        nothing a client is waiting for. Whether that happened."""
         deadline = time.monotonic() + timeout
-        while self.inflight or time.monotonic() - self._last_arrival < quiet_s:
+        while self.inflight or time.monotonic() - self._last_activity < quiet_s:
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(QUIET_POLL_S)
@@ -64,7 +65,7 @@ class Admission:
 
     def _admitting(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            self._last_arrival = time.monotonic()
+            self._last_activity = time.monotonic()
             if self.draining:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: retry the call")
             if self.inflight >= self.limit:
@@ -75,6 +76,7 @@ class Admission:
             finally:
                 self.inflight -= 1
                 self._completed += 1
+                self._last_activity = time.monotonic()
 
         return admitted
 

@@ -111,7 +111,7 @@ def load(config: ServeConfig) -> Loaded:
     return Loaded(model, sessions)
 
 
-DRAIN_SETTLE_S = 0.25  # after SIGTERM, calls still start normally: those that reached gRPC before the signal
+DRAIN_SETTLE_S = 0.5  # after SIGTERM, calls still start normally: those that reached gRPC before the signal
 DRAIN_QUIET_S = 0.1  # closing waits until no call has arrived for this long, so it cuts off no caller
 
 
