@@ -18,7 +18,11 @@ DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
 # name:exact.version[-variant]@sha256:<64 hex>: a moving tag (latest, 3.12-slim) or a bare tag is not a pin.
 PINNED = re.compile(r"^[\w./-]+:\d+(\.\d+)+[\w.-]*@sha256:[0-9a-f]{64}$")
 # The vaeserve extras each image's builder installs: onnxruntime-gpu only where CUDA is.
-IMAGE_EXTRAS = {"Dockerfile.cpu": ["serve-cpu"], "Dockerfile.gpu": ["serve"], "Dockerfile.locust": ["serve-cpu", "load"]}
+IMAGE_EXTRAS = {
+    "Dockerfile.cpu": ["serve-cpu"],
+    "Dockerfile.gpu": ["serve"],
+    "Dockerfile.locust": ["serve-cpu", "load"],
+}
 # The images are Linux; the GPU one is x86_64 only (onnxruntime-gpu ships CUDA wheels for nothing else).
 IMAGE_PLATFORM = {"sys_platform": "linux", "platform_machine": "x86_64"}
 
