@@ -19,6 +19,8 @@ KUSTOMIZATIONS = {
     "gpu": DEPLOY / "k8s" / "overlays" / "gpu",
     "mtls": DEPLOY / "k8s" / "overlays" / "mtls",
     "locust": DEPLOY / "k8s" / "locust",
+    "kserve": DEPLOY / "kserve" / "base",
+    "kserve-canary": DEPLOY / "kserve" / "canary",
 }
 # Which server image each overlay runs.
 SERVER_DOCKERFILES = {"cpu": DOCKER / "Dockerfile.cpu", "gpu": DOCKER / "Dockerfile.gpu"}

@@ -23,6 +23,8 @@ KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 # Custom resources: kubernetes-validate knows only built-in kinds, so these are checked against their CRD's schema.
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.schema.json",
+    ("serving.kserve.io/v1alpha1", "ServingRuntime"): "servingruntime.schema.json",
+    ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice.schema.json",
 }
 SERVER_OVERLAYS = ("base", "cpu", "gpu", "mtls")
 # The label a pod, and its namespace, must carry for the NetworkPolicy to let it call the gRPC port.
