@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-VARIANTS = ("ort", "fp16", "int8")
+from vaeserve.repository import VARIANT_KINDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--variants",
         default="",
-        help=f"comma-separated extra graphs to measure and write, from {', '.join(VARIANTS)}; each is kept only "
+        help=f"comma-separated extra graphs to measure and write, from {', '.join(VARIANT_KINDS)}; each is kept only "
         "if it changes the test ELBO by less than 0.5%% (default: none)",
     )
     p.set_defaults(run=run)
@@ -33,18 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.verify:
-        from .repository import verify_version
+        from vaeserve.repository import verify_version
 
         version = verify_version(args.verify)
         print(f"{version.path}: ok ({version.name} version {version.version})")
         return 0
 
+    from vaeserve.repository import RepositoryError
+
     from .exporter import export_checkpoint
-    from .repository import RepositoryError
 
     variants = tuple(v for v in args.variants.split(",") if v)
-    unknown = sorted(set(variants) - set(VARIANTS))
+    unknown = sorted(set(variants) - set(VARIANT_KINDS))
     if unknown:
-        raise RepositoryError(f"--variants: unknown {unknown}, choose from {', '.join(VARIANTS)}")
+        raise RepositoryError(f"--variants: unknown {unknown}, choose from {', '.join(VARIANT_KINDS)}")
     print(export_checkpoint(args.checkpoint, args.repo, args.name, args.version, variants))
     return 0

@@ -20,12 +20,7 @@ import onnx
 import torch
 
 from vaeserve import __version__
-from vaeserve.training.checkpoint import CheckpointError, load_model
-from vaeserve.training.model import VAE
-
-from .graphs import EXAMPLE_BATCH, OPSET, export_graph, graph_modules
-from .parity import check_parity
-from .repository import (
+from vaeserve.repository import (
     FORMAT,
     FORMAT_VERSION,
     GRAPHS,
@@ -36,6 +31,11 @@ from .repository import (
     sha256_file,
     version_numbers,
 )
+from vaeserve.training.checkpoint import CheckpointError, load_model
+from vaeserve.training.model import VAE
+
+from .graphs import EXAMPLE_BATCH, OPSET, export_graph, graph_modules
+from .parity import check_parity
 
 
 def export_checkpoint(

@@ -24,10 +24,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from vaeserve.server.noise import reparameterize
+from vaeserve.gaussian import kl_to_standard_normal, reparameterize
+from vaeserve.repository import GRAPHS, MODEL_JSON, sha256_file
 from vaeserve.training.model import VAE
-
-from .repository import GRAPHS, MODEL_JSON, sha256_file
 
 MAX_ELBO_CHANGE = 0.005  # relative: 0.5 %
 EVAL_BATCH = 256
@@ -104,8 +103,7 @@ def neg_elbo(
             nll = -(x64 * np.log(p64) + (1.0 - x64) * np.log1p(-p64))
         else:
             nll = 0.5 * (p64 - x64) ** 2 * math.exp(-2.0 * log_sigma) + log_sigma + 0.5 * math.log(2.0 * math.pi)
-        mean64, log_variance64 = mean.astype(np.float64), log_variance.astype(np.float64)
-        kl = 0.5 * (mean64**2 + np.exp(log_variance64) - 1.0 - log_variance64)
+        kl = kl_to_standard_normal(mean.astype(np.float64), log_variance.astype(np.float64))
         total += nll.reshape(len(x), -1).sum(1).sum() + kl.sum()
     return total / len(images)
 

@@ -1,11 +1,12 @@
 """Dynamic batching for one graph: concurrent requests are merged into one onnxruntime run, results split back.
 
-A request is bytes: the rows of each graph input as float32 C-order bytes, and its result is bytes: the rows
-of each output. The batch is where numpy works, once per batch: it joins the requests' bytes into one array
-per input, checks the values (`check`; request by request only if the batch fails), runs the graph and turns
-each output into bytes once, which are then sliced per request. Inside a busy server every numpy call costs
-several times its isolated timing, so a call that makes none is what keeps a small model's RPCs cheap
-(measured, Encode(1) at 32 clients: 180 against 160 us of server CPU per call).
+What a batcher runs is described by a `graphs.GraphSpec`: the named inputs a request gives, the outputs it gets
+back, the value checks and the computation. A request is bytes: the rows of each input as float32 C-order
+bytes, and its result is bytes: the rows of each output, by name. The batch is where numpy works, once per
+batch: it joins the requests' bytes into one array per input, checks the values (request by request only if
+the batch fails), computes and turns each output into bytes once, which are then sliced per request. Inside a
+busy server every numpy call costs several times its isolated timing, so a call that makes none is what keeps
+a small model's RPCs cheap.
 
 One task per graph takes whatever is queued when a batch is due (up to `max_rows`) and runs it; requests that
 arrive while a batch runs form the next one, so a busy server fills its batches by itself. With a batch delay,
@@ -19,7 +20,7 @@ or whose call was cancelled while queued is dropped, never computed.
 
 Where a batch runs: a small model's batch takes tens of microseconds, less than handing it to a thread and
 back costs the event loop (a thread hop plus GIL hand-offs between the loop, gRPC's poller and the worker),
-so a batch of at most `inline_rows` rows (those predicted to run within a budget: runtime.GraphSession) runs on
+so a batch of at most `inline_rows` rows (those predicted to run within a budget: runtime.Session) runs on
 the loop itself. Heavier batches, and every batch on CUDA (`inline_rows` 0), go to the worker thread so the
 loop keeps reading requests while onnxruntime (which releases the GIL) computes.
 """
@@ -27,10 +28,12 @@ loop keeps reading requests while onnxruntime (which releases the GIL) computes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -38,12 +41,19 @@ from typing import Protocol
 import numpy as np
 
 from .errors import DeadlineExpired, QueueFull, RequestError
+from .graphs import GraphSpec, RunFn
 
 log = logging.getLogger(__name__)
 
-RunFn = Callable[..., Sequence[np.ndarray]]  # one array per graph input -> the graph's outputs, in order
-CheckFn = Callable[[np.ndarray], None]  # raises a RequestError for bad values of the first input
 FLOAT32 = np.dtype("<f4")
+
+
+class Runner(Protocol):
+    """What runs a batch's graph (runtime.Session): `run` on the event loop, `run_on_worker` on the worker."""
+
+    def run(self, x: np.ndarray) -> Sequence[np.ndarray]: ...
+
+    def run_on_worker(self, x: np.ndarray) -> Sequence[np.ndarray]: ...
 
 
 class BatchObserver(Protocol):
@@ -60,7 +70,7 @@ class InferenceFailed(RequestError):
 
 @dataclass(eq=False)
 class _Request:
-    inputs: Sequence[bytes]  # per graph input: the request's rows
+    inputs: Sequence[bytes]  # per input of the spec, in order: the request's rows
     rows: int
     future: asyncio.Future
     deadline: float | None  # loop.time() after which the result is of no use
@@ -77,31 +87,30 @@ class Batcher:
 
     def __init__(
         self,
-        name: str,
-        run: RunFn,
+        spec: GraphSpec,
+        runner: Runner,
         observer: BatchObserver,
-        input_shapes: Sequence[tuple[int, ...]],
         max_rows: int = 64,
         max_delay_s: float = 0.0,
         max_queue: int = 1024,
         inline_rows: int = 0,
-        check: CheckFn | None = None,
-        run_on_worker: RunFn | None = None,
     ) -> None:
-        self.name = name
-        self.run = run  # batches run on the event loop
-        self.run_on_worker = run_on_worker or run  # batches handed to the worker thread
+        self.spec = spec
+        self.name = spec.name
+        self.runner = runner
         self.observer = observer
-        self.input_shapes = [tuple(shape) for shape in input_shapes]  # one row of each input
-        self._row_bytes = [FLOAT32.itemsize * int(np.prod(shape)) for shape in self.input_shapes]
+        self._input_names = spec.input_names
+        self._input_shapes = [t.row_shape for t in spec.inputs]
+        self._row_bytes = [FLOAT32.itemsize * math.prod(shape) for shape in self._input_shapes]
+        self._output_names = spec.output_names
+        self._output_shapes = [t.row_shape for t in spec.outputs]
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self.inline_rows = inline_rows
-        self.check = check
         # For batches over inline_rows: the loop keeps reading new requests while onnxruntime runs the current
         # batch in this thread, and those requests form the next batch.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnx-{name}")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnx-{spec.name}")
         self._queue: deque[_Request] = deque()
         observer.watch_queue(self._queue.__len__)
         self._queued_rows = 0
@@ -121,15 +130,16 @@ class Batcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    def submit(self, inputs: Sequence[bytes], rows: int, timeout: float | None = None) -> asyncio.Future:
-        """Queues `rows` rows (per graph input, their float32 bytes); the future resolves to one bytes object
-        per graph output holding the outputs for those rows, in order."""
+    def submit(self, inputs: Mapping[str, bytes], rows: int, timeout: float | None = None) -> asyncio.Future:
+        """Queues `rows` rows (per input of the spec, by name, their float32 bytes); the future resolves to
+        {output name: bytes of those rows}."""
         if len(self._queue) >= self.max_queue:
             raise QueueFull(f"the {self.name} queue is full ({self.max_queue} requests waiting): retry later")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         deadline = None if timeout is None else loop.time() + timeout
-        self._queue.append(_Request(inputs, rows, future, deadline, time.perf_counter()))
+        ordered = [inputs[name] for name in self._input_names]
+        self._queue.append(_Request(ordered, rows, future, deadline, time.perf_counter()))
         self._queued_rows += rows
         if self._enough(self._wake_at):
             self._wakeup.set()
@@ -166,33 +176,49 @@ class Batcher:
                 self._queue.append(req)  # the rest waits behind the requests already queued
         return batch, waits
 
-    def _input(self, batch: Sequence[Slice], i: int) -> np.ndarray:
-        """Graph input i of `batch` as one array; no copy for a batch of one whole request."""
-        size = self._row_bytes[i]
-        # A whole-request slice of bytes is the bytes object itself: only merged batches copy (once, in join).
-        parts = [req.inputs[i][a * size : b * size] for req, a, b in batch]
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        return np.frombuffer(data, FLOAT32).reshape(-1, *self.input_shapes[i])
+    def _inputs(self, batch: Sequence[Slice]) -> dict[str, np.ndarray]:
+        """The inputs of `batch` by name, one array each; no copy for a batch of one whole request."""
+        arrays = {}
+        for i, name in enumerate(self._input_names):
+            size = self._row_bytes[i]
+            # A whole-request slice of bytes is the bytes object itself: only merged batches copy (once, in join).
+            parts = [req.inputs[i][a * size : b * size] for req, a, b in batch]
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            arrays[name] = np.frombuffer(data, FLOAT32).reshape(-1, *self._input_shapes[i])
+        return arrays
 
-    def _checked(self, batch: list[Slice], x: np.ndarray) -> list[Slice]:
+    @staticmethod
+    def _passing(batch: list[Slice], check: Callable[[object], None], whole: object, part: Callable[[int], object]):
         """The slices whose values pass `check`; the others' requests fail with its error. One check of the
-        whole batch first: requests are checked one by one only when it fails."""
-        if self.check is None:
-            return batch
+        whole batch first: each slice's values (`part(i)` for batch[i]) are checked alone only when it fails."""
         try:
-            self.check(x)
+            check(whole)
             return batch
         except RequestError:
             pass
         good = []
-        for item in batch:
+        for i, item in enumerate(batch):
             try:
-                self.check(self._input([item], 0))
+                check(part(i))
                 good.append(item)
             except RequestError as exc:
                 if not item[0].future.done():
                     item[0].future.set_exception(exc)
         return good
+
+    def _compute(self, rows: int, inputs: Mapping[str, np.ndarray], run: RunFn) -> list[np.ndarray]:
+        """The spec's outputs for a batch of `rows` rows, each checked to hold one row of its declared shape per
+        batch row: a graph that returned other rows must not have its bytes sliced out to callers."""
+        outputs = list(self.spec.compute(run, inputs))
+        if len(outputs) != len(self._output_names):
+            raise InferenceFailed(f"{self.name} gave {len(outputs)} outputs, expected {len(self._output_names)}")
+        for name, shape, out in zip(self._output_names, self._output_shapes, outputs, strict=True):
+            if out.shape != (rows, *shape) or out.dtype != FLOAT32:
+                raise InferenceFailed(
+                    f"{self.name} output {name} came out {out.dtype} {list(out.shape)} for a batch of {rows} rows, "
+                    f"expected float32 {[rows, *shape]}"
+                )
+        return outputs
 
     async def _wait_for_requests(self) -> None:
         """With a batch delay: wait until the active callers' requests or max_rows are queued, or the delay is over."""
@@ -210,7 +236,6 @@ class Batcher:
             self._wake_at = 1
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 self._wakeup.clear()
@@ -218,43 +243,60 @@ class Batcher:
             if self.max_delay_s > 0:
                 await self._wait_for_requests()
             batch, waits = self._take()
-            if not batch:
-                continue
-            self._active = len(batch)
-            first = self._input(batch, 0)
-            checked = self._checked(batch, first)
-            if not checked:
-                continue
-            if len(checked) < len(batch):
-                batch, first = checked, self._input(checked, 0)
-            inputs = [first, *(self._input(batch, i) for i in range(1, len(self.input_shapes)))]
-            rows = len(first)
-            t0 = time.perf_counter()
-            try:
-                if rows <= self.inline_rows:
-                    outputs = self.run(*inputs)
-                else:
-                    outputs = await loop.run_in_executor(self._executor, self.run_on_worker, *inputs)
-            except Exception as exc:
-                log.exception("%s: onnxruntime failed on a batch of %d rows", self.name, rows)
-                for req, _, _ in batch:
-                    if not req.future.done():
-                        req.future.set_exception(InferenceFailed(f"{self.name} inference failed: {exc}"))
-                continue
-            self.observer.batch(rows, time.perf_counter() - t0, waits)
-            self._reply(batch, [(out.tobytes(), out.nbytes // rows) for out in outputs])
+            if batch:
+                self._active = len(batch)
+                await self._run(batch, waits)
 
-    @staticmethod
-    def _reply(batch: Sequence[Slice], outputs: Sequence[tuple[bytes, int]]) -> None:
-        """Gives each request its rows of every output (bytes, and bytes per row); completes finished requests."""
+    async def _run(self, batch: list[Slice], waits: list[float]) -> None:
+        """Checks, computes and answers one batch; every request in it ends with its rows or an error."""
+        inputs = self._inputs(batch)
+        if self.spec.check is not None:
+            checked = self._passing(batch, self.spec.check, inputs, lambda i: self._inputs([batch[i]]))
+            if not checked:
+                return
+            if len(checked) < len(batch):
+                batch, inputs = checked, self._inputs(checked)
+        rows = sum(b - a for _, a, b in batch)
+        t0 = time.perf_counter()
+        try:
+            if rows <= self.inline_rows:
+                outputs = self._compute(rows, inputs, self.runner.run)
+            else:
+                run = self.runner.run_on_worker
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._compute, rows, inputs, run
+                )
+        except Exception as exc:
+            if isinstance(exc, InferenceFailed):
+                log.error("%s", exc)
+            else:
+                log.exception("%s: onnxruntime failed on a batch of %d rows", self.name, rows)
+                exc = InferenceFailed(f"{self.name} inference failed: {exc}")
+            for req, _, _ in batch:
+                if not req.future.done():
+                    req.future.set_exception(exc)
+            return
+        self.observer.batch(rows, time.perf_counter() - t0, waits)
+        if self.spec.check_outputs is not None:
+            starts = list(itertools.accumulate((b - a for _, a, b in batch), initial=0))
+
+            def rows_of(i: int) -> list[np.ndarray]:
+                return [out[starts[i] : starts[i + 1]] for out in outputs]
+
+            self._passing(batch, self.spec.check_outputs, outputs, rows_of)
+        self._reply(batch, [(out.tobytes(), out.nbytes // rows) for out in outputs])
+
+    def _reply(self, batch: Sequence[Slice], outputs: Sequence[tuple[bytes, int]]) -> None:
+        """Gives each request its rows of every output (bytes, and bytes per row) and completes finished requests;
+        a request that already failed (an output check) is skipped, its rows keeping their place."""
         offset = 0
         for req, a, b in batch:
             end = offset + b - a
-            # Slicing bytes copies only the slice; a batch of one whole request gets the bytes themselves.
-            req.chunks.append([data[offset * size : end * size] for data, size in outputs])
+            if not req.future.done():
+                # Slicing bytes copies only the slice; a batch of one whole request gets the bytes themselves.
+                req.chunks.append([data[offset * size : end * size] for data, size in outputs])
+                if b == req.rows:
+                    chunks = req.chunks
+                    parts = chunks[0] if len(chunks) == 1 else [b"".join(c) for c in zip(*chunks, strict=True)]
+                    req.future.set_result(dict(zip(self._output_names, parts, strict=True)))
             offset = end
-            if b == req.rows and not req.future.done():
-                chunks = req.chunks
-                req.future.set_result(
-                    chunks[0] if len(chunks) == 1 else [b"".join(c) for c in zip(*chunks, strict=True)]
-                )

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .config import EVENT_LOOPS
-from .config import default as serve_default
+from vaeserve.repository import VARIANTS
+
+from .config import DEVICES, EVENT_LOOPS, ServeConfig
 
 DEFAULT_TARGET = "localhost:50051"
 
@@ -23,8 +25,13 @@ def env_name(flag: str) -> str:
 
 
 def add_flag(p: argparse.ArgumentParser, flag: str, default: Any, help: str, **kwargs: Any) -> None:
-    """--flag whose default comes from VAESERVE_FLAG when set (argparse applies `type` to it like to a flag)."""
+    """--flag whose default comes from VAESERVE_FLAG when set (argparse applies `type` to it like to a flag).
+    A switch (a bool default) is `--flag [true|false]`, plus `--no-flag`."""
     env = env_name(flag)
+    if isinstance(default, bool):
+        kwargs.update(type=boolean, nargs="?", const=True)
+        p.add_argument("--no-" + flag[2:], dest=flag[2:].replace("-", "_"), action="store_false",
+                       default=argparse.SUPPRESS, help=f"the same as {flag} false")  # fmt: skip
     kwargs.setdefault("type", type(default) if default is not None else str)
     p.add_argument(flag, default=os.environ.get(env, default), help=f"{help} (env {env}; default: %(default)s)",
                    **kwargs)  # fmt: skip
@@ -39,98 +46,72 @@ def boolean(text: str) -> bool:
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from None
 
 
+# Every `serve` flag: ServeConfig field -> (help, extra argparse arguments). The default comes from ServeConfig.
+SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "repo": ("model repository folder", {"type": Path}),
+    "name": ("model name in the repository", {}),
+    "version": ("model version number, or latest", {}),
+    "variant": ("graph pair to serve: plain (fp32), or one `vaeserve export --variants` wrote (ort, int8: CPU; "
+                "fp16: CUDA)", {"choices": VARIANTS}),
+    "host": ("address to listen on (0.0.0.0 in a container)", {}),
+    "port": ("gRPC port (0: any free port, logged)", {}),
+    "reuse_port": ("let several serve processes share --port (SO_REUSEPORT; each needs its own --metrics-port); "
+                   "off: a port in use is an error", {}),
+    "metrics_port": ("Prometheus /metrics port (0: disabled); unauthenticated, keep it off client networks", {}),
+    "metrics_host": ("address /metrics listens on (empty: --host)", {}),
+    "health_port": ("plaintext port serving only the gRPC health service, for probes that speak no TLS "
+                    "(0: none)", {}),
+    "device": ("execution provider: auto (CUDA when usable, else CPU), cpu, cuda", {"choices": DEVICES}),
+    "max_batch_size": ("most rows per onnxruntime run", {}),
+    "max_batch_delay_ms": ("longest a batch that is not full may wait for the requests of callers known to be "
+                           "active (a lone caller never waits)", {}),
+    "max_queue": ("requests waiting per graph before new ones get RESOURCE_EXHAUSTED", {}),
+    "inline_budget_us": ("batches predicted (from warm-up timings) to take at most this many microseconds run on "
+                         "the event loop instead of the worker thread (CPU only; 0: always the thread)", {}),
+    "max_num_samples": ("most rows (samples or images) in one request", {}),
+    "intra_op_threads": ("onnxruntime intra-op threads per session", {}),
+    "inter_op_threads": ("onnxruntime inter-op threads per session", {}),
+    "max_concurrent_rpcs": ("most calls in flight at once (>= --max-batch-size); more get RESOURCE_EXHAUSTED", {}),
+    "max_wait_ms": ("refuse new calls (RESOURCE_EXHAUSTED) when those in flight would take longer than this to "
+                    "serve at the measured rate", {}),
+    "max_message_mb": ("largest request or response message in MiB (0: what the model's largest valid call "
+                       "needs)", {}),
+    "max_connection_age_s": ("close client connections after this many seconds, so load rebalances across "
+                             "replicas (0: never)", {}),
+    "max_connection_age_grace_s": ("time calls on an aged connection get to finish", {}),
+    "grace_period": ("seconds in-flight calls get to finish after SIGTERM/SIGINT", {}),
+    "tls_cert": ("PEM certificate chain: serve TLS on --port (with --tls-key)", {}),
+    "tls_key": ("PEM private key of --tls-cert", {}),
+    "tls_client_ca": ("PEM CA bundle: require client certificates it signed (mTLS)", {}),
+    "auth_token_file": ("file of accepted bearer tokens, one per line, re-read when it changes or on SIGHUP; "
+                        "calls need `authorization: Bearer TOKEN` (health stays open)", {}),
+    "reflection": ("gRPC server reflection", {}),
+    "otlp_endpoint": ("OpenTelemetry collector for a span per RPC and per batch, http://HOST:4317 (needs the "
+                      "tracing extra; empty: off)", {}),
+    "event_loop": ("asyncio event loop: auto (uvloop when installed), asyncio, uvloop", {"choices": EVENT_LOOPS}),
+}  # fmt: skip
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_serve(sub)
+    _register_clients(sub)
+
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve a model version over gRPC",
         description="Serve a model version over gRPC. Every flag can also be set by VAESERVE_<FLAG>.",
     )
-    add_flag(p, "--repo", serve_default("repo"), "model repository folder", type=Path)
-    add_flag(p, "--name", serve_default("name"), "model name in the repository")
-    add_flag(p, "--version", serve_default("version"), "model version number, or latest")
-    add_flag(p, "--host", serve_default("host"), "address to listen on (0.0.0.0 in a container)")
-    add_flag(p, "--port", serve_default("port"), "gRPC port (0: any free port, logged)")
-    add_flag(
-        p,
-        "--reuse-port",
-        serve_default("reuse_port"),
-        "let several serve processes share --port (SO_REUSEPORT; each needs its own --metrics-port); "
-        "off: a port in use is an error",
-        type=boolean,
-        nargs="?",
-        const=True,
-    )
-    add_flag(
-        p, "--metrics-port", serve_default("metrics_port"), "Prometheus /metrics port on the same host (0: disabled)"
-    )
-    add_flag(
-        p,
-        "--device",
-        serve_default("device"),
-        "execution provider: auto (CUDA when usable, else CPU), cpu, cuda",
-        choices=("auto", "cpu", "cuda"),
-    )
-    add_flag(p, "--max-batch-size", serve_default("max_batch_size"), "most rows per onnxruntime run")
-    add_flag(
-        p,
-        "--max-batch-delay-ms",
-        serve_default("max_batch_delay_ms"),
-        "longest a batch that is not full may wait for the requests of "
-        "callers known to be active (a lone caller never waits)",
-    )
-    add_flag(
-        p,
-        "--inline-budget-us",
-        serve_default("inline_budget_us"),
-        "batches predicted (from warm-up timings) to take at most "
-        "this many microseconds run on the event loop instead of the worker thread (CPU only; 0: always the thread)",
-    )
-    add_flag(
-        p,
-        "--max-queue",
-        serve_default("max_queue"),
-        "requests waiting per graph before new ones get RESOURCE_EXHAUSTED",
-    )
-    add_flag(p, "--max-num-samples", serve_default("max_num_samples"), "most rows (samples or images) in one request")
-    add_flag(p, "--intra-op-threads", serve_default("intra_op_threads"), "onnxruntime intra-op threads per session")
-    add_flag(p, "--inter-op-threads", serve_default("inter_op_threads"), "onnxruntime inter-op threads per session")
-    add_flag(
-        p, "--max-concurrent-rpcs", serve_default("max_concurrent_rpcs"), "calls admitted at once (>= --max-batch-size)"
-    )
-    add_flag(p, "--max-message-mb", serve_default("max_message_mb"), "largest request or response message in MiB")
-    add_flag(
-        p,
-        "--max-connection-age-s",
-        serve_default("max_connection_age_s"),
-        "close client connections after this many seconds, so load rebalances across replicas (0: never)",
-    )
-    add_flag(
-        p,
-        "--max-connection-age-grace-s",
-        serve_default("max_connection_age_grace_s"),
-        "time calls on an aged connection get to finish",
-    )
-    add_flag(
-        p, "--grace-period", serve_default("grace_period"), "seconds in-flight calls get to finish after SIGTERM/SIGINT"
-    )
-    add_flag(
-        p,
-        "--otlp-endpoint",
-        serve_default("otlp_endpoint"),
-        "OpenTelemetry collector for a span per RPC and per batch, "
-        "http://HOST:4317 (needs the tracing extra; empty: off)",
-    )
-    add_flag(
-        p,
-        "--event-loop",
-        serve_default("event_loop"),
-        "asyncio event loop: auto (uvloop when installed), asyncio, uvloop",
-        choices=EVENT_LOOPS,
-    )
+    for field in fields(ServeConfig):
+        help, kwargs = SERVE_FLAGS[field.name]
+        add_flag(p, "--" + field.name.replace("_", "-"), field.default, help, **kwargs)
     add_flag(p, "--log-format", "text", "log line format", choices=("text", "json"))
     add_flag(p, "--log-level", "INFO", "log level")
     p.set_defaults(run=run_serve)
 
+
+def _register_clients(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw samples from a running server and write them as a PNG grid")
     _client_flags(p)
     p.add_argument("--n", type=int, default=64, help="number of samples (default: %(default)s)")

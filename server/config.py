@@ -1,18 +1,22 @@
 """`vaeserve serve`'s settings: one dataclass whose defaults the CLI shows, checked before anything starts.
 
-Imports nothing heavy, so `vaeserve --help` stays instant and the CLI reads its defaults from here.
+Imports nothing heavy, so `vaeserve --help` stays instant and the CLI reads its defaults from here. Every
+number has bounds (`BOUNDS`): a value outside them, NaN or infinite, is one error line naming its flag.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from vaeserve.errors import VaeserveError
+from vaeserve.repository import VARIANTS
 
 MB = 1 << 20
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+DEVICES = ("auto", "cpu", "cuda")
+ADMISSION_FLOOR = 64  # calls always admitted at once, whatever the measured rate (admission.py)
 
 
 @dataclass(frozen=True)
@@ -20,71 +24,88 @@ class ServeConfig:
     repo: Path = Path("models")
     name: str = "vae"
     version: str = "latest"
+    # Which graph pair of the version to serve: the fp32 export, or a variant `vaeserve export --variants` built.
+    variant: str = "plain"
     host: str = "127.0.0.1"
     port: int = 50051
     # Several processes on one port, the kernel spreading connections over them (SO_REUSEPORT): for machines
     # with cores to spare beyond one process's event loop; off, a port already in use is an error.
     reuse_port: bool = False
     metrics_port: int = 8000
+    metrics_host: str = ""  # "": the gRPC --host. /metrics is unauthenticated: keep it off client networks.
+    # kubelet's native gRPC probes speak no TLS: with TLS on, a plaintext port that serves grpc.health.v1 only.
+    health_port: int = 0
     device: str = "auto"
     # 1024 rows: a Sample(1024) is one run, not 16; heavy batches leave the loop for the worker thread anyway.
     max_batch_size: int = 1024
     # Adaptive, not a fixed window: only a batch whose previous one merged several callers waits, and only
     # until that many requests are queued. Larger batches mean fewer wake-ups per call for the Python gRPC
-    # layer (measured, Encode(1) at 32 clients: 0 ms 1.0 row/run 324 us CPU/call; 1 ms 6 rows 258 us; 3 ms
-    # 14 rows 234 us; 5-10 ms no better and a worse p99). A lone client's p50 did not move.
+    # layer; longer delays gained nothing and cost p99, and a lone client never waits (BENCHMARKS.md, "Design
+    # measurements").
     max_batch_delay_ms: float = 3.0
     max_queue: int = 1024
     # Batches predicted (from warm-up timings) to run within this run on the event loop (CPU only): batcher.py.
     inline_budget_us: float = 200.0
     max_num_samples: int = 4096
-    # 2: a Sample(1024) on a 28x28 model went from 148 to 176 calls/s, and small calls were no slower (idle
-    # pool threads sleep except during the longest batches: see runtime.GraphSession). More threads only pay
-    # for heavy batches.
+    # 2: heavy batches run faster and small calls are no slower, since idle pool threads sleep except during the
+    # longest batches (runtime.CpuSession; BENCHMARKS.md, "Design measurements"). More only pays for heavy batches.
     intra_op_threads: int = 2
     inter_op_threads: int = 1
+    # Calls in flight at once, at most; admission.py admits fewer when the measured rate says they would wait
+    # longer than max_wait_ms. Refused calls get RESOURCE_EXHAUSTED at once instead of queueing inside gRPC.
     max_concurrent_rpcs: int = 1024
-    max_message_mb: int = 64
+    max_wait_ms: float = 100.0
+    # 0: derived from the model, what its largest valid request or response needs (serve.message_limit), so
+    # no caller can make the server read a message bigger than any call it serves.
+    max_message_mb: float = 0.0
     max_connection_age_s: float = 0.0
     max_connection_age_grace_s: float = 30.0
     grace_period: float = 10.0
+    tls_cert: str = ""  # PEM certificate chain: the gRPC port serves TLS
+    tls_key: str = ""
+    tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed (mTLS)
+    # One token per line; calls to the model's services need `authorization: Bearer TOKEN`. Re-read when the file
+    # changes or on SIGHUP, so a rotated Kubernetes Secret takes effect without a restart.
+    auth_token_file: str = ""
+    reflection: bool = True  # gRPC server reflection (grpcurl, Postman): handy locally, off in a cluster
     otlp_endpoint: str = ""  # OpenTelemetry collector; "" disables tracing
-    # uvloop where installed (the serve extra does, except on Windows): measured, Encode(1) at 32 clients went
-    # from 243 to 217 us of server CPU per call and Sample(16) from 213 to 183.
+    # uvloop where installed (the serve extra does, except on Windows): less server CPU per call than asyncio's
+    # loop (BENCHMARKS.md, "Design measurements").
     event_loop: str = "auto"
 
     def check(self) -> None:
         """Flag values that cannot work, each named by its flag."""
-        positive = ("max_batch_size", "max_queue", "max_num_samples", "intra_op_threads", "inter_op_threads",
-                    "max_message_mb")  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise VaeserveError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(self, name)}")
-        for name in (
-            "max_batch_delay_ms",
-            "inline_budget_us",
-            "max_connection_age_s",
-            "max_connection_age_grace_s",
-            "grace_period",
-        ):
-            if not getattr(self, name) >= 0:
-                raise VaeserveError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(self, name)}")
-        for name in ("port", "metrics_port"):
-            if not 0 <= getattr(self, name) <= 65535:
-                raise VaeserveError(f"--{name.replace('_', '-')}: expected 0..65535, got {getattr(self, name)}")
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise VaeserveError(f"{flag(name)}: expected a number in [{low:g}, {high:g}], got {value!r}")
+        if self.variant not in VARIANTS:
+            raise VaeserveError(f"--variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.event_loop not in EVENT_LOOPS:
             raise VaeserveError(f"--event-loop: expected one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
+        if self.device not in DEVICES:
+            raise VaeserveError(f"--device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.max_concurrent_rpcs < self.max_batch_size:
             # Fewer admitted calls than batch rows and no batch of single-row requests could ever fill.
             raise VaeserveError(
                 f"--max-concurrent-rpcs: expected >= --max-batch-size ({self.max_batch_size}), "
                 f"got {self.max_concurrent_rpcs}"
             )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise VaeserveError("--tls-cert and --tls-key: give both (the certificate chain and its private key)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise VaeserveError("--tls-client-ca: client certificates need TLS: give --tls-cert and --tls-key too")
+        if self.health_port and self.health_port in (self.port, self.metrics_port):
+            raise VaeserveError(f"--health-port: {self.health_port} is already --port or --metrics-port")
 
-    def grpc_options(self) -> list[tuple[str, int]]:
+    @property
+    def admission_floor(self) -> int:
+        return min(ADMISSION_FLOOR, self.max_concurrent_rpcs)
+
+    def grpc_options(self, max_message_bytes: int) -> list[tuple[str, int]]:
         options = [
-            ("grpc.max_receive_message_length", self.max_message_mb * MB),
-            ("grpc.max_send_message_length", self.max_message_mb * MB),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", int(self.reuse_port)),
         ]
         if self.max_connection_age_s > 0:
@@ -96,6 +117,29 @@ class ServeConfig:
         return options
 
 
-def default(name: str) -> Any:
-    """The default of a ServeConfig field: the one place each serve flag's default is written."""
-    return next(f.default for f in fields(ServeConfig) if f.name == name)
+# Inclusive bounds of every numeric flag. The upper ones keep values inside what the parts below accept (gRPC's
+# int32 byte and millisecond arguments, onnxruntime's thread pools) and far beyond any useful setting.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "port": (0, 65535),
+    "metrics_port": (0, 65535),
+    "health_port": (0, 65535),
+    "max_batch_size": (1, 65536),
+    "max_batch_delay_ms": (0, 1000),
+    "max_queue": (1, 1 << 20),
+    "inline_budget_us": (0, 1e6),
+    "max_num_samples": (1, 1 << 20),
+    "intra_op_threads": (1, 256),
+    "inter_op_threads": (1, 256),
+    "max_concurrent_rpcs": (1, 100_000),
+    "max_wait_ms": (1, 60_000),
+    "max_message_mb": (0, 2047),
+    "max_connection_age_s": (0, 2_000_000),
+    "max_connection_age_grace_s": (0, 2_000_000),
+    "grace_period": (0, 3600),
+}
+assert set(BOUNDS) <= {f.name for f in fields(ServeConfig)}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a ServeConfig field."""
+    return "--" + name.replace("_", "-")

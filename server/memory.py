@@ -2,10 +2,9 @@
 
 glibc serves allocations over its mmap threshold with fresh mmap'd pages and unmaps them on free, so every
 large buffer a call makes (onnxruntime's output, the response's bytes, the serialized message) page-faults
-its whole size in again. Measured on a 28x28 model's Sample(1024) (3.2 MB of images): building and
-serializing the response took 4.7 ms with the defaults and 1.6 ms with large buffers kept in the heap, and
-the server went from 84 to 134 calls/s. The cost is that freed memory up to the trim threshold stays with
-the process instead of going back to the OS.
+its whole size in again, which for megabyte responses costs more than building them (BENCHMARKS.md, "Design
+measurements"). The cost is that freed memory up to the trim threshold stays with the process instead of
+going back to the OS.
 """
 
 from __future__ import annotations

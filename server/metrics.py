@@ -1,12 +1,13 @@
 """Prometheus metrics of the server: the metric families, the handler wrappers that count every RPC, the exposition.
 
-Counting happens in two places only: the method handlers of a servicer added through `Metrics.counting(server)`
-see every call of it (requests, latency, in-flight) and `GraphMetrics.batch()` sees every onnxruntime run
-(batch size, inference time, queue waits, images). Handlers count nothing themselves. Calls that gRPC answers
-before any handler runs are not counted: over --max-concurrent-rpcs or over the message size limit
-(RESOURCE_EXHAUSTED), unknown methods (UNIMPLEMENTED); nor are gRPC's own health and reflection services,
-which are added to the server directly: kubelet probes every few seconds would dominate the RPS of an idle
-server, and Health/Watch or reflection streams would sit in vaeserve_inflight_requests while connected.
+Counting happens in two places only: method handlers wrapped by `Metrics.counted` (the server wraps each of
+its own services' handlers once, when it registers them) see every call (requests, latency, in-flight) and
+`GraphMetrics.batch()` sees every onnxruntime run (batch size, inference time, queue waits, images). Handlers
+count nothing themselves. Calls that gRPC answers before any handler runs are not counted: over
+--max-concurrent-rpcs or over the message size limit (RESOURCE_EXHAUSTED), unknown methods (UNIMPLEMENTED);
+nor are gRPC's own health and reflection services, which are added to the server directly: kubelet probes
+every few seconds would dominate the RPS of an idle server, and Health/Watch or reflection streams would sit
+in vaeserve_inflight_requests while connected.
 
 Names are part of the operators' contract (dashboards, alerts): see deploy/grafana/vaeserve-dashboard.json.
 """
@@ -94,7 +95,10 @@ class Metrics:
             "vaeserve_images_encoded_total", "Images run through the encoder.", registry=registry
         )
         self.model_info = Gauge(
-            "vaeserve_model_info", "The served model; always 1.", ("name", "version", "provider"), registry=registry
+            "vaeserve_model_info",
+            "The served model; always 1.",
+            ("name", "version", "provider", "variant"),
+            registry=registry,
         )
         self._graphs: dict[str, GraphMetrics] = {}
         self._inflight = _Inflight()  # one count for every service this Metrics counts
@@ -117,13 +121,25 @@ class Metrics:
             )
         return self._graphs[name]
 
-    def set_model_info(self, name: str, version: int, provider: str) -> None:
+    def set_model_info(self, name: str, version: int, provider: str, variant: str = "plain") -> None:
         self.model_info.clear()  # one series: the model served now
-        self.model_info.labels(name, str(version), provider).set(1)
+        self.model_info.labels(name, str(version), provider, variant).set(1)
 
-    def counting(self, server: aio.Server) -> CountingRegistrar:
-        """What to add a servicer to, instead of `server`, so that its RPCs are counted (see CountingRegistrar)."""
-        return CountingRegistrar(server, self, self._inflight)
+    def counted(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler` of the RPC method named `method` (e.g. "Encode"), counting its calls.
+
+        Wrapped once, at registration, with grpc's public handler constructors: an interceptor would do the
+        same per call, through a chain of coroutines that costs a small call a tenth of its server CPU
+        (BENCHMARKS.md, "Counting RPCs")."""
+        m = _MethodMetrics(self, self._inflight, method)
+        serializers = (handler.request_deserializer, handler.response_serializer)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_count_unary_response(m, handler.unary_unary), *serializers)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(_count_unary_response(m, handler.stream_unary), *serializers)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(_count_stream_response(m, handler.unary_stream), *serializers)
+        return grpc.stream_stream_rpc_method_handler(_count_stream_response(m, handler.stream_stream), *serializers)
 
     def serve_http(self, host: str, port: int) -> MetricsHttpServer | None:
         """Serves http://HOST:PORT/metrics from a daemon thread; port 0 disables it (returns None)."""
@@ -218,7 +234,8 @@ class _Counted:
     """One call, counted: in flight while its handler runs, then its duration and final status.
 
     The status is the handler's (`context.code()`: None means OK) when it returned or aborted, CANCELLED or
-    DEADLINE_EXCEEDED when gRPC cancelled it, and UNKNOWN (what gRPC sends) for any other exception.
+    DEADLINE_EXCEEDED when gRPC cancelled it or the call ended under it (answering a call whose client has gone
+    raises), and UNKNOWN (what gRPC sends) for any other exception.
     """
 
     __slots__ = ("context", "m", "start")
@@ -235,7 +252,7 @@ class _Counted:
         self.m.inflight.n -= 1
         if exc_type is None or issubclass(exc_type, aio.AbortError):
             code = self.context.code()
-        elif issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)):
+        elif issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)) or self.context.done():
             code = _cancelled_status(self.context)
         else:
             code = grpc.StatusCode.UNKNOWN
@@ -262,56 +279,3 @@ def _count_stream_response(m: _MethodMetrics, behavior: Callable[..., Any]) -> C
                 await responses
 
     return handler
-
-
-class CountingRegistrar:
-    """Stands in for the server while a servicer is added: `add_XServicer_to_server(svc, metrics.counting(server))`.
-
-    Each of the service's method handlers is wrapped once, here, with what counts its calls; gRPC then finds
-    the wrapped handler like any other. An interceptor would do the same per call, through a chain of
-    coroutines that cost ~10% of a small call's server CPU (measured: Encode(1) at 32 clients, 276 against
-    254 us per call). Services added to the server directly (health, reflection) are not counted.
-    """
-
-    def __init__(self, server: aio.Server, metrics: Metrics, inflight: _Inflight) -> None:
-        self._server = server
-        self._metrics = metrics
-        self._inflight = inflight
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        wrapped = {method: self.wrap(method, handler) for method, handler in handlers.items()}
-        self._server.add_registered_method_handlers(service, wrapped)
-
-    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers([_CountedGenericHandler(self, handler) for handler in handlers])
-
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """`handler` of the RPC method named `method` (e.g. "Encode"), counting its calls."""
-        m = _MethodMetrics(self._metrics, self._inflight, method)
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_count_unary_response(m, handler.unary_unary))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_count_unary_response(m, handler.stream_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_count_stream_response(m, handler.unary_stream))
-        return handler._replace(stream_stream=_count_stream_response(m, handler.stream_stream))
-
-
-class _CountedGenericHandler(grpc.GenericRpcHandler):
-    """A generic handler whose method handlers count their calls, each wrapped on its first call."""
-
-    def __init__(self, registrar: CountingRegistrar, inner: grpc.GenericRpcHandler) -> None:
-        self._registrar = registrar
-        self._inner = inner
-        # method path -> (handler the inner one returned, our wrapped handler)
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = self._inner.service(handler_call_details)
-        if handler is None:
-            return None
-        path = handler_call_details.method
-        cached = self._wrapped.get(path)
-        if cached is None or cached[0] is not handler:
-            cached = self._wrapped[path] = (handler, self._registrar.wrap(path.rsplit("/", 1)[-1], handler))
-        return cached[1]

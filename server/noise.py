@@ -1,4 +1,4 @@
-"""The server's randomness: per-request noise and the reparameterization z = mean + sigma * eps.
+"""The server's randomness: the per-request noise eps of the reparameterization z = mean + sigma * eps.
 
 A seeded request draws its noise from its own generator, PCG64(seed), before it is batched: its noise is
 byte-identical whatever else shares its onnxruntime run (and z is computed row by row from it, so a row's z
@@ -10,8 +10,6 @@ event loop's thread.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -44,21 +42,3 @@ def draw_eps(seed: int | None, rows: int, latent_dim: int) -> bytes:
     if seed is None:
         return _unseeded.take(rows * latent_dim)
     return np.random.Generator(np.random.PCG64(seed)).standard_normal((rows, latent_dim), dtype=np.float32).tobytes()
-
-
-def reparameterize(mean: np.ndarray, log_variance: np.ndarray, eps: np.ndarray) -> np.ndarray:
-    """z = mean + exp(0.5 * log_variance) * eps, a sample of q(z|x) = N(mean, diag(exp(log_variance)))."""
-    return mean + np.exp(0.5 * log_variance) * eps
-
-
-def with_reparameterization(
-    encode: Callable[[np.ndarray], Sequence[np.ndarray]],
-) -> Callable[[np.ndarray, np.ndarray], list[np.ndarray]]:
-    """The encoder's batch function: (images, eps) -> [mean, log_variance, z], z reparameterized for the whole
-    batch at once, each row with its own request's eps."""
-
-    def run(images: np.ndarray, eps: np.ndarray) -> list[np.ndarray]:
-        mean, log_variance = encode(images)
-        return [mean, log_variance, reparameterize(mean, log_variance, eps)]
-
-    return run

@@ -1,9 +1,11 @@
-"""`vaeserve serve`: load and warm the model, then run the gRPC server until SIGTERM/SIGINT, then drain.
+"""`vaeserve serve`: load and warm the model (`load`), wire the server around it (`build`), run it until
+SIGTERM/SIGINT, then drain (`App.run`).
 
-Start-up order: verify the repository version (a bad one stops here with its message), create and warm
-both onnxruntime sessions, start the batchers and the gRPC server (VaeService, health, reflection), start
-the metrics endpoint, and only then report SERVING. On SIGTERM or SIGINT: health goes NOT_SERVING, the
-server stops accepting calls, in-flight calls get `grace_period` seconds to finish, and the process exits 0.
+Start-up order: verify the repository version (only the variant served; a bad one stops here with its
+message), create and warm both onnxruntime sessions, build the batchers from the graphs' descriptions and the
+gRPC server (VaeService, health, reflection), start the metrics endpoint, and only then report SERVING. On
+SIGTERM or SIGINT: health goes NOT_SERVING, the server stops accepting calls, in-flight calls get
+`grace_period` seconds to finish, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -12,27 +14,31 @@ import asyncio
 import logging
 import math
 import signal
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vaeserve.errors import VaeserveError
-from vaeserve.export.repository import ModelVersion, resolve_version, verify_version
-from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
+from vaeserve.protos.vae.v1 import vae_pb2
+from vaeserve.repository import ModelVersion, graph_signatures, open_version
 
-from . import validation
+from . import graphs, rpc
+from .admission import Admission
+from .auth import Tokens
 from .batcher import Batcher
 from .config import MB, ServeConfig
 from .memory import MMAP_THRESHOLD, keep_large_buffers
-from .metrics import Metrics
-from .noise import with_reparameterization
-from .runtime import CPU, CUDA, SPIN_AFTER_S, GraphSession
+from .metrics import Metrics, MetricsHttpServer
+from .runtime import Session, open_session
 from .servicer import VaeServicer
+from .tracing import Tracing
 
 log = logging.getLogger("vaeserve.server")
 
-SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
+SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VaeService"]
 
 
 def model_info(model: ModelVersion, provider: str, config: ServeConfig) -> vae_pb2.ModelInfo:
@@ -46,46 +52,241 @@ def model_info(model: ModelVersion, provider: str, config: ServeConfig) -> vae_p
         metadata=model.metadata,
         max_batch_size=config.max_batch_size,
         max_num_samples=config.max_num_samples,
+        variant=model.variant,
     )
 
 
-def check_message_limit(model: ModelVersion, config: ServeConfig) -> None:
-    """The largest request or response the limits allow (max rows of images plus latents) must fit a message."""
-    row_bytes = 4 * (math.prod(model.image_shape) + model.latent_dim)
-    largest = config.max_num_samples * row_bytes + 1024  # + framing and shapes
+MESSAGE_FRAMING = 4096  # bytes beside the tensor data: tags, lengths, shapes, a status message
+
+
+def message_limit(model: ModelVersion, config: ServeConfig) -> int:
+    """The largest request or response message, in bytes: what the model's largest valid call needs (the
+    limits' most rows of images plus latents, or of the encoder's three outputs) unless --max-message-mb says
+    more. A caller can then never make the server read a message bigger than one it serves."""
+    row_bytes = 4 * max(math.prod(model.image_shape) + model.latent_dim, 3 * model.latent_dim)
+    largest = config.max_num_samples * row_bytes + MESSAGE_FRAMING
+    if not config.max_message_mb:
+        return largest
     if largest > config.max_message_mb * MB:
         raise VaeserveError(
             f"--max-num-samples {config.max_num_samples}: a full response of {list(model.image_shape)} images is "
-            f"{largest / MB:.1f} MiB, more than --max-message-mb {config.max_message_mb}"
+            f"{largest / MB:.1f} MiB, more than --max-message-mb {config.max_message_mb:g}"
         )
+    return int(config.max_message_mb * MB)
 
 
-def load_graphs(model: ModelVersion, config: ServeConfig) -> tuple[GraphSession, GraphSession]:
-    """Both sessions on the chosen device, warmed up at one row and at a full batch."""
+@dataclass
+class Loaded:
+    """A verified model version and its two warmed sessions."""
+
+    model: ModelVersion
+    sessions: dict[str, Session]  # "encoder", "decoder"
+
+    @property
+    def provider(self) -> str:
+        return self.sessions["decoder"].provider
+
+
+def load(config: ServeConfig) -> Loaded:
+    """Verifies the version's served variant, opens both sessions on the chosen device and warms them up."""
+    model = open_version(config.repo, config.name, config.version, (config.variant,), skipped=log.warning)
+    message_limit(model, config)  # a limit too small for the model stops the server here
+    log.info("model %s version %d (%s graphs) from %s", model.name, model.version, model.variant, model.path)
+    log.info("latent_dim %d, image_shape %s, likelihood %s", model.latent_dim, list(model.image_shape),
+             model.likelihood)  # fmt: skip
+    signatures = graph_signatures(model.latent_dim, model.image_shape)
+    paths = {"encoder": model.encoder_path, "decoder": model.decoder_path}
     threads = (config.device, config.intra_op_threads, config.inter_op_threads)
-    encoder = GraphSession(model.encoder_path, "image", ["mean", "log_variance"], *threads)
-    decoder = GraphSession(model.decoder_path, "latent", ["image"], *threads)
-    why = "IO binding" if decoder.provider == CUDA else decoder.cpu_reason
-    log.info("execution provider %s (--device %s: %s)", decoder.provider, config.device, why)
+    sessions, why_not = {}, ""
+    for name, path in paths.items():
+        (graph_input,) = signatures[name]["inputs"]
+        sessions[name], why_not = open_session(path, graph_input, list(signatures[name]["outputs"]), *threads)
+    log.info("execution provider %s (--device %s%s)", sessions["decoder"].provider, config.device,
+             f": {why_not}" if why_not else "")  # fmt: skip
     log.info("onnxruntime threads: intra-op %d, inter-op %d", config.intra_op_threads, config.inter_op_threads)
-    encoder.warm_up(model.image_shape, config.max_batch_size)
-    decoder.warm_up((model.latent_dim,), config.max_batch_size)
-    if decoder.provider == CPU:
-        log.info("pool threads spin for batches from %d rows (encoder) and %d rows (decoder): predicted >= %g ms",
-                 encoder.spin_rows, decoder.spin_rows, SPIN_AFTER_S * 1e3)  # fmt: skip
-    return encoder, decoder
+    row_shapes = {"encoder": model.image_shape, "decoder": (model.latent_dim,)}
+    for name, session in sessions.items():
+        session.warm_up(row_shapes[name], config.max_batch_size)
+        log.info("%s: %s", name, session.describe())
+    return Loaded(model, sessions)
 
 
-def listen(server: grpc.aio.Server, config: ServeConfig) -> int:
-    """Binds the gRPC port; the port number (the one chosen when --port is 0)."""
-    address = f"{config.host}:{config.port}"
+DRAIN_SETTLE_S = 0.25  # after SIGTERM, calls still start normally: those that reached gRPC before the signal
+DRAIN_QUIET_S = 0.1  # closing waits until no call has arrived for this long, so it cuts off no caller
+
+
+@dataclass
+class App:
+    """The wired server: gRPC with its services, admission, auth, the batchers, metrics and tracing."""
+
+    config: ServeConfig
+    server: grpc.aio.Server
+    port: int
+    message_bytes: int  # the largest message either way
+    health_server: grpc.aio.Server | None  # the plaintext health-only listener (--health-port)
+    health: health.aio.HealthServicer
+    admission: Admission
+    tokens: Tokens | None
+    batchers: list[Batcher]
+    metrics: Metrics
+    tracing: Tracing | None
+
+    async def run(self, stopping: asyncio.Event) -> int:
+        """Serves until `stopping` is set, then drains: every call that reached the server completes, later
+        ones get UNAVAILABLE, and the process closes once nothing is in flight (or the grace period is over)."""
+        config = self.config
+        metrics_host = config.metrics_host or config.host
+        http: MetricsHttpServer | None = self.metrics.serve_http(metrics_host, config.metrics_port)
+        for batcher in self.batchers:
+            batcher.start()
+        self.admission.start()
+        if self.tokens is not None:
+            self.tokens.start()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.tokens.reload)
+        await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
+        tls = "TLS" + (" with client certificates" if config.tls_client_ca else "") if config.tls_cert else "plaintext"
+        log.info("gRPC listening on %s:%d (%s%s, max message %.2f MiB, max %d calls in flight%s)", config.host,
+                 self.port, tls, ", bearer tokens" if self.tokens else "", self.message_bytes / MB,
+                 config.max_concurrent_rpcs,
+                 ", port shared with other processes: --reuse-port" if config.reuse_port else "")  # fmt: skip
+        if self.health_server is not None:
+            log.info("health service (plaintext, health only) on %s:%d", config.host, config.health_port)
+        where = f"http://{metrics_host}:{http.port}/metrics" if http else "(disabled: --metrics-port 0)"
+        log.info("metrics on %s (unauthenticated)", where)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("SERVING")
+
+        await stopping.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.grace_period
+        log.info("draining: NOT_SERVING, in-flight calls get %g s", config.grace_period)
+        await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(min(DRAIN_SETTLE_S, config.grace_period))
+        self.admission.drain()
+        if not await self.admission.quiet(DRAIN_QUIET_S, max(0.0, deadline - loop.time())):
+            log.warning("grace period over with %d call(s) in flight: cancelling them", self.admission.inflight)
+        # Cancels what is left: health Watch streams, reflection, calls past the grace period.
+        await self.server.stop(None)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
+        for batcher in self.batchers:
+            await batcher.stop()
+        await self.admission.stop()
+        if self.tokens is not None:
+            await self.tokens.stop()
+        if http is not None:
+            http.close()
+        if self.tracing is not None:
+            self.tracing.close()
+        log.info("stopped")
+        return 0
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", SERVICE.full_name):
+            await self.health.set(service, status)
+
+
+async def build(config: ServeConfig, loaded: Loaded) -> App:
+    """The batchers (built from the graphs' descriptions), the gRPC server and its services, admission and auth,
+    metrics, tracing."""
+    model, sessions = loaded.model, loaded.sessions
+    metrics = Metrics()
+    metrics.set_model_info(model.name, model.version, loaded.provider, model.variant)
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    observers = {name: metrics.graph(name) for name in sessions}
+    tracing = None
+    if config.otlp_endpoint:
+        tracing = Tracing(config.otlp_endpoint)
+        interceptors.append(tracing.interceptor())
+        observers = {name: tracing.observer(name, observer) for name, observer in observers.items()}
+        log.info("tracing to %s", config.otlp_endpoint)
+
+    specs = {"encoder": graphs.encoder(model.image_shape, model.latent_dim),
+             "decoder": graphs.decoder(model.image_shape, model.latent_dim)}  # fmt: skip
+    inline_s = config.inline_budget_us / 1e6
+    batchers = {
+        name: Batcher(spec, sessions[name], observers[name], max_rows=config.max_batch_size,
+                      max_delay_s=config.max_batch_delay_ms / 1000, max_queue=config.max_queue,
+                      inline_rows=sessions[name].inline_rows(inline_s, config.max_batch_size))
+        for name, spec in specs.items()
+    }  # fmt: skip
+    log.info("batching: max %d rows, max delay %g ms, max queue %d requests per graph, max %d samples per request",
+             config.max_batch_size, config.max_batch_delay_ms, config.max_queue, config.max_num_samples)  # fmt: skip
+    log.info("batches run on the event loop up to %d rows (encoder) and %d rows (decoder): predicted within %g us",
+             batchers["encoder"].inline_rows, batchers["decoder"].inline_rows, inline_s * 1e6)  # fmt: skip
+
+    message_bytes = message_limit(model, config)
+    # No maximum_concurrent_rpcs: gRPC would hold calls over it unanswered, then cancel them; admission refuses
+    # them at once with a status that says why.
+    server = grpc.aio.server(interceptors=interceptors, options=config.grpc_options(message_bytes))
+    admission = Admission(config.max_wait_ms / 1000, config.admission_floor, config.max_concurrent_rpcs)
+    tokens = Tokens(config.auth_token_file) if config.auth_token_file else None
+    info = model_info(model, loaded.provider, config)
+    servicer = VaeServicer(model.image_shape, model.latent_dim, batchers["encoder"], batchers["decoder"],
+                           config.max_num_samples, info)  # fmt: skip
+
+    def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Innermost first: admission, then the token check, then counting (so refusals are counted too)."""
+        handler = admission.wrap(method, handler)
+        if tokens is not None:
+            handler = tokens.wrap(method, handler)
+        return metrics.counted(method, handler)
+
+    rpc.add_service(server, SERVICE, servicer, wrap)
+    health_servicer = health.aio.HealthServicer()
+    for service in ("", SERVICE.full_name):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if config.reflection:
+        reflection.enable_server_reflection((SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = listen(server, config.host, config.port, "--port", server_credentials(config))
+    health_server = None
+    if config.health_port:
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        listen(health_server, config.host, config.health_port, "--health-port", None)
+    return App(config, server, port, message_bytes, health_server, health_servicer, admission, tokens,
+               list(batchers.values()), metrics, tracing)  # fmt: skip
+
+
+def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials from --tls-cert/--tls-key (and --tls-client-ca: client certificates required), or None."""
+    if not config.tls_cert:
+        return None
+    pem = {flag: _read_pem(flag, path) for flag, path in
+           (("--tls-cert", config.tls_cert), ("--tls-key", config.tls_key), ("--tls-client-ca", config.tls_client_ca))
+           if path}  # fmt: skip
+    return grpc.ssl_server_credentials(
+        [(pem["--tls-key"], pem["--tls-cert"])],
+        root_certificates=pem.get("--tls-client-ca"),
+        require_client_auth="--tls-client-ca" in pem,
+    )
+
+
+def _read_pem(flag: str, path: str) -> bytes:
     try:
-        port = server.add_insecure_port(address)
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise VaeserveError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from exc
+    if b"-----BEGIN " not in data:
+        raise VaeserveError(f"{flag} {path}: not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def listen(server: grpc.aio.Server, host: str, port: int, flag: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Binds host:port (TLS with `credentials`); the port number (the one chosen when port is 0)."""
+    address = f"{host}:{port}"
+    try:
+        bound = (
+            server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+        )
     except RuntimeError as exc:
-        raise VaeserveError(f"--port: cannot listen on {address}: {exc}") from exc
-    if port == 0:
-        raise VaeserveError(f"--port: cannot listen on {address}")
-    return port
+        raise VaeserveError(f"{flag}: cannot listen on {address}: {exc}") from exc
+    if bound == 0:
+        raise VaeserveError(f"{flag}: cannot listen on {address}")
+    return bound
 
 
 def run(config: ServeConfig) -> int:
@@ -111,79 +312,5 @@ async def serve(config: ServeConfig) -> int:
     log.info("event loop %s", type(loop).__module__.split(".")[0])  # uvloop or asyncio
     if keep_large_buffers():
         log.info("malloc: buffers up to %d MiB are reused from the heap, not mapped per call", MMAP_THRESHOLD // MB)
-    model = verify_version(resolve_version(config.repo, config.name, config.version))
-    check_message_limit(model, config)
-    log.info("model %s version %d from %s", model.name, model.version, model.path)
-    log.info("latent_dim %d, image_shape %s, likelihood %s", model.latent_dim, list(model.image_shape),
-             model.likelihood)  # fmt: skip
-    graphs = dict(zip(("encoder", "decoder"), load_graphs(model, config), strict=True))
-    provider = graphs["decoder"].provider
-
-    metrics = Metrics()
-    metrics.set_model_info(model.name, model.version, provider)
-    interceptors: list[grpc.aio.ServerInterceptor] = []
-    observers = {name: metrics.graph(name) for name in graphs}
-    tracing = None
-    if config.otlp_endpoint:
-        from .tracing import Tracing  # imports OpenTelemetry, an optional extra
-
-        tracing = Tracing(config.otlp_endpoint)
-        interceptors.append(tracing.interceptor())
-        observers = {name: tracing.observer(name, observer) for name, observer in observers.items()}
-        log.info("tracing to %s", config.otlp_endpoint)
-    delay_s = config.max_batch_delay_ms / 1000
-    # On CUDA every batch goes to the worker thread: a GPU run waits on the device, which must not stall the loop.
-    inline_s = 0.0 if provider == CUDA else config.inline_budget_us / 1e6
-    inline_rows = {name: graph.cost.rows_within(inline_s, config.max_batch_size) for name, graph in graphs.items()}
-    limits = {"max_rows": config.max_batch_size, "max_delay_s": delay_s, "max_queue": config.max_queue}
-    image_shape, latent_shape = tuple(model.image_shape), (model.latent_dim,)
-    # The encoder's batches take (images, eps) and give (mean, log_variance, z); the decoder's take latents.
-    encoder = Batcher("encoder", with_reparameterization(graphs["encoder"].run), observers["encoder"],
-                      [image_shape, latent_shape], check=validation.check_images,
-                      run_on_worker=with_reparameterization(graphs["encoder"].run_on_worker),
-                      inline_rows=inline_rows["encoder"], **limits)  # fmt: skip
-    decoder = Batcher("decoder", graphs["decoder"].run, observers["decoder"], [latent_shape],
-                      check=validation.check_latents, run_on_worker=graphs["decoder"].run_on_worker,
-                      inline_rows=inline_rows["decoder"], **limits)  # fmt: skip
-    log.info("batching: max %d rows, max delay %g ms, max queue %d requests per graph, max %d samples per request",
-             config.max_batch_size, config.max_batch_delay_ms, config.max_queue, config.max_num_samples)  # fmt: skip
-    log.info("batches run on the event loop up to %d rows (encoder) and %d rows (decoder): predicted within %g us",
-             inline_rows["encoder"], inline_rows["decoder"], inline_s * 1e6)  # fmt: skip
-
-    server = grpc.aio.server(
-        interceptors=interceptors, options=config.grpc_options(), maximum_concurrent_rpcs=config.max_concurrent_rpcs
-    )
-    info = model_info(model, provider, config)
-    vae_pb2_grpc.add_VaeServiceServicer_to_server(
-        VaeServicer(model, encoder, decoder, config.max_num_samples, info), metrics.counting(server)
-    )
-    health_servicer = health.aio.HealthServicer()
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = listen(server, config)
-    http = metrics.serve_http(config.host, config.metrics_port)
-    encoder.start()
-    decoder.start()
-    await server.start()
-    log.info("gRPC listening on %s:%d (max message %d MiB, max %d concurrent RPCs%s)", config.host, port,
-             config.max_message_mb, config.max_concurrent_rpcs,
-             ", port shared with other processes: --reuse-port" if config.reuse_port else "")  # fmt: skip
-    log.info("metrics on %s", f"http://{config.host}:{http.port}/metrics" if http else "(disabled: --metrics-port 0)")
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("SERVING")
-
-    await stopping.wait()
-    log.info("draining: NOT_SERVING, in-flight calls get %g s", config.grace_period)
-    await health_servicer.enter_graceful_shutdown()
-    await server.stop(config.grace_period)
-    await encoder.stop()
-    await decoder.stop()
-    if http is not None:
-        http.close()
-    if tracing is not None:
-        tracing.close()
-    log.info("stopped")
-    return 0
+    app = await build(config, load(config))
+    return await app.run(stopping)

@@ -23,14 +23,24 @@ FLOAT32 = np.dtype("<f4")
 ONE_BITS = np.uint32(0x3F800000)
 
 
+MAX_TEMPERATURE = 10.0  # z ~ N(0, T^2 I): beyond this the samples are noise, and far beyond it the arithmetic overflows
+MAX_SHOWN_DIMS = 8  # a message never echoes more of a shape than this: the shape list is the caller's to inflate
+
+
 def _shape_text(shape: Sequence[int | str]) -> str:
+    if len(shape) > MAX_SHOWN_DIMS:
+        return f"a shape of {len(shape)} dimensions"
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
 def rows(t: vae_pb2.Tensor, field: str, row_shape: Sequence[int], max_rows: int) -> tuple[int, bytes]:
-    """N and the bytes of `t`, a [N, *row_shape] float32 tensor with 1 <= N <= max_rows."""
+    """N and the bytes of `t`, a [N, *row_shape] float32 tensor with 1 <= N <= max_rows. The number of dimensions
+    is checked before any per-dimension work, so a request's cost here does not grow with its shape list."""
+    if len(t.shape) != 1 + len(row_shape):
+        expected = _shape_text(("N", *row_shape))
+        raise InvalidArgument(f"{field}.shape", f"expected {expected}, got {_shape_text(t.shape)}")
     shape = tuple(t.shape)
-    if len(shape) != 1 + len(row_shape) or shape[1:] != tuple(row_shape):
+    if shape[1:] != tuple(row_shape):
         expected = _shape_text(("N", *row_shape))
         raise InvalidArgument(f"{field}.shape", f"expected {expected}, got {_shape_text(shape)}")
     n = shape[0]
@@ -71,7 +81,17 @@ def num_samples(n: int, max_rows: int) -> int:
 
 
 def temperature(t: float) -> float:
-    """The noise scale: 0 (the proto default) means 1.0; negative, NaN or Inf is refused."""
+    """The noise scale: 0 (the proto default) means 1.0; negative, NaN, Inf or over MAX_TEMPERATURE is refused."""
     if not (math.isfinite(t) and t >= 0.0):
         raise InvalidArgument("temperature", f"expected a finite value >= 0 (0 means 1.0), got {t}")
+    if t > MAX_TEMPERATURE:
+        raise InvalidArgument("temperature", f"expected at most {MAX_TEMPERATURE:g}, got {t:g}")
     return t or 1.0
+
+
+def check_decoded(images: np.ndarray, field: str = "latents") -> None:
+    """Decoded pixels must be finite: latents far outside the prior can overflow the decoder's arithmetic."""
+    if not np.isfinite(images).all():
+        raise InvalidArgument(
+            f"{field}.data", "the decoder computed NaN or Inf pixels from these latents: they are too large for it"
+        )

@@ -6,7 +6,6 @@ Session-scoped: trained and exported once per `pytest` run.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,6 @@ FIXTURE_EPOCHS = "15"
 def run_cli(*argv: str) -> None:
     code = vaeserve(list(argv))
     assert code == 0, f"vaeserve {' '.join(argv)} exited {code}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(tmp_path_factory: pytest.TempPathFactory, arch: str) -> Path:

@@ -29,7 +29,7 @@ def test_wheel_installs_only_the_vaeserve_namespace(tmp_path: Path) -> None:
 def test_cli_and_server_import_without_torch() -> None:
     # The serve image has no torch: building the CLI and importing the server must not pull it in.
     code = (
-        "import sys, vaeserve.cli as c, vaeserve.export.repository, vaeserve.server\n"
+        "import sys, vaeserve.cli as c, vaeserve.repository, vaeserve.server\n"
         "c.build_parser()\n"
         "import pkgutil, importlib, vaeserve.server as s\n"
         "for m in pkgutil.iter_modules(s.__path__):\n"

@@ -22,8 +22,8 @@ from tests.bench.report import markdown_table, write_section
 from tests.conftest import run_cli
 from vaeserve.export.graphs import graph_modules
 from vaeserve.export.parity import BATCH_SIZES, max_abs_diff, random_inputs
-from vaeserve.export.repository import GRAPHS
 from vaeserve.export.variants import MAX_ELBO_CHANGE, make_variant, neg_elbo, session, test_images, throughput
+from vaeserve.repository import GRAPHS
 from vaeserve.training.checkpoint import load_model
 
 VARIANTS = ("fp32", "ort", "fp16", "int8")

@@ -33,12 +33,13 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.harness import ROOT, ServerProcess, free_port
 from vaeserve.protos.vae.v1 import vae_pb2
 
 from . import mnist
 from .report import markdown_table, write_section
 from .serving_model import Graphs, load_graphs, random_images, runs_per_second, version_dir
-from .serving_servers import ROOT, Server, bench_python, free_port, triton_env
+from .serving_servers import bench_python, server, triton_env
 
 WORK = ROOT / "runs" / "bench-serving"  # cached models, server logs, raw results, profiles
 PLOT = ROOT / "docs" / "bench_serving.png"
@@ -97,7 +98,7 @@ class Target:
     """A running system under test: its server processes and how each call is asked of it."""
 
     system: str
-    servers: list[Server]
+    servers: list[ServerProcess]
     request: Callable[[Call], tuple[str, bytes]]  # call -> (gRPC method, serialized request)
     metrics_url: str | None = None
     levels: tuple[int, ...] | None = None  # the concurrencies it is measured at (None: all)
@@ -114,7 +115,9 @@ class Bench:
         return next((p for p in self.points if (p.model, p.call, p.system, p.concurrency) ==
                      (model, call.name, system, concurrency)), None)  # fmt: skip
 
-    def load(self, servers: list[Server], method: str, request: bytes, concurrency, metrics_url: str | None = None):
+    def load(
+        self, servers: list[ServerProcess], method: str, request: bytes, concurrency, metrics_url: str | None = None
+    ):
         """Runs the load generator against `servers` (clients spread over them), one point per concurrency;
         returns its JSON objects."""
         path = self.work / "request.bin"
@@ -160,7 +163,7 @@ class Bench:
                     "--version", model_dir.name, "--host", "127.0.0.1", "--port", str(port),
                     "--metrics-port", str(metrics_port)]  # fmt: skip
             log = self.work / f"{system.replace(' ', '')}-{model}-{i}.log"
-            servers.append(stack.enter_context(Server(f"{system} ({model})", argv, port, probe, log)))
+            servers.append(stack.enter_context(server(f"{system} ({model})", argv, port, probe, log)))
             metrics_ports.append(metrics_port)
         # One process's batch sizes are what the compute limit is measured at.
         metrics_url = f"http://127.0.0.1:{metrics_ports[0]}/metrics" if processes == 1 else None
@@ -171,10 +174,10 @@ class Bench:
         module = {"naive": "serving_naive", "transport": "serving_echo"}[system]
         argv = [sys.executable, "-m", f"tests.bench.{module}", "--model-dir", str(model_dir), "--port", str(port)]
         probe = (VAE_METHOD + "Encode", ENCODE1.request(graphs))
-        server = stack.enter_context(
-            Server(f"{system} ({model})", argv, port, probe, self.work / f"{system}-{model}.log")
+        process = stack.enter_context(
+            server(f"{system} ({model})", argv, port, probe, self.work / f"{system}-{model}.log")
         )
-        return Target(system, [server], lambda call: (VAE_METHOD + call.rpc, call.request(graphs)))
+        return Target(system, [process], lambda call: (VAE_METHOD + call.rpc, call.request(graphs)))
 
     def triton(self, stack: contextlib.ExitStack, model: str, model_dir: Path) -> Target | None:
         """Triton, or None (and a note) where it cannot run: that should not cost the rest of the benchmark."""
@@ -188,8 +191,8 @@ class Bench:
             # The server writes its request files before it starts listening: the probe reads them from there.
             probe = (TRITON_METHOD, requests / "encode1.bin")
             log = self.work / f"triton-{model}.log"
-            server = stack.enter_context(
-                Server(f"triton ({model})", argv, ports[0], probe, log, env=triton_env(python))
+            process = stack.enter_context(
+                server(f"triton ({model})", argv, ports[0], probe, log, env=triton_env(python))
             )
         except (subprocess.CalledProcessError, OSError, RuntimeError) as exc:
             print(f"Triton not measured: {exc}", file=sys.stderr)
@@ -197,7 +200,7 @@ class Bench:
             return None
         return Target(
             "triton",
-            [server],
+            [process],
             lambda call: (TRITON_METHOD, (requests / f"{call.rpc.lower()}{call.rows}.bin").read_bytes()),
         )
 

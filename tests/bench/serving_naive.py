@@ -19,14 +19,11 @@ import grpc
 import numpy as np
 
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
+from vaeserve.server.client import to_tensor
 
 from .serving_model import Graphs, load_graphs, reparameterize
 
 WORKERS = 10  # grpc's Python examples: futures.ThreadPoolExecutor(max_workers=10)
-
-
-def tensor(array: np.ndarray) -> vae_pb2.Tensor:
-    return vae_pb2.Tensor(shape=array.shape, data=array.astype("<f4", copy=False).tobytes())
 
 
 def array(t: vae_pb2.Tensor) -> np.ndarray:
@@ -44,12 +41,14 @@ class NaiveVaeService(vae_pb2_grpc.VaeServiceServicer):
     def Encode(self, request: vae_pb2.EncodeRequest, context) -> vae_pb2.EncodeResponse:
         mean, log_variance = self.graphs.encode(array(request.images))
         latents = reparameterize(mean, log_variance, rng(request))
-        return vae_pb2.EncodeResponse(mean=tensor(mean), log_variance=tensor(log_variance), latents=tensor(latents))
+        return vae_pb2.EncodeResponse(
+            mean=to_tensor(mean), log_variance=to_tensor(log_variance), latents=to_tensor(latents)
+        )
 
     def Sample(self, request: vae_pb2.SampleRequest, context) -> vae_pb2.SampleResponse:
         eps = rng(request).standard_normal((request.num_samples, self.graphs.latent_dim), dtype=np.float32)
         latents = eps * (request.temperature or 1.0)
-        return vae_pb2.SampleResponse(images=tensor(self.graphs.decode(latents)), latents=tensor(latents))
+        return vae_pb2.SampleResponse(images=to_tensor(self.graphs.decode(latents)), latents=to_tensor(latents))
 
     def GetModelInfo(self, request, context) -> vae_pb2.ModelInfo:
         return vae_pb2.ModelInfo(name="naive", latent_dim=self.graphs.latent_dim, image_shape=self.graphs.image_shape)

@@ -1,4 +1,5 @@
-"""Start, probe and stop the servers the serving benchmark compares, each in its own process group.
+"""The servers the serving benchmark compares, started, probed and stopped by tests/harness.py, and the
+separate environment the Triton baseline needs.
 
 Every server is probed with the very call the benchmark will send (raw bytes), so "ready" means "answers
 that call", whatever the server's own health or readiness API.
@@ -6,94 +7,25 @@ that call", whatever the server's own health or readiness API.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
+from tests.harness import ROOT, ServerProcess, answers
 
-ROOT = Path(__file__).resolve().parents[2]
 BENCH_VENV = ROOT / ".venv-bench"
 # pytriton pins numpy<2 and protobuf 6 while vaeserve needs numpy 2 and protobuf 7: its own environment.
 BENCH_VENV_REQUIREMENTS = ["nvidia-pytriton==0.7.0", "onnxruntime>=1.20"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A server process: `with Server(...) as s:` starts it, waits until `probe` answers OK, stops it after."""
-
-    def __init__(
-        self, name: str, argv: list[str], port: int, probe: tuple[str, bytes | Path], log: Path, env=None
-    ) -> None:
-        """probe: (method, request bytes), or a file the server itself writes the request to before it listens."""
-        self.name, self.argv, self.port, self.probe, self.log = name, argv, port, probe, log
-        self.env = {**os.environ, **(env or {})}
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Server:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("wb") as out:
-            # A new session: stop() signals the whole group, so Triton's tritonserver child goes too.
-            self.process = subprocess.Popen(
-                self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        try:
-            self._wait_ready(timeout=180)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _wait_ready(self, timeout: float) -> None:
-        method, request = self.probe
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
-            call = channel.unary_unary(method)
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name} not answering {method} after {timeout:.0f} s\n{self.log_tail()}")
-                if isinstance(request, Path) and not request.is_file():
-                    time.sleep(0.5)
-                    continue
-                try:
-                    call(request.read_bytes() if isinstance(request, Path) else request, timeout=2)
-                    return
-                except grpc.RpcError:
-                    time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        with contextlib.suppress(ProcessLookupError):  # what the server left in its group (tritonserver, stubs)
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+def server(
+    name: str, argv: list[str], port: int, probe: tuple[str, bytes | Path], log: Path, env=None
+) -> ServerProcess:
+    """A benchmark server in its own process group (stop() ends Triton's tritonserver child too), ready once it
+    answers `probe` (method, request bytes or a file the server writes before it listens): what "ready" means
+    whatever the server's own health API."""
+    return ServerProcess(argv, log, port, answers(*probe), env=env, name=name, own_group=True)
 
 
 def bench_python() -> Path:

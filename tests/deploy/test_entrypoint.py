@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.conftest import free_port
 from tests.deploy.conftest import SERVER_DOCKERFILES, config_of, container, find
 from tests.deploy.dockerfile import Stage, healthcheck, read_stages
-from tests.server.conftest import health_status
+from tests.harness import POLL_S, ServerProcess, free_port, health_status
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
-START_TIMEOUT_S = 60
 # The kubelet syncs a changed Secret into running pods within about a minute; the server then has this long.
 ROTATION_TIMEOUT_S = 30
 IMAGE_VENV = "/opt/venv/bin"
@@ -104,17 +103,18 @@ def on_host(path: str, secrets: dict[str, SecretVolume]) -> str:
     return str(secrets[directory].root / name)
 
 
-def wait_serving(process: subprocess.Popen, target: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"server exited {process.returncode} while starting:\n{log.read_text()}"
-        try:
-            if health_status(target) == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"not SERVING after {START_TIMEOUT_S} s:\n{log.read_text()}")
+def probes_pass(target: str, service: str) -> Callable[[ServerProcess], bool]:
+    """Ready as the kubelet sees it: the readiness probe's health check answers SERVING at `target`."""
+    return lambda _: health_status(target, service, timeout=2) == health_pb2.HealthCheckResponse.SERVING
+
+
+def container_process(image: Stage, spec: dict[str, Any], env: dict[str, str], ready_at: str, port: int,
+                      log: Path) -> ServerProcess:  # fmt: skip
+    """The container's command with exactly the container's environment (not this process's)."""
+    ready = probes_pass(ready_at, spec["readinessProbe"]["grpc"]["service"])
+    process = ServerProcess(container_argv(image, spec), log, port, ready, name="container")
+    process.env = env
+    return process
 
 
 def model_info(channel: grpc.Channel) -> vae_pb2.ModelInfo:
@@ -148,15 +148,10 @@ def test_container_command_serves_passes_healthcheck_and_drains(
                  **{k: on_host(config[k], secrets) for k in files}}  # fmt: skip
     assert host_only.keys() <= config.keys(), "the Deployment no longer sets these; the test would not replace them"
     env = {**container_env(image, config), **host_only}
-    log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(container_argv(image, server), env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        # The kubelet's view: plaintext gRPC health on the health port, as the probes ask it.
-        health = f"127.0.0.1:{health_port}"
-        wait_serving(process, health, log)
-        readiness_service = server["readinessProbe"]["grpc"]["service"]
-        assert health_status(health, readiness_service) == health_pb2.HealthCheckResponse.SERVING
+    # Ready when the kubelet's view says so: plaintext gRPC health on the health port, as the probes ask it.
+    health = f"127.0.0.1:{health_port}"
+    with container_process(image, server, env, health, port, tmp_path / "serve.log") as process:
+        assert health_status(health) == health_pb2.HealthCheckResponse.SERVING  # the liveness probe's question
         # ... and nothing but health there: the model is not reachable without TLS and a token.
         with grpc.insecure_channel(health) as channel:
             assert rpc_error(lambda: model_info(channel)) == grpc.StatusCode.UNIMPLEMENTED
@@ -220,19 +215,15 @@ def test_container_command_serves_passes_healthcheck_and_drains(
                 except grpc.RpcError as exc:
                     assert exc.code() in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
             assert time.monotonic() < deadline, f"a rotated token file was not picked up in {ROTATION_TIMEOUT_S} s"
-            time.sleep(0.5)
+            time.sleep(POLL_S)
         with channel(client_token) as c:
             model_info(c)
         with channel(locust_token) as c:
             assert rpc_error(lambda: model_info(c)) in {grpc.StatusCode.UNAUTHENTICATED,
                                                         grpc.StatusCode.PERMISSION_DENIED}  # fmt: skip
 
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=float(config["VAESERVE_GRACE_PERIOD"]) + 15) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        process.signal(signal.SIGTERM)
+        assert process.wait(timeout=float(config["VAESERVE_GRACE_PERIOD"]) + 15) == 0, process.output()
     if config["VAESERVE_LOG_FORMAT"] == "json":
-        lines = [line for line in log.read_text().splitlines() if line.strip()]
-        assert lines and all(isinstance(json.loads(line), dict) for line in lines), log.read_text()
+        lines = [line for line in process.output().splitlines() if line.strip()]
+        assert lines and all(isinstance(json.loads(line), dict) for line in lines), process.output()

@@ -9,7 +9,6 @@ import copy
 import json
 import re
 import signal
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,13 @@ from typing import Any
 import grpc
 import kubernetes_validate
 import pytest
-from grpc_health.v1 import health_pb2
 
-from tests.conftest import free_port
 from tests.deploy.conftest import DOCKER, SERVER_DOCKERFILES, container, find, mounted_volume
 from tests.deploy.dockerfile import read_stages
-from tests.deploy.test_entrypoint import container_argv, container_env, wait_serving
+from tests.deploy.test_entrypoint import container_env, container_process
 from tests.deploy.test_manifests import KUBERNETES_VERSIONS, serve_env_names, server_pod
-from tests.server.conftest import health_status
-from vaeserve.export.repository import FORMAT, FORMAT_VERSION
+from tests.harness import free_port
+from vaeserve.repository import FORMAT, FORMAT_VERSION
 
 # Where KServe puts the model (storage initializer or modelcar) and the name it gives the serving container.
 MODEL_MOUNT = "/mnt/models"
@@ -199,15 +196,10 @@ def test_runtime_command_serves_the_oip_models(
                  "VAESERVE_REPO": str(model_repo), "VAESERVE_AUTH_TOKEN_FILE": str(tmp_path / "tokens"),
                  "VAESERVE_DEVICE": "cpu"}  # fmt: skip
     assert host_only.keys() <= env.keys()
-    log = tmp_path / "serve.log"
     process_env = {**container_env(image, env), **host_only, "VAESERVE_HOST": "127.0.0.1"}
-    with open(log, "w") as out:
-        process = subprocess.Popen(container_argv(image, server), env=process_env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        target = f"127.0.0.1:{port}"
-        wait_serving(process, target, log)
-        readiness_service = server["readinessProbe"]["grpc"]["service"]
-        assert health_status(target, readiness_service) == health_pb2.HealthCheckResponse.SERVING
+    target = f"127.0.0.1:{port}"
+    # Ready when Knative's readiness probe (plaintext gRPC health on the h2c port) says so.
+    with container_process(image, server, process_env, target, port, tmp_path / "serve.log") as process:
         name, bearer = env["VAESERVE_NAME"], [("authorization", f"Bearer {token}")]
         with grpc.insecure_channel(target) as channel:
             ready = channel.unary_unary("/inference.GRPCInferenceService/ModelReady")
@@ -220,9 +212,5 @@ def test_runtime_command_serves_the_oip_models(
         # /metrics answers on loopback, where the queue-proxy scrapes it.
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
             assert b"vaeserve_" in reply.read()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        process.signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, process.output()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vaeserve.cli import main as vaeserve
-from vaeserve.export.repository import sha256_file, verify_version
 from vaeserve.export.variants import MAX_ELBO_CHANGE
+from vaeserve.repository import sha256_file, verify_version
 from vaeserve.training.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -16,8 +16,8 @@ from onnx.reference import ReferenceEvaluator
 from vaeserve import __version__
 from vaeserve.export.graphs import OPSET, graph_modules
 from vaeserve.export.parity import BATCH_SIZES, TOLERANCE, max_abs_diff, random_inputs
-from vaeserve.export.repository import sha256_file
 from vaeserve.export.variants import neg_elbo, session
+from vaeserve.repository import sha256_file
 from vaeserve.training.checkpoint import load_model
 from vaeserve.training.data import load_dataset
 from vaeserve.training.model import reparameterize

@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from vaeserve.cli import main as vaeserve
-from vaeserve.export.repository import RepositoryError, resolve_version, sha256_file, verify_version
+from vaeserve.repository import RepositoryError, open_version, resolve_version, sha256_file, verify_version
 
 
 @pytest.fixture
@@ -130,14 +130,59 @@ def test_resolve_version_picks_latest_complete_and_named_versions(version: Path)
 
 
 def test_repository_knows_the_training_likelihoods() -> None:
-    from vaeserve.export import repository
+    from vaeserve import repository
     from vaeserve.training import model
 
     assert repository.LIKELIHOODS == model.LIKELIHOODS
 
 
 def test_repository_reader_imports_neither_torch_nor_onnx() -> None:
-    code = ("import sys, vaeserve.export.repository; "
+    code = ("import sys, vaeserve.repository; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnx', 'onnxscript'}))")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_links_out_of_the_repository_are_refused(version: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(version, outside)
+    repo = version.parent.parent
+    (repo / "vae" / "2").symlink_to(outside)  # a whole version folder that lives elsewhere
+    with pytest.raises(RepositoryError, match=r"vae/2: the version folder resolves to .*elsewhere, outside"):
+        verify_version(repo / "vae" / "2")
+    (version / "decoder.onnx").unlink()
+    (version / "decoder.onnx").symlink_to(outside / "decoder.onnx")  # one graph file
+    with pytest.raises(RepositoryError, match=r"decoder.onnx: the graph file resolves to .*elsewhere/decoder.onnx"):
+        verify_version(version)
+    (version / "decoder.onnx").unlink()
+    shutil.copy(outside / "decoder.onnx", version / "decoder.onnx")
+    inside = version / "spare.onnx"  # a link that stays inside the version folder is fine
+    shutil.copy(outside / "encoder.onnx", inside)
+    (version / "encoder.onnx").unlink()
+    (version / "encoder.onnx").symlink_to(inside)
+    assert verify_version(version).version == 1
+
+
+@pytest.mark.parametrize(("key", "value"), [("version", True), ("latent_dim", 8.0), ("image_shape", [1, 8, True])])
+def test_model_json_types_are_checked_strictly(version: Path, key: str, value: object) -> None:
+    edit_json(version, lambda info: info.update({key: value}))  # JSON true is a Python bool, which is an int
+    with pytest.raises(RepositoryError, match=f"model.json: {key}"):
+        verify_version(version)
+
+
+def test_latest_is_the_newest_version_that_verifies(version: Path) -> None:
+    repo = version.parent.parent
+    shutil.copytree(version, repo / "vae" / "2")
+    edit_json(repo / "vae" / "2", lambda info: info.update(version=2))
+    tamper_bytes(repo / "vae" / "2")
+    skipped: list[str] = []
+    model = open_version(repo, "vae", "latest", skipped=skipped.append)
+    assert model.version == 1
+    assert len(skipped) == 1 and skipped[0].startswith("version 2 skipped: ") and "decoder.onnx: SHA-256" in skipped[0]
+    with pytest.raises(RepositoryError, match=r"decoder\.onnx: SHA-256"):
+        open_version(repo, "vae", 2)  # a version asked for by number is that version or an error
+    tamper_bytes(version)
+    with pytest.raises(
+        RepositoryError, match=r"vae: no version verifies: .*vae/2/decoder.onnx: SHA-256.*vae/1/decoder"
+    ):
+        open_version(repo, "vae")

@@ -28,6 +28,7 @@ from locust import User, between, tag, task  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc  # noqa: E402
+from vaeserve.server.client import to_tensor  # noqa: E402
 
 TIMEOUT_S = 30.0
 SAMPLES = 16  # images per Sample call
@@ -47,10 +48,6 @@ class RpcFailure(Exception):
         super().__init__(f"{exc.code().name}: {exc.details()}")
 
 
-def tensor(array: np.ndarray) -> vae_pb2.Tensor:
-    return vae_pb2.Tensor(shape=array.shape, data=array.astype("<f4").tobytes())
-
-
 class Payloads:
     """Valid requests for the served model, built once per process from GetModelInfo."""
 
@@ -60,10 +57,10 @@ class Payloads:
         rng = np.random.default_rng(0)
         image_shape = tuple(info.image_shape)
         self.sample = vae_pb2.SampleRequest(num_samples=SAMPLES)
-        self.encode_one = vae_pb2.EncodeRequest(images=tensor(rng.random((1, *image_shape))))
-        self.encode_batch = vae_pb2.EncodeRequest(images=tensor(rng.random((BATCH, *image_shape))))
-        self.decode = vae_pb2.DecodeRequest(latents=tensor(rng.standard_normal((SAMPLES, info.latent_dim))))
-        self.reconstruct = vae_pb2.ReconstructRequest(images=tensor(rng.random((SAMPLES, *image_shape))))
+        self.encode_one = vae_pb2.EncodeRequest(images=to_tensor(rng.random((1, *image_shape))))
+        self.encode_batch = vae_pb2.EncodeRequest(images=to_tensor(rng.random((BATCH, *image_shape))))
+        self.decode = vae_pb2.DecodeRequest(latents=to_tensor(rng.standard_normal((SAMPLES, info.latent_dim))))
+        self.reconstruct = vae_pb2.ReconstructRequest(images=to_tensor(rng.random((SAMPLES, *image_shape))))
 
     @classmethod
     def get(cls, stub: vae_pb2_grpc.VaeServiceStub) -> Payloads:

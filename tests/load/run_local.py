@@ -11,66 +11,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
-import socket
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests import harness
+
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-VAESERVE = Path(sys.executable).parent / "vaeserve"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_serving(target: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Until the standard gRPC health check answers SERVING; raises if the server exits or takes too long."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"vaeserve serve exited with {process.returncode} before SERVING")
-            with contextlib.suppress(grpc.RpcError):
-                status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vaeserve at {target} not SERVING after {timeout:.0f} s")
-            time.sleep(0.2)
 
 
 @contextlib.contextmanager
 def serving(repo: Path, name: str = "vae", log: Path | None = None) -> Iterator[str]:
     """A `vaeserve serve` of REPO/NAME on free loopback ports while the block runs; yields HOST:PORT."""
-    port = free_port()
-    argv = [str(VAESERVE), "serve", "--repo", str(repo), "--name", name, "--host", "127.0.0.1",
-            "--port", str(port), "--metrics-port", "0"]  # fmt: skip
-    out = log.open("wb") if log else subprocess.DEVNULL
-    process = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_serving(f"127.0.0.1:{port}", process)
-        yield f"127.0.0.1:{port}"
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # graceful drain, as in production
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if log:
-            out.close()
+    log = log or Path(tempfile.mkdtemp(prefix="vaeserve-load-")) / "server.log"
+    with harness.serving(repo, log, name=name) as server:
+        yield server.target
 
 
 def run_locust(host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: Path, *extra: str) -> int:
@@ -116,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         with serving(repo, args.name, log) as host:
             print(f"vaeserve SERVING at {host} (log: {log}); Locust: {args.users} users for {args.run_time}")
             code = run_locust(host, args.users, args.spawn_rate, args.run_time, csv_prefix)
-    except RuntimeError as exc:
-        print(f"run_local: {exc}; server log {log}:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+    except harness.ServerFailed as exc:
+        print(f"run_local: {exc}", file=sys.stderr)
         return 1
     if code != 0:
         print(f"run_local: Locust exited {code}: failed requests in {csv_prefix}_failures.csv", file=sys.stderr)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.harness import free_port
 from tests.load.run_local import main as run_local
 from tests.load.run_local import run_locust, serving
 

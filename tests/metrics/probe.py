@@ -10,7 +10,7 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2_grpc
 
-from vaeserve.server.metrics import CountingRegistrar, Metrics
+from vaeserve.server.metrics import Metrics
 
 SERVICE = "test.v1.Probe"
 
@@ -52,9 +52,9 @@ class Probe:
         yield request
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many chunks")
 
-    def add_to(self, server: aio.Server | CountingRegistrar, registered: bool) -> None:
+    def add_to(self, server: aio.Server, metrics: Metrics | None, registered: bool) -> None:
         """Like generated `add_XServicer_to_server`: a generic handler, and (`registered`) the registered methods
-        gRPC looks up first."""
+        gRPC looks up first; each handler counted by `metrics` when given, as the server registers its own."""
         unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
         methods = {
             "Ok": unary(self.ok, _identity, _identity),
@@ -65,6 +65,8 @@ class Probe:
             "Chunks": stream(self.chunks, _identity, _identity),
             "ChunksThenAbort": stream(self.chunks_then_abort, _identity, _identity),
         }
+        if metrics is not None:
+            methods = {name: metrics.counted(name, handler) for name, handler in methods.items()}
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, methods)])
         if registered:
             server.add_registered_method_handlers(SERVICE, methods)
@@ -77,7 +79,7 @@ async def probe_server(
     """The probe (counted by `metrics` when given) and health services behind `interceptors`, and a channel."""
     probe = Probe()
     server = aio.server(interceptors=interceptors)
-    probe.add_to(server if metrics is None else metrics.counting(server), registered)
+    probe.add_to(server, metrics, registered)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -16,16 +15,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
-
-START_TIMEOUT_S = 60.0
+from tests.harness import ServerProcess, free_port
 
 
 class Prometheus:
-    def __init__(self, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-        self.url = f"http://127.0.0.1:{port}"
+    def __init__(self, process: ServerProcess) -> None:
+        self.url = f"http://127.0.0.1:{process.port}"
         self.process = process
-        self.log = log
 
     def _get(self, path: str, timeout: float = 10) -> Any:
         with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
@@ -49,17 +45,18 @@ class Prometheus:
             result = ready()
             if result:
                 return result
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                tail = self.log.read_text()[-3000:]
+            if self.process.returncode is not None or time.monotonic() > deadline:
+                tail = self.process.output()[-3000:]
                 pytest.fail(f"prometheus: timed out after {timeout:g} s waiting for {what} (last: {result!r})\n{tail}")
             time.sleep(0.25)
 
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+
+def _ready(process: ServerProcess) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{process.port}/-/ready", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -75,21 +72,7 @@ def prometheus(targets: list[str], tmp_path: Path) -> Iterator[Prometheus]:
         "scrape_configs": [{"job_name": "vaeserve", "static_configs": [{"targets": targets}]}],
     }))  # fmt: skip
     port = free_port()
-    log = tmp_path / "prometheus.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    server = Prometheus(port, process, log)
-    try:
-        server.wait_for("/-/ready", server._ready, START_TIMEOUT_S)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]  # fmt: skip
+    with ServerProcess(argv, tmp_path / "prometheus.log", port, _ready, name="prometheus") as process:
+        yield Prometheus(process)

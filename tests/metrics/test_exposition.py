@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import free_port
+from tests.harness import free_port
 from tests.metrics.exposition import families, parse, promtool_check, scrape, value
 from vaeserve.errors import VaeserveError
 from vaeserve.server.metrics import Metrics
@@ -84,7 +84,7 @@ def test_model_info_names_only_the_model_served_now(served):
     metrics.set_model_info("vae", 1, "CPUExecutionProvider")
     metrics.set_model_info("vae", 2, "CUDAExecutionProvider")
     info = {k: v for k, v in parse(scrape(port)).items() if k[0] == "vaeserve_model_info"}
-    labels = frozenset({("name", "vae"), ("version", "2"), ("provider", "CUDAExecutionProvider")})
+    labels = frozenset({("name", "vae"), ("version", "2"), ("provider", "CUDAExecutionProvider"), ("variant", "plain")})
     assert info == {("vaeserve_model_info", labels): 1.0}
 
 

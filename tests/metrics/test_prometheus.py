@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from tests.metrics import dashboard
-from tests.metrics.conftest import RunningServer, tensor
+from tests.metrics.conftest import RunningServer
 from tests.metrics.exposition import parse, scrape
 from tests.metrics.prometheus import Prometheus, prometheus
 from vaeserve.protos.vae.v1 import vae_pb2
+from vaeserve.server.client import to_tensor
 
 REQUESTS = 'sum(vaeserve_requests_total{job="vaeserve"})'
 
@@ -37,10 +38,10 @@ def _scalar(server: Prometheus, expr: str) -> float | None:
 def _traffic(server: RunningServer) -> None:
     """One of each outcome the dashboard shows: Encode and Sample OK, a Decode rejected."""
     images = np.random.default_rng(0).random((4, *server.info.image_shape))
-    server.stub.Encode(vae_pb2.EncodeRequest(images=tensor(images), seed=0), timeout=30)
+    server.stub.Encode(vae_pb2.EncodeRequest(images=to_tensor(images), seed=0), timeout=30)
     server.stub.Sample(vae_pb2.SampleRequest(num_samples=8, seed=0), timeout=30)
     with pytest.raises(grpc.RpcError):
-        server.stub.Decode(vae_pb2.DecodeRequest(latents=tensor(np.zeros((1, server.info.latent_dim + 1)))))
+        server.stub.Decode(vae_pb2.DecodeRequest(latents=to_tensor(np.zeros((1, server.info.latent_dim + 1)))))
 
 
 def _served_requests(server: RunningServer) -> float:

@@ -9,20 +9,21 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.metrics.conftest import RunningServer, tensor
+from tests.metrics.conftest import RunningServer
 from tests.metrics.exposition import Samples, parse, promtool_check, scrape, value
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
+from vaeserve.server.client import to_tensor
 
 
 def _encode(server: RunningServer, n: int, seed: int) -> None:
     images = np.random.default_rng(seed).random((n, *server.info.image_shape))
-    server.stub.Encode(vae_pb2.EncodeRequest(images=tensor(images), seed=seed), timeout=30)
+    server.stub.Encode(vae_pb2.EncodeRequest(images=to_tensor(images), seed=seed), timeout=30)
 
 
 def _bad_decode(server: RunningServer) -> None:
     latents = np.zeros((2, server.info.latent_dim + 1))  # one dimension too many
     with pytest.raises(grpc.RpcError) as info:
-        server.stub.Decode(vae_pb2.DecodeRequest(latents=tensor(latents)), timeout=30)
+        server.stub.Decode(vae_pb2.DecodeRequest(latents=to_tensor(latents)), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -74,7 +75,8 @@ def test_model_info_and_default_collectors(vaeserve_server):
     samples = parse(scrape(server.metrics_port))
     info = {dict(labels)["version"]: v for (name, labels), v in samples.items() if name == "vaeserve_model_info"}
     assert info == {str(server.info.version): 1.0}
-    labels = {("name", "vae"), ("version", str(server.info.version)), ("provider", server.info.execution_provider)}
+    labels = {("name", "vae"), ("version", str(server.info.version)), ("provider", server.info.execution_provider),
+              ("variant", "plain")}  # fmt: skip
     assert samples[("vaeserve_model_info", frozenset(labels))] == 1.0
     assert value(samples, "process_cpu_seconds_total") > 0
     assert value(samples, "process_resident_memory_bytes") > 0
@@ -112,7 +114,9 @@ def test_concurrent_calls_are_each_counted_once_whatever_their_batching(vaeserve
         async with grpc.aio.insecure_channel(server.target) as channel:
             stub = vae_pb2_grpc.VaeServiceStub(channel)
             rng = np.random.default_rng(0)
-            requests = [vae_pb2.EncodeRequest(images=tensor(rng.random((n, *server.info.image_shape)))) for n in rows]
+            requests = [
+                vae_pb2.EncodeRequest(images=to_tensor(rng.random((n, *server.info.image_shape)))) for n in rows
+            ]
             await asyncio.gather(*(stub.Encode(request, timeout=60) for request in requests))
 
     before = parse(scrape(server.metrics_port))

@@ -1,11 +1,12 @@
 """The batcher on its own: the real Batcher and real metrics around a numpy "graph" that records its batches.
 
-The batcher takes and gives bytes; `ArrayBatcher` states the cases in numpy rows of width 3.
+The batcher takes and gives bytes by name; `ArrayBatcher` states the cases in numpy rows of width 3.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 import numpy as np
@@ -13,18 +14,43 @@ import pytest
 
 from vaeserve.server.batcher import Batcher, BatchObserver, InferenceFailed
 from vaeserve.server.errors import DeadlineExpired, InvalidArgument, QueueFull
+from vaeserve.server.graphs import GraphSpec, TensorSpec
 from vaeserve.server.metrics import Metrics
 
 WIDTH = 3  # values per row of the test graphs' input
 
 
+class Runner:
+    """What the batcher runs a graph with (runtime.Session): here both paths are plain functions."""
+
+    def __init__(self, run, run_on_worker=None) -> None:
+        self.run = run
+        self.run_on_worker = run_on_worker or run
+
+
+def spec(name: str, inputs: dict[str, int], widths: tuple[int, ...], compute, check=None) -> GraphSpec:
+    """A graph of rows: inputs {name: values per row}, outputs out0, out1, ... of `widths` values per row."""
+    return GraphSpec(
+        name=name,
+        inputs=tuple(TensorSpec(n, (w,)) for n, w in inputs.items()),
+        outputs=tuple(TensorSpec(f"out{i}", (w,)) for i, w in enumerate(widths)),
+        compute=compute,
+        check=check,
+    )
+
+
 class ArrayBatcher:
     """A Batcher over rows of WIDTH float32 values, submitted and returned as numpy arrays.
 
-    `widths`: values per row of each graph output, to turn the result bytes back into arrays."""
+    `widths`: values per row of each graph output, to turn the result bytes back into arrays; `check` is given
+    the batch's input array."""
 
-    def __init__(self, name: str, graph, observer: BatchObserver, widths: tuple[int, ...] = (WIDTH, 1), **kw) -> None:
-        self.batcher = Batcher(name, graph, observer, [(WIDTH,)], **kw)
+    def __init__(
+        self, name: str, graph, observer: BatchObserver, widths: tuple[int, ...] = (WIDTH, 1), check=None, **kw
+    ) -> None:
+        checks = None if check is None else lambda batch: check(batch["x"])
+        graph_spec = spec(name, {"x": WIDTH}, widths, lambda run, batch: run(batch["x"]), checks)
+        self.batcher = Batcher(graph_spec, Runner(graph), observer, **kw)
         self.widths = widths
 
     def start(self) -> None:
@@ -35,7 +61,7 @@ class ArrayBatcher:
 
     def submit(self, x: np.ndarray, timeout: float | None = None) -> asyncio.Future:
         """The batcher's future, decoded; cancelling it cancels the batcher's (as gRPC cancelling a handler does)."""
-        queued = self.batcher.submit((x.tobytes(),), len(x), timeout)  # raises QueueFull here, like the batcher
+        queued = self.batcher.submit({"x": x.tobytes()}, len(x), timeout)  # raises QueueFull here, like the batcher
         result = asyncio.get_running_loop().create_future()
 
         def settle(done: asyncio.Future) -> None:
@@ -46,8 +72,9 @@ class ArrayBatcher:
             elif done.exception() is not None:
                 result.set_exception(done.exception())
             else:
-                widths = zip(done.result(), self.widths, strict=True)
-                result.set_result([np.frombuffer(data, np.float32).reshape(-1, w) for data, w in widths])
+                outputs = done.result()
+                result.set_result([np.frombuffer(outputs[f"out{i}"], np.float32).reshape(-1, w)
+                                   for i, w in enumerate(self.widths)])  # fmt: skip
 
         queued.add_done_callback(settle)
         result.add_done_callback(lambda r: queued.cancel() if r.cancelled() else None)
@@ -310,14 +337,15 @@ def test_every_input_is_joined_row_aligned() -> None:
         seen.append(len(x))
         return [x[:, :1] + eps]
 
-    async def main() -> list[list[bytes]]:
-        b = Batcher("encoder", graph, Metrics().graph("encoder"), [(WIDTH,), (2,)], max_rows=64, max_delay_s=1.0)
+    async def main() -> list[dict[str, bytes]]:
+        two_inputs = spec("encoder", {"x": WIDTH, "eps": 2}, (2,), lambda run, batch: run(batch["x"], batch["eps"]))
+        b = Batcher(two_inputs, Runner(graph), Metrics().graph("encoder"), max_rows=64, max_delay_s=1.0)
         b.start()
         requests = [(rows(100 * i, i), np.full((i, 2), i, np.float32)) for i in (1, 2, 3)]
-        results = await asyncio.gather(*(b.submit((x.tobytes(), e.tobytes()), len(x)) for x, e in requests))
+        results = await asyncio.gather(*(b.submit({"x": x.tobytes(), "eps": e.tobytes()}, len(x)) for x, e in requests))
         await b.stop()
-        for (x, e), (out,) in zip(requests, results, strict=True):
-            np.testing.assert_array_equal(np.frombuffer(out, np.float32).reshape(-1, 2), x[:, :1] + e)
+        for (x, e), out in zip(requests, results, strict=True):
+            np.testing.assert_array_equal(np.frombuffer(out["out0"], np.float32).reshape(-1, 2), x[:, :1] + e)
         return results
 
     run(main())
@@ -325,19 +353,72 @@ def test_every_input_is_joined_row_aligned() -> None:
 
 
 def test_worker_batches_use_the_worker_function() -> None:
-    # run and run_on_worker are the same graph in two sessions (runtime.GraphSession): which one a batch gets
+    # run and run_on_worker are the same graph in two sessions (runtime.CpuSession): which one a batch gets
     # follows where it runs.
     inline, on_worker = ThreadRecorder(), ThreadRecorder()
 
     async def main() -> None:
-        b = Batcher("encoder", inline, Metrics().graph("encoder"), [(WIDTH,)], max_rows=64, inline_rows=10,
-                    run_on_worker=on_worker)  # fmt: skip
+        one_input = spec("encoder", {"x": WIDTH}, (WIDTH,), lambda run, batch: run(batch["x"]))
+        b = Batcher(one_input, Runner(inline, on_worker), Metrics().graph("encoder"), max_rows=64, inline_rows=10)
         b.start()
         for n in (1, 1, 60):
-            (out,) = await b.submit((rows(0, n).tobytes(),), n)
+            out = (await b.submit({"x": rows(0, n).tobytes()}, n))["out0"]
             np.testing.assert_array_equal(np.frombuffer(out, np.float32).reshape(n, WIDTH), rows(0, n))
         await b.stop()
 
     run(main())
     # 1-row batches run on the loop, the 60-row one on the worker thread.
     assert inline.threads == ["MainThread", "MainThread"] and on_worker.threads == ["onnx-encoder_0"]
+
+
+def test_outputs_without_one_row_per_batch_row_fail_the_batch_clearly() -> None:
+    calls = []
+
+    def short(x: np.ndarray) -> list[np.ndarray]:
+        calls.append(len(x))
+        return [x[:-1] if len(calls) == 1 else x]  # the first run loses a row
+
+    async def main() -> None:
+        b = ArrayBatcher("decoder", short, Metrics().graph("decoder"), widths=(WIDTH,), max_rows=8)
+        b.start()
+        with pytest.raises(
+            InferenceFailed, match=r"decoder output out0 came out float32 \[2, 3\] for a batch of 3 rows"
+        ):
+            await b.submit(rows(0, 3))
+        (out,) = await b.submit(rows(5, 2))  # and the batcher goes on
+        np.testing.assert_array_equal(out, rows(5, 2))
+        await b.stop()
+
+    run(main())
+
+
+def test_output_checks_fail_only_the_requests_whose_rows_fail() -> None:
+    graph = Graph(gated=True)
+
+    def finite(outputs) -> None:
+        if not np.isfinite(outputs[0]).all():
+            raise InvalidArgument("latents.data", "decoded to NaN")
+
+    def nan_for_negative(x: np.ndarray) -> list[np.ndarray]:
+        doubled, sums = graph(x)
+        return [np.where(x < 0, np.float32("nan"), doubled), sums]
+
+    async def main() -> None:
+        graph_spec = spec("decoder", {"x": WIDTH}, (WIDTH, 1), lambda run, batch: run(batch["x"]))
+        graph_spec = dataclasses.replace(graph_spec, check_outputs=finite)
+        b = Batcher(graph_spec, Runner(nan_for_negative), Metrics().graph("decoder"), max_rows=64)
+        b.start()
+        first = b.submit({"x": rows(0, 1).tobytes()}, 1)
+        await asyncio.to_thread(graph.running.wait, 10)
+        good, bad = b.submit({"x": rows(10, 2).tobytes()}, 2), b.submit({"x": rows(-5, 3).tobytes()}, 3)
+        later = b.submit({"x": rows(20, 1).tobytes()}, 1)
+        graph.gate.set()
+        await first
+        with pytest.raises(InvalidArgument, match=r"latents\.data: decoded to NaN"):
+            await bad
+        for result, x in ((await good, rows(10, 2)), (await later, rows(20, 1))):
+            np.testing.assert_array_equal(np.frombuffer(result["out0"], np.float32).reshape(-1, WIDTH), 2 * x)
+        await b.stop()
+
+    run(main())
+    assert [len(x) for x in graph.batches] == [1, 6]  # the bad request shared the run, then failed alone

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import free_port, run_cli
+from tests.conftest import run_cli
+from tests.harness import ServerProcess, free_port
 from vaeserve.cli import main as vaeserve
-
-from .conftest import ServerProcess
 
 
 @pytest.fixture

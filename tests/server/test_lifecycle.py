@@ -17,11 +17,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import free_port
+from tests.harness import ServerProcess, free_port, serve_argv, serving
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server.client import VaeClient, to_tensor
-
-from .conftest import ServerProcess, serve_command, serving
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -31,7 +29,7 @@ BIG_BATCHES = ("--max-batch-size", str(BIG), "--max-concurrent-rpcs", str(BIG))
 
 def run_serve(repo: Path, *flags: str) -> subprocess.CompletedProcess:
     """`vaeserve serve` expected to fail at start-up."""
-    cmd = serve_command(repo, *flags, port=free_port(), metrics_port=0)
+    cmd = serve_argv(repo, *flags, port=free_port(), metrics_port=0)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
@@ -86,7 +84,7 @@ def test_flags_come_from_the_environment_and_are_checked(model_repo: Path, tmp_p
 
 def test_a_port_in_use_is_an_error(server: ServerProcess, model_repo: Path) -> None:
     result = subprocess.run(
-        serve_command(model_repo, port=server.port, metrics_port=0), capture_output=True, text=True, timeout=60
+        serve_argv(model_repo, port=server.port, metrics_port=0), capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and f"--port: cannot listen on 127.0.0.1:{server.port}" in result.stderr
 
@@ -181,31 +179,49 @@ def test_a_full_queue_answers_resource_exhausted_at_once(busy_server: ServerProc
     assert sum(e is None for e in errors) >= 6  # one running, five queued
 
 
-def test_calls_that_expire_or_are_cancelled_while_queued_are_not_computed(busy_server: ServerProcess) -> None:
+HUGE = 65536  # rows of one conv decoder run: most of a second on this machine's cores
+
+
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    """Polls `condition` until it holds: the tests synchronise on the server's state, never on fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+def test_calls_that_expire_or_are_cancelled_while_queued_are_not_computed(
+    conv_model_repo: Path, tmp_path: Path
+) -> None:
+    flags = ("--max-batch-size", str(HUGE), "--max-num-samples", str(HUGE), "--max-concurrent-rpcs", str(HUGE))
     rows = 'vaeserve_batch_size_sum{graph="decoder"}'
     expired = 'vaeserve_requests_total{code="DEADLINE_EXCEEDED",method="Sample"}'
     cancelled = 'vaeserve_requests_total{code="CANCELLED",method="Sample"}'
-    before = {m: busy_server.metric(m, default=0.0) for m in (rows, expired, cancelled)}
-    with grpc.insecure_channel(busy_server.target, options=[("grpc.max_receive_message_length", -1)]) as channel:
+    depth = 'vaeserve_queue_depth{graph="decoder"}'
+    with (
+        serving(conv_model_repo, tmp_path / "serve.log", *flags) as server,
+        grpc.insecure_channel(server.target, options=[("grpc.max_receive_message_length", -1)]) as channel,
+    ):
         stub = vae_pb2_grpc.VaeServiceStub(channel)
-        z = to_tensor(np.zeros((BIG, 8), np.float32))
-        ahead = [stub.Decode.future(vae_pb2.DecodeRequest(latents=z), timeout=60) for _ in range(4)]
-        while busy_server.metric('vaeserve_queue_depth{graph="decoder"}') < 1:  # the runs ahead have started
-            time.sleep(0.002)
-        # Long enough to reach the server, shorter than the three full runs still queued ahead of it.
-        late = stub.Sample.future(vae_pb2.SampleRequest(num_samples=7), timeout=0.04)
-        abandoned = stub.Sample.future(vae_pb2.SampleRequest(num_samples=5), timeout=60)
-        time.sleep(0.01)  # it reaches the server's queue, then the client gives up on it
+        z = to_tensor(np.zeros((HUGE, 8), np.float32))
+        ahead = [stub.Decode.future(vae_pb2.DecodeRequest(latents=z), timeout=120) for _ in range(2)]
+        # One full run under way, one queued behind it: more than a second of work before anything else runs.
+        wait_until(lambda: server.metric("vaeserve_inflight_requests") == 2 and server.metric(depth) == 1,
+                   "one decoder run in progress and one queued")  # fmt: skip
+        late = stub.Sample.future(vae_pb2.SampleRequest(num_samples=7), timeout=0.5)
+        abandoned = stub.Sample.future(vae_pb2.SampleRequest(num_samples=5), timeout=120)
+        wait_until(lambda: server.metric(depth) == 3, "both calls queued behind the runs ahead")
+        assert not any(f.done() for f in ahead), "the runs ahead finished before the calls were queued"
         abandoned.cancel()
         assert late.exception(timeout=60).code() == grpc.StatusCode.DEADLINE_EXCEEDED
         for f in ahead:
-            f.result(timeout=60)
-    # The server had both calls and dropped them: their 7 + 5 rows were never run.
-    assert busy_server.metric(expired) - before[expired] == 1
-    assert busy_server.metric(cancelled) - before[cancelled] == 1
-    assert busy_server.metric(rows) - before[rows] == 4 * BIG
-    with VaeClient(busy_server.target) as client:
-        assert client.sample(7, seed=0)[0].shape == (7, 1, 8, 8)  # and the server carries on
+            f.result(timeout=120)
+        # The server had both calls and dropped them: their 7 + 5 rows were never run.
+        wait_until(lambda: server.metric(cancelled, 0.0) == 1, "the cancelled call to be counted")
+        assert server.metric(expired) == 1
+        assert server.metric(rows) == 2 * HUGE
+        with VaeClient(server.target) as client:
+            assert client.sample(7, seed=0)[0].shape == (7, 1, 8, 8)  # and the server carries on
 
 
 def test_cli_module_runs_as_a_script() -> None:

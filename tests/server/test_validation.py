@@ -9,16 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vaeserve.gaussian import reparameterize
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.server import validation
+from vaeserve.server import graphs, validation
+from vaeserve.server.client import to_tensor
 from vaeserve.server.errors import InvalidArgument
-from vaeserve.server.noise import _Stream, draw_eps, reparameterize, with_reparameterization
+from vaeserve.server.noise import _Stream, draw_eps
 
 IMAGE_SHAPE = (1, 8, 8)
-
-
-def tensor(a: np.ndarray) -> vae_pb2.Tensor:
-    return vae_pb2.Tensor(shape=a.shape, data=np.asarray(a, "<f4").tobytes())
 
 
 def images(t: vae_pb2.Tensor, max_rows: int = 8) -> np.ndarray:
@@ -31,7 +29,7 @@ def images(t: vae_pb2.Tensor, max_rows: int = 8) -> np.ndarray:
 
 def test_rows_are_counted_and_the_bytes_passed_on_as_they_are() -> None:
     x = np.random.default_rng(0).random((3, *IMAGE_SHAPE), dtype=np.float32)
-    n, data = validation.rows(tensor(x), "images", IMAGE_SHAPE, 8)
+    n, data = validation.rows(to_tensor(x), "images", IMAGE_SHAPE, 8)
     assert n == 3 and data == x.tobytes()
 
 
@@ -67,13 +65,13 @@ def test_image_values_must_be_finite_and_in_unit_range(value: float, message: st
     x = np.zeros((2, *IMAGE_SHAPE), np.float32)
     x[1, 0, 3, 4] = value
     with pytest.raises(InvalidArgument) as info:
-        images(tensor(x))
+        images(to_tensor(x))
     assert str(info.value) == message
 
 
 def test_latents_check_dimension_and_finiteness() -> None:
     with pytest.raises(InvalidArgument, match=r"latents.shape: expected \[N, 8\], got \[2, 4\]"):
-        validation.rows(tensor(np.zeros((2, 4))), "latents", (8,), 8)
+        validation.rows(to_tensor(np.zeros((2, 4))), "latents", (8,), 8)
     z = np.zeros((2, 8), np.float32)
     z[0, 0] = -np.inf
     with pytest.raises(InvalidArgument, match=r"latents\.data: expected finite values"):
@@ -149,7 +147,7 @@ def test_image_values_are_checked_bit_pattern_by_bit_pattern(bits: list[int]) ->
     x = np.array(bits, "<u4").view("<f4").reshape(1, *IMAGE_SHAPE)
     valid = bool(np.all((x >= 0.0) & (x <= 1.0)))
     try:
-        got = images(tensor(x))
+        got = images(to_tensor(x))
     except InvalidArgument:
         assert not valid
     else:
@@ -159,7 +157,7 @@ def test_image_values_are_checked_bit_pattern_by_bit_pattern(bits: list[int]) ->
 @pytest.mark.parametrize("value", [0.0, -0.0, 1.0, np.nextafter(np.float32(0), np.float32(1)), np.float32(0.5)])
 def test_unit_range_edges_are_accepted(value: float) -> None:
     x = np.full((1, *IMAGE_SHAPE), value, np.float32)
-    np.testing.assert_array_equal(images(tensor(x)), x)
+    np.testing.assert_array_equal(images(to_tensor(x)), x)
 
 
 @pytest.mark.parametrize(
@@ -169,7 +167,7 @@ def test_just_outside_the_unit_range_is_refused(value: float) -> None:
     x = np.zeros((1, *IMAGE_SHAPE), np.float32)
     x[0, 0, 7, 7] = value
     with pytest.raises(InvalidArgument, match=r"images\.data: expected"):
-        images(tensor(x))
+        images(to_tensor(x))
 
 
 def test_the_encoders_batch_function_reparameterizes_each_row_with_its_own_eps() -> None:
@@ -177,7 +175,8 @@ def test_the_encoders_batch_function_reparameterizes_each_row_with_its_own_eps()
     mean, log_variance = (rng.standard_normal((5, 3)).astype(np.float32) for _ in range(2))
     images = rng.random((5, *IMAGE_SHAPE), dtype=np.float32)
     eps = np.frombuffer(draw_eps(3, 5, 3), np.float32).reshape(5, 3)
-    got_mean, got_log_variance, z = with_reparameterization(lambda x: [mean, log_variance])(images, eps)
+    encoder = graphs.encoder(IMAGE_SHAPE, latent_dim=3)
+    got_mean, got_log_variance, z = encoder.compute(lambda x: [mean, log_variance], {"images": images, "eps": eps})
     assert got_mean is mean and got_log_variance is log_variance
     for i in range(5):  # a row's z is the same computed alone
         np.testing.assert_array_equal(z[i], reparameterize(mean[i : i + 1], log_variance[i : i + 1], eps[i : i + 1])[0])

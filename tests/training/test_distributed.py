@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import free_port, run_cli
+from tests.conftest import run_cli
+from tests.harness import free_port
 
 
 def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path: Path):

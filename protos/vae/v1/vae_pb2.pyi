@@ -83,7 +83,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "latent_dim", "image_shape", "likelihood", "execution_provider", "metadata", "max_batch_size", "max_num_samples")
+    __slots__ = ("name", "version", "latent_dim", "image_shape", "likelihood", "execution_provider", "metadata", "max_batch_size", "max_num_samples", "variant")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class ModelInfo(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     latent_dim: int
@@ -109,4 +110,5 @@ class ModelInfo(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     max_batch_size: int
     max_num_samples: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., likelihood: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_batch_size: _Optional[int] = ..., max_num_samples: _Optional[int] = ...) -> None: ...
+    variant: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., likelihood: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_batch_size: _Optional[int] = ..., max_num_samples: _Optional[int] = ..., variant: _Optional[str] = ...) -> None: ...

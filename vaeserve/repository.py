@@ -1,24 +1,25 @@
 """The model repository: REPO/NAME/VERSION/{encoder.onnx, decoder.onnx, model.json}, read and checked.
 
-This module is what the server trusts, so it imports neither torch nor onnx: only the standard library,
-numpy and onnxruntime. `verify_version` re-checks everything the export wrote (hashes, graph signatures,
-metadata) and returns a `ModelVersion`; any mismatch is a `RepositoryError` naming the file.
+The repository format is the contract between `vaeserve export` (its writer) and `vaeserve serve` (its
+reader), so it lives here, beside both, and imports neither torch nor onnx: only the standard library, and
+numpy and onnxruntime once a graph is checked. `verify_version` re-checks what the export wrote (hashes, graph
+signatures, metadata) and returns a `ModelVersion`; any mismatch is a `RepositoryError` naming the file.
 
 Graph contract (batch is dynamic):
     encoder.onnx  image float32 [batch, C, H, W] in [0, 1]  ->  mean, log_variance float32 [batch, latent_dim]
     decoder.onnx  latent float32 [batch, latent_dim]        ->  image float32 [batch, C, H, W] in [0, 1]
+A version may also hold variants of the pair (model.json "variants"): ENCODER.KIND.onnx / DECODER.KIND.onnx with
+the same signature, KIND one of VARIANT_KINDS. "plain" names the fp32 pair itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import onnxruntime as ort
 
 from vaeserve.errors import VaeserveError
 
@@ -26,6 +27,9 @@ FORMAT = "vaeserve-model"
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 GRAPHS = ("encoder", "decoder")
+PLAIN = "plain"
+VARIANT_KINDS = ("ort", "fp16", "int8")  # what `vaeserve export --variants` can build
+VARIANTS = (PLAIN, *VARIANT_KINDS)
 LIKELIHOODS = ("bernoulli", "gaussian")  # vaeserve.training.model.LIKELIHOODS, not imported: that module needs torch
 # The keys every graph's metadata_props carries; model.json["metadata"] holds the same strings.
 METADATA_KEYS = ("latent_dim", "image_shape", "likelihood", "dataset", "vaeserve_version", "test_neg_elbo")
@@ -44,9 +48,15 @@ class ModelVersion:
     image_shape: tuple[int, int, int]  # [C, H, W]
     likelihood: str
     metadata: dict[str, str]  # the graphs' metadata_props (identical in both)
+    variant: str  # the pair encoder_path and decoder_path point to
     encoder_path: Path
     decoder_path: Path
     info: dict[str, Any]  # model.json
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """Every variant this version holds, "plain" first."""
+        return (PLAIN, *self.info["variants"])
 
 
 def graph_signatures(latent_dim: int, image_shape: tuple[int, ...]) -> dict[str, dict[str, dict[str, list]]]:
@@ -94,15 +104,51 @@ def resolve_version(repo: str | Path, name: str, version: int | str | None = "la
     return path
 
 
-def verify_version(path: str | Path) -> ModelVersion:
-    """Re-check a version folder REPO/NAME/VERSION completely; the name and number come from the path."""
+def open_version(
+    repo: str | Path,
+    name: str,
+    version: int | str | None = "latest",
+    variants: tuple[str, ...] | None = None,
+    skipped: Callable[[str], None] | None = None,
+) -> ModelVersion:
+    """The verified REPO/NAME/VERSION. For "latest" (or None): the newest version that verifies, each newer one
+    that does not reported to `skipped` with its reason, so one bad export cannot take a server down; when none
+    verifies, the error names every version's reason."""
+    if version is not None and version != "latest":
+        return verify_version(resolve_version(repo, name, version), variants)
+    newest = resolve_version(repo, name, version)  # errors for a missing model or one without a complete version
+    reasons = []
+    for number in reversed([v for v in version_numbers(repo, name) if v <= int(newest.name)]):
+        path = newest.parent / str(number)
+        if not (path / MODEL_JSON).is_file():
+            continue
+        try:
+            return verify_version(path, variants)
+        except RepositoryError as exc:
+            reasons.append(str(exc))
+            if skipped is not None:
+                skipped(f"version {number} skipped: {exc}")
+    raise RepositoryError(f"{newest.parent}: no version verifies: " + "; ".join(reasons))
+
+
+def verify_version(path: str | Path, variants: tuple[str, ...] | None = None) -> ModelVersion:
+    """Re-check a version folder REPO/NAME/VERSION; the name and number come from the path. `variants`: the
+    graph pairs to check (the first is the one the ModelVersion points to); None checks every pair it holds."""
     path = Path(path)
     if not path.name.isdigit():
         raise RepositoryError(f"{path}: a version folder is named by its integer version (REPO/NAME/VERSION)")
-    return check_version(path, path.parent.name, int(path.name))
+    _inside(path, path.parent.parent, "the version folder")
+    return check_version(path, path.parent.name, int(path.name), variants)
 
 
-def check_version(path: Path, name: str, version: int) -> ModelVersion:
+def _inside(path: Path, root: Path, what: str) -> None:
+    """Refuses a path that leaves `root` once links are followed: a repository serves only what it holds."""
+    real, real_root = path.resolve(), root.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise RepositoryError(f"{path}: {what} resolves to {real}, outside {real_root} (a link out of the repository)")
+
+
+def check_version(path: Path, name: str, version: int, variants: tuple[str, ...] | None = None) -> ModelVersion:
     """Everything `verify_version` checks, against an expected name and version (export verifies its
     temporary folder with this before renaming it into place)."""
     info = _read_model_json(path)
@@ -121,17 +167,25 @@ def check_version(path: Path, name: str, version: int) -> ModelVersion:
         if metadata[key] != value:
             raise RepositoryError(f"{where}: metadata.{key} is {metadata[key]!r} but {key} is {value!r}")
 
+    held = (PLAIN, *info["variants"])
+    for variant in variants or ():
+        if variant not in held:
+            raise RepositoryError(
+                f"{where}: version {version} has no {variant!r} variant (it has: {', '.join(held)}; "
+                f"`vaeserve export --variants` builds them)"
+            )
     signatures = graph_signatures(latent_dim, image_shape)
-    paths = {}
-    for graph in GRAPHS:
-        entry = info["graphs"][graph]
-        paths[graph] = _check_graph(path, entry, signatures[graph], metadata, f"graphs.{graph}")
-    for variant, graphs in info.get("variants", {}).items():
-        for graph in GRAPHS:
-            _check_graph(path, graphs[graph], signatures[graph], metadata, f"variants.{variant}.{graph}")
+    paths: dict[str, dict[str, Path]] = {}
+    for variant in variants or held:
+        entries = info["graphs"] if variant == PLAIN else info["variants"][variant]
+        prefix = "graphs" if variant == PLAIN else f"variants.{variant}"
+        paths[variant] = {graph: _check_graph(path, entries[graph], signatures[graph], metadata, f"{prefix}.{graph}")
+                          for graph in GRAPHS}  # fmt: skip
+    served = (variants or held)[0]
     return ModelVersion(path=path, name=name, version=version, latent_dim=latent_dim, image_shape=image_shape,
-                        likelihood=likelihood, metadata=dict(metadata), encoder_path=paths["encoder"],
-                        decoder_path=paths["decoder"], info=info)  # fmt: skip
+                        likelihood=likelihood, metadata=dict(metadata), variant=served,
+                        encoder_path=paths[served]["encoder"], decoder_path=paths[served]["decoder"],
+                        info=info)  # fmt: skip
 
 
 def _read_model_json(path: Path) -> dict[str, Any]:
@@ -140,6 +194,7 @@ def _read_model_json(path: Path) -> dict[str, Any]:
         raise RepositoryError(f"{path}: version folder not found")
     if not where.is_file():
         raise RepositoryError(f"{where}: file not found")
+    _inside(where, path, "model.json")
     try:
         info = json.loads(where.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -151,10 +206,11 @@ def _read_model_json(path: Path) -> dict[str, Any]:
     types = {"name": str, "version": int, "latent_dim": int, "image_shape": list, "likelihood": str,
              "metadata": dict, "graphs": dict, "variants": dict}  # fmt: skip
     for key, kind in types.items():
-        if not isinstance(info.get(key), kind):
+        # type(), not isinstance: JSON true and false are Python bools, which isinstance counts as ints.
+        if type(info.get(key)) is not kind:
             raise RepositoryError(f"{where}: {key} is missing or not a {kind.__name__}")
     shape = info["image_shape"]
-    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape) or info["latent_dim"] < 1:
+    if len(shape) != 3 or not all(type(s) is int and s > 0 for s in shape) or info["latent_dim"] < 1:
         raise RepositoryError(f"{where}: image_shape {shape} / latent_dim {info['latent_dim']} are not valid")
     if info["likelihood"] not in LIKELIHOODS:
         raise RepositoryError(f"{where}: likelihood {info['likelihood']!r} is not one of {', '.join(LIKELIHOODS)}")
@@ -162,6 +218,8 @@ def _read_model_json(path: Path) -> dict[str, Any]:
         if not isinstance(info["graphs"].get(graph), dict):
             raise RepositoryError(f"{where}: graphs.{graph} is missing")
     for variant, graphs in info["variants"].items():
+        if variant not in VARIANT_KINDS:
+            raise RepositoryError(f"{where}: variants.{variant}: unknown variant (known: {', '.join(VARIANT_KINDS)})")
         if not isinstance(graphs, dict) or not all(isinstance(graphs.get(g), dict) for g in GRAPHS):
             raise RepositoryError(f"{where}: variants.{variant} needs an encoder and a decoder entry")
     return info
@@ -171,12 +229,16 @@ def _check_graph(
     folder: Path, entry: dict, signature: dict[str, dict[str, list]], metadata: dict[str, str], field: str
 ) -> Path:
     """One graph file: its SHA-256, then what onnxruntime sees (input/output names, dtypes, shapes, metadata)."""
+    import numpy as np  # here, so the CLI can import the format's names without loading onnxruntime
+    import onnxruntime as ort
+
     file = entry.get("file")
     if not isinstance(file, str) or Path(file).name != file:
         raise RepositoryError(f"{folder / MODEL_JSON}: {field}.file must be a file name in the version folder")
     path = folder / file
     if not path.is_file():
         raise RepositoryError(f"{path}: graph file not found")
+    _inside(path, folder, "the graph file")
     digest = sha256_file(path)
     if digest != entry.get("sha256"):
         raise RepositoryError(f"{path}: SHA-256 {digest} does not match model.json ({entry.get('sha256')})")

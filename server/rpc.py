@@ -1,0 +1,82 @@
+"""The service boundary: a servicer's methods become gRPC method handlers, and request errors become statuses.
+
+Handlers are built from the service's descriptor with grpc's public constructors, not the generated
+`add_XServicer_to_server`, for one reason: the request is parsed here, inside the handler, instead of by gRPC
+before it. A malformed message is then an INVALID_ARGUMENT that names the message type, counted like any other
+call, rather than gRPC's UNKNOWN with a traceback in the log per call. `wrap` (the metrics' counting) goes
+around each handler once, at registration.
+
+Below this module everything raises `RequestError`s; this is the one place they become a call's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+from google.protobuf import message, message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+
+from .errors import RequestError
+
+log = logging.getLogger(__name__)
+
+Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[message.Message]]
+Wrap = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
+MALFORMED_LOG_INTERVAL_S = 60.0  # at most one warning line per interval however many malformed calls arrive
+
+
+def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object, wrap: Wrap) -> None:
+    """Registers `servicer`'s methods (named as in the .proto, each `async (request, context) -> response`)."""
+    handlers = {}
+    for method in service.methods:
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
+        behavior = _answering(getattr(servicer, method.name), request_type)
+        # No deserializer: the handler gets the request's bytes and parses them itself (_answering).
+        handler = grpc.unary_unary_rpc_method_handler(behavior, None, response_type.SerializeToString)
+        handlers[method.name] = wrap(method.name, handler)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)  # looked up before the generic ones
+
+
+class _MalformedLog:
+    """One warning line per interval, with the count since the last one: a client sending garbage in a loop
+    must not be able to fill the disk."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.next_at = 0.0
+
+    def note(self, type_name: str) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now >= self.next_at:
+            log.warning("%d malformed request message(s) refused, the last a %s", self.count, type_name)
+            self.count, self.next_at = 0, now + MALFORMED_LOG_INTERVAL_S
+
+
+_malformed = _MalformedLog()
+
+
+def _answering(method: Callable, request_type: type[message.Message]) -> Behavior:
+    """Parses the request, runs `method`, and turns a RequestError (or a parse failure) into the call's status."""
+    type_name = request_type.DESCRIPTOR.full_name
+
+    async def behavior(data: bytes, context: grpc.aio.ServicerContext) -> message.Message:
+        try:
+            request = request_type.FromString(data)
+        except message.DecodeError:
+            _malformed.note(type_name)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {type_name} message")
+        try:
+            return await method(request, context)
+        except RequestError as exc:
+            if context.done():  # cancelled by the client or its deadline: nobody is waiting for a status
+                raise asyncio.CancelledError from exc
+            await context.abort(exc.code, str(exc))
+
+    return behavior

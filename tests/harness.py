@@ -1,0 +1,198 @@
+"""One harness for tests, load runs and benchmarks: free loopback ports, and server processes that are started,
+waited on until ready, and stopped (SIGTERM, then SIGKILL) however the caller ends.
+
+`vaeserve(...)` starts a real `vaeserve serve` through the real CLI (`python -m vaeserve.cli serve ...`), ready
+when the standard health service says SERVING and the process logged it (with --reuse-port another process
+may answer on the same port). Other servers (the benchmark's baselines) are ready when `answers` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 120.0
+POLL_S = 0.05  # between readiness checks: a condition polled, never a fixed sleep standing in for one
+_SERVING_LINE = re.compile(r"\bSERVING\b")  # the start-up log line, not NOT_SERVING
+
+
+class ServerFailed(RuntimeError):
+    """A server that exited or never became ready; the message ends with its log."""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health_status(target: str, service: str = "", timeout: float = 5.0) -> int:
+    """The standard health service's answer for `service` (raises grpc.RpcError when there is none)."""
+    with grpc.insecure_channel(target) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+        return response.status
+
+
+class ServerProcess:
+    """A server subprocess logging to `log`; `with` starts it and waits for `ready(self)`, and stops it after."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log: Path,
+        port: int,
+        ready: Callable[[ServerProcess], bool],
+        metrics_port: int = 0,
+        env: dict[str, str] | None = None,
+        name: str = "server",
+        own_group: bool = False,
+    ) -> None:
+        """own_group: the process leads its own process group and stop() signals the group (servers with children)."""
+        self.argv, self.log, self.port, self.ready = list(argv), log, port, ready
+        self.metrics_port, self.name, self.own_group = metrics_port, name, own_group
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=self.own_group)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise ServerFailed(f"{self.name} exited {self.process.returncode} while starting:\n{self.output()}")
+            with contextlib.suppress(grpc.RpcError):
+                if self.ready(self):
+                    return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerFailed(f"{self.name} not ready after {timeout:g} s:\n{self.output()[-3000:]}")
+            time.sleep(POLL_S)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (the graceful drain, as in production), SIGKILL after `timeout`; the exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._kill()
+                self.process.wait()
+        if self.own_group:  # what the server left in its group (children it spawned)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        return self.process.returncode
+
+    def _kill(self) -> None:
+        if self.own_group:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        else:
+            self.process.kill()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.own_group:
+            os.killpg(self.process.pid, sig)
+        else:
+            self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.process.wait(timeout)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def metric(self, name: str, default: float | None = None) -> float:
+        """The value of one exposition line, e.g. 'vaeserve_batch_size_sum{graph="decoder"}'."""
+        for line in self.metrics().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        if default is None:
+            raise KeyError(name)
+        return default
+
+
+def vaeserve_ready(server: ServerProcess) -> bool:
+    return health_status(server.target, timeout=2) == health_pb2.HealthCheckResponse.SERVING and bool(
+        _SERVING_LINE.search(server.output())
+    )
+
+
+def serve_argv(repo: Path, *flags: str, port: int, metrics_port: int, name: str = "vae") -> list[str]:
+    return [sys.executable, "-m", "vaeserve.cli", "serve", "--repo", str(repo), "--name", name,
+            "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port), *flags]  # fmt: skip
+
+
+def vaeserve(
+    repo: Path,
+    log: Path,
+    *flags: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    name: str = "vae",
+    argv: Sequence[str] | None = None,
+) -> ServerProcess:
+    """A `vaeserve serve` of REPO/NAME on loopback (on `port`, else a free one; metrics on a free port), not yet
+    started: use it in `with`, or call start(). `argv` replaces the command line (ports then come from `env`)."""
+    port, metrics_port = port or free_port(), free_port()
+    if argv is None:
+        argv = serve_argv(repo, *flags, port=port, metrics_port=metrics_port, name=name)
+    return ServerProcess(argv, log, port, vaeserve_ready, metrics_port, env, name="vaeserve serve")
+
+
+@contextlib.contextmanager
+def serving(repo: Path, log: Path, *flags: str, **kwargs: object) -> Iterator[ServerProcess]:
+    """A started `vaeserve serve` that is stopped (if the caller did not stop it) however the block ends."""
+    with vaeserve(repo, log, *flags, **kwargs) as server:
+        yield server
+
+
+def answers(method: str, request: bytes | Path) -> Callable[[ServerProcess], bool]:
+    """Ready when the server answers `method` with OK for `request` (raw bytes, or a file the server itself
+    writes before it listens): what "ready" means for servers whatever their own health API."""
+
+    def ready(server: ServerProcess) -> bool:
+        if isinstance(request, Path) and not request.is_file():
+            return False
+        data = request.read_bytes() if isinstance(request, Path) else request
+        with grpc.insecure_channel(server.target) as channel:
+            channel.unary_unary(method)(data, timeout=2)
+        return True
+
+    return ready
