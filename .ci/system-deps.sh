@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian tools that tests drive for real: prometheus + promtool (metrics) and kubectl (deploy).
+# Installs the Debian tools that tests drive for real: prometheus + promtool (metrics), kubectl and openssl (deploy).
 # Best effort: where apt-get cannot run, the tests that need a tool skip and say why.
 set -u
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v kubectl >/dev/null 2>&1 || need+=(kubectl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 	echo "system-deps: cannot install ${need[*]} (needs root and apt-get); tests that need them will skip" >&2

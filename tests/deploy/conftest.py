@@ -17,7 +17,10 @@ KUSTOMIZATIONS = {
     "base": DEPLOY / "k8s" / "base",
     "cpu": DEPLOY / "k8s" / "overlays" / "cpu",
     "gpu": DEPLOY / "k8s" / "overlays" / "gpu",
+    "mtls": DEPLOY / "k8s" / "overlays" / "mtls",
     "locust": DEPLOY / "k8s" / "locust",
+    "kserve": DEPLOY / "kserve" / "base",
+    "kserve-canary": DEPLOY / "kserve" / "canary",
 }
 # Which server image each overlay runs.
 SERVER_DOCKERFILES = {"cpu": DOCKER / "Dockerfile.cpu", "gpu": DOCKER / "Dockerfile.gpu"}
@@ -61,3 +64,24 @@ def config_of(objects: list[dict[str, Any]], server: dict[str, Any]) -> dict[str
         env.update(find(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
     env.update({e["name"]: e["value"] for e in server.get("env", [])})
     return env
+
+
+def mounted_volume(pod_spec: dict[str, Any], container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The volume that holds the file `path` in the container: mounted whole at the file's directory, read-only,
+    not through subPath (whose files the kubelet never updates, so a rotated Secret would not reach the process)."""
+    directory = str(Path(path).parent)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+    assert mount.get("readOnly") is True and "subPath" not in mount and "subPathExpr" not in mount, mount
+    (volume,) = [v for v in pod_spec["volumes"] if v["name"] == mount["name"]]
+    return volume
+
+
+@pytest.fixture(scope="session")
+def dev_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What deploy/dev-certs.sh writes (the throwaway CA, certificates and tokens deploy/README.md uses)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (make system-deps installs it with apt-get as root)")
+    out = tmp_path_factory.mktemp("dev-certs")
+    done = subprocess.run([str(DEPLOY / "dev-certs.sh"), str(out)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out

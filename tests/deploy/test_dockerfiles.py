@@ -8,13 +8,50 @@ from importlib.metadata import requires
 from pathlib import Path
 
 import pytest
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
 
 from tests.deploy.conftest import DOCKER, ROOT, SERVER_DOCKERFILES
-from tests.deploy.dockerfile import healthcheck, read_stages
+from tests.deploy.dockerfile import Stage, healthcheck, read_stages
 
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
 # name:exact.version[-variant]@sha256:<64 hex>: a moving tag (latest, 3.12-slim) or a bare tag is not a pin.
 PINNED = re.compile(r"^[\w./-]+:\d+(\.\d+)+[\w.-]*@sha256:[0-9a-f]{64}$")
+# The vaeserve extras each image's builder installs: onnxruntime-gpu only where CUDA is.
+IMAGE_EXTRAS = {
+    "Dockerfile.cpu": ["serve-cpu"],
+    "Dockerfile.gpu": ["serve"],
+    "Dockerfile.locust": ["serve-cpu", "load"],
+}
+# The images are Linux; the GPU one is x86_64 only (onnxruntime-gpu ships CUDA wheels for nothing else).
+IMAGE_PLATFORM = {"sys_platform": "linux", "platform_machine": "x86_64"}
+
+
+def installed_extras(builder: Stage) -> list[str]:
+    """The extras of the builder's one `pip install ... '.[extra,...]'` line."""
+    (install,) = [r for r in builder.all("RUN") if "pip install" in r]
+    return re.search(r"'\.\[([\w,-]+)\]'", install).group(1).split(",")
+
+
+def distributions(extras: list[str]) -> set[str]:
+    """The distributions `vaeserve[extras]` asks for on the images' platform, following self-references such as
+    vaeserve[serve-core], read from the installed package's metadata (what pip resolves)."""
+    wanted, seen, names = list(extras), set(), set()
+    while wanted:
+        extra = wanted.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for line in requires("vaeserve") or []:
+            req = Requirement(line)
+            # A base dependency (no marker, or a platform marker only) comes with every extra.
+            if req.marker and not req.marker.evaluate({**default_environment(), **IMAGE_PLATFORM, "extra": extra}):
+                continue
+            if req.name == "vaeserve":
+                wanted += sorted(req.extras)
+            else:
+                names.add(req.name)
+    return names
 
 
 def test_all_dockerfiles_are_checked() -> None:
@@ -49,14 +86,13 @@ def test_server_runtime_has_no_torch_and_probes_grpc_health(path: Path) -> None:
     # What the runtime holds: its own instructions plus the venv copied from the builder, which installs
     # exactly the extras named on its pip line.
     assert "torch" not in " ".join(args for _, args in runtime.instructions)
-    (install,) = [r for r in builder.all("RUN") if "pip install" in r]
-    extras = re.search(r"'\.\[([\w,]+)\]'", install).group(1).split(",")
-    assert extras == ["serve"]
-    serve = [r for r in requires("vaeserve") or [] if re.search(r"extra\s*==\s*['\"]serve['\"]", r)]
-    assert serve and not [r for r in serve if re.match(r"torch\b", r)], "the serve extra pulls torch"
+    installed = distributions(installed_extras(builder))
+    assert "grpcio" in installed and not {n for n in installed if re.match(r"torch\b", n)}, installed
     assert not [r for r in runtime.all("RUN") if re.search(r"\b(gcc|g\+\+|build-essential|python3-dev)\b", r)]
     options, command = healthcheck(runtime.last("HEALTHCHECK"))
     assert command[:2] == ["python", "-c"] and "grpc_health" in command[2] and "SERVING" in command[2]
+    # With TLS on the gRPC port, only the plaintext health listener answers an insecure channel.
+    assert "VAESERVE_HEALTH_PORT" in command[2]
     assert float(options["start-period"].rstrip("s")) >= 60, "model load and warm-up need a start period"
 
 
@@ -88,3 +124,19 @@ def test_locust_image_runs_the_repository_locustfile() -> None:
     copied = {args.split()[-1].rstrip("/") for args in runtime.all("COPY") if not args.startswith("--from")}
     assert f"{workdir}/{Path(locustfile).parent}" in copied, "the locustfile's folder is not in the image"
     assert (ROOT / locustfile).is_file()
+
+
+@pytest.mark.parametrize("path", [DOCKER / name for name in IMAGE_EXTRAS], ids=lambda p: p.name)
+def test_only_the_gpu_image_installs_the_cuda_onnxruntime(path: Path) -> None:
+    builder = {s.name: s for s in read_stages(path)}["builder"]
+    assert installed_extras(builder) == IMAGE_EXTRAS[path.name]
+    installed = distributions(IMAGE_EXTRAS[path.name])
+    # Exactly one onnxruntime build: both wheels provide the `onnxruntime` package and overwrite each other.
+    expected = "onnxruntime-gpu" if path.name == "Dockerfile.gpu" else "onnxruntime"
+    assert installed & {"onnxruntime", "onnxruntime-gpu"} == {expected}, installed
+
+
+def test_cpu_extra_is_the_gpu_extra_with_the_other_onnxruntime() -> None:
+    # Existing `pip install vaeserve[serve]` users keep what they had; serve-cpu only swaps the runtime.
+    assert distributions(["serve-cpu"]) - {"onnxruntime"} == distributions(["serve"]) - {"onnxruntime-gpu"}
+    assert distributions(["serve-core"]) == distributions(["serve-cpu"]) - {"onnxruntime"}
