@@ -9,6 +9,10 @@ single images, then Sample(16), batched Encode(32), Decode and Reconstruct. Ever
 Locust as a request of type "grpc" named after the RPC (and its size), so Locust's statistics, CSV output,
 `--exit-code-on-error` and distributed mode work unchanged. Tags (`sample`, `encode`, `decode`,
 `reconstruct`) select single RPCs for focused runs.
+
+Against a secured server (deploy/k8s): VAESERVE_TLS_CA names the PEM CA that signed the server's certificate
+(the channel then speaks TLS and checks it for the host in --host), and VAESERVE_TOKEN_FILE (first line) or
+VAESERVE_TOKEN the bearer token sent with every call.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
+import os  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import grpc  # noqa: E402
@@ -39,6 +45,22 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_sen
 def target(host: str) -> str:
     """host:port from --host, with any scheme (grpc://, http://) and trailing slash removed."""
     return host.split("://", 1)[-1].rstrip("/")
+
+
+def channel(host: str) -> grpc.Channel:
+    """A channel to --host: TLS checked against VAESERVE_TLS_CA when it is set, else plaintext."""
+    ca = os.environ.get("VAESERVE_TLS_CA")
+    if not ca:
+        return grpc.insecure_channel(target(host), options=CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+    return grpc.secure_channel(target(host), credentials, options=CHANNEL_OPTIONS)
+
+
+def metadata() -> tuple[tuple[str, str], ...]:
+    """The bearer token (first line of VAESERVE_TOKEN_FILE, else VAESERVE_TOKEN) as call metadata, or none."""
+    token_file = os.environ.get("VAESERVE_TOKEN_FILE")
+    token = Path(token_file).read_text().split("\n")[0].strip() if token_file else os.environ.get("VAESERVE_TOKEN")
+    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 class RpcFailure(Exception):
@@ -63,9 +85,10 @@ class Payloads:
         self.reconstruct = vae_pb2.ReconstructRequest(images=to_tensor(rng.random((SAMPLES, *image_shape))))
 
     @classmethod
-    def get(cls, stub: vae_pb2_grpc.VaeServiceStub) -> Payloads:
+    def get(cls, stub: vae_pb2_grpc.VaeServiceStub, metadata: tuple[tuple[str, str], ...]) -> Payloads:
         if cls._cached is None:
-            cls._cached = cls(stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=TIMEOUT_S))
+            request = vae_pb2.GetModelInfoRequest()
+            cls._cached = cls(stub.GetModelInfo(request, timeout=TIMEOUT_S, metadata=metadata))
         return cls._cached
 
 
@@ -77,10 +100,11 @@ class VaeUser(User):
     def on_start(self) -> None:
         if not self.host:
             raise StopUser("no target: pass --host HOST:PORT")
-        self.channel = grpc.insecure_channel(target(self.host), options=CHANNEL_OPTIONS)
+        self.channel = channel(self.host)
         self.stub = vae_pb2_grpc.VaeServiceStub(self.channel)
+        self.metadata = metadata()
         try:
-            self.payloads = Payloads.get(self.stub)
+            self.payloads = Payloads.get(self.stub, self.metadata)
         except grpc.RpcError as exc:
             self._fire("GetModelInfo", 0.0, 0, RpcFailure(exc))
             raise StopUser() from None
@@ -98,7 +122,7 @@ class VaeUser(User):
         """One RPC, timed and reported to Locust; a failed call is a Locust failure, never an exception here."""
         start = time.perf_counter()
         try:
-            response = method(request, timeout=TIMEOUT_S)
+            response = method(request, timeout=TIMEOUT_S, metadata=self.metadata)
         except grpc.RpcError as exc:
             self._fire(name, (time.perf_counter() - start) * 1e3, 0, RpcFailure(exc))
             return

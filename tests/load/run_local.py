@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,13 +32,17 @@ def serving(repo: Path, name: str = "vae", log: Path | None = None) -> Iterator[
         yield server.target
 
 
-def run_locust(host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: Path, *extra: str) -> int:
-    """Headless Locust against HOST:PORT; its exit code (1 when any request failed)."""
+def run_locust(
+    host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: Path, *extra: str, env: dict | None = None
+) -> int:
+    """Headless Locust against HOST:PORT (with `env` added to the environment); its exit code (1 when any request
+    failed)."""
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
             "-u", str(users), "-r", str(spawn_rate), "-t", run_time, "--csv", str(csv_prefix),
             "--host", host, "--exit-code-on-error", "1", "--stop-timeout", "5", *extra]  # fmt: skip
-    return subprocess.run(argv, cwd=ROOT, timeout=_seconds(run_time) + 120).returncode
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(argv, cwd=ROOT, env=environment, timeout=_seconds(run_time) + 120).returncode
 
 
 def _seconds(run_time: str) -> float:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import harness
 from tests.harness import free_port
 from tests.load.run_local import main as run_local
 from tests.load.run_local import run_locust, serving
+from tests.server.certs import CertificateAuthority
 
 # The request names locustfile.py reports, one per task.
 TASK_NAMES = {"Encode(1)", "Encode(32)", "Sample(16)", "Decode(16)", "Reconstruct(16)"}
@@ -41,6 +43,22 @@ def test_tags_focus_on_one_rpc(server: str, tmp_path: Path) -> None:
     csv_prefix = tmp_path / "encode"
     assert run_locust(server, 4, 4, "3s", csv_prefix, "--tags", "encode") == 0
     assert set(read_stats(csv_prefix)) - {"Aggregated"} == {"Encode(1)", "Encode(32)"}
+
+
+def test_a_secured_server_is_loaded_over_tls_with_a_token(model_repo: Path, tmp_path: Path) -> None:
+    # What the Locust workers in deploy/k8s/locust get: the CA in VAESERVE_TLS_CA, the token in VAESERVE_TOKEN_FILE.
+    ca = CertificateAuthority(tmp_path)
+    cert = ca.issue("server", server=True)
+    (tmp_path / "tokens").write_text("locust-token\n")
+    flags = ("--tls-cert", str(cert.cert), "--tls-key", str(cert.key), "--auth-token-file", str(tmp_path / "tokens"))
+    env = {"VAESERVE_TLS_CA": str(ca.pem), "VAESERVE_TOKEN_FILE": str(tmp_path / "tokens")}
+    with harness.serving(model_repo, tmp_path / "serve.log", *flags, health_port=True) as server:
+        csv_prefix = tmp_path / "secured"
+        assert run_locust(f"localhost:{server.port}", 4, 4, "3s", csv_prefix, "--tags", "encode", env=env) == 0
+        assert int(read_stats(csv_prefix)["Aggregated"]["Request Count"]) > 0
+        # Without the token every call fails, and the run says so.
+        assert run_locust(f"localhost:{server.port}", 2, 2, "2s", tmp_path / "no-token", "--tags", "encode",
+                          env={"VAESERVE_TLS_CA": str(ca.pem)}) != 0  # fmt: skip
 
 
 def test_failures_fail_the_run(tmp_path: Path) -> None:
