@@ -1,8 +1,9 @@
 """The two graphs the repository holds, as PyTorch modules, and their export to ONNX.
 
 The encoder graph is `VAE.encoder` (image -> mean, log_variance); the decoder graph is `VAE.decode_mean`
-(latent -> image in [0, 1]). The reparameterization z = mean + exp(0.5 * log_variance) * eps is in
-neither: the server draws eps itself.
+(latent -> image in [0, 1]) with the logits it is the sigmoid of as a second output, from which log p(x|z) is
+computed without clipping a probability (the server's Score). The reparameterization
+z = mean + exp(0.5 * log_variance) * eps is in neither: the server draws eps itself.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ EXAMPLE_BATCH = 4  # >= 2, or torch.export specialises the batch axis to the exa
 
 
 class DecoderMean(nn.Module):
-    """The decoder graph: latent -> E[x|z], the sigmoid of the logits for both likelihoods."""
+    """The decoder graph: latent -> (E[x|z], the sigmoid of the logits for both likelihoods; the logits)."""
 
     def __init__(self, vae: VAE) -> None:
         super().__init__()
         self.vae = vae
 
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode_mean(latent)
+    def forward(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.vae.decode(latent)
+        return torch.sigmoid(logits), logits
 
 
 def graph_modules(vae: VAE) -> dict[str, nn.Module]:

@@ -2,11 +2,12 @@
 
 What a batcher runs is described by a `graphs.GraphSpec`: the named inputs a request gives, the outputs it gets
 back, the value checks and the computation. A request is bytes: the rows of each input as float32 C-order
-bytes, and its result is bytes: the rows of each output, by name. The batch is where numpy works, once per
-batch: it joins the requests' bytes into one array per input, checks the values (request by request only if
-the batch fails), computes and turns each output into bytes once, which are then sliced per request. Inside a
-busy server every numpy call costs several times its isolated timing, so a call that makes none is what keeps
-a small model's RPCs cheap.
+bytes (or, for image inputs a request marks `uint8_in`, one byte a value meaning byte / 255), and its result is
+bytes: the rows of each output, by name (as bytes round(value * 255) for outputs it marks `uint8_out`). The
+batch is where numpy works, once per batch: it joins the requests' bytes into one array per input, checks the
+values (request by request only if the batch fails), computes and turns each output into bytes once (per type
+asked for), which are then sliced per request. Inside a busy server every numpy call costs several times its
+isolated timing, so a call that makes none is what keeps a small model's RPCs cheap.
 
 One task per graph takes whatever is queued when a batch is due (up to `max_rows`) and runs it; requests that
 arrive while a batch runs form the next one, so a busy server fills its batches by itself. With a batch delay,
@@ -46,6 +47,8 @@ from .graphs import GraphSpec, RunFn
 log = logging.getLogger(__name__)
 
 FLOAT32 = np.dtype("<f4")
+UINT8 = np.dtype("u1")
+NONE: frozenset[str] = frozenset()
 
 
 class Runner(Protocol):
@@ -71,6 +74,8 @@ class InferenceFailed(RequestError):
 @dataclass(eq=False)
 class _Request:
     inputs: Sequence[bytes]  # per input of the spec, in order: the request's rows
+    uint8_in: frozenset[str]  # inputs given as bytes of uint8 (images / 255), not float32
+    uint8_out: frozenset[str]  # outputs wanted as bytes of round(value * 255)
     rows: int
     future: asyncio.Future
     deadline: float | None  # loop.time() after which the result is of no use
@@ -130,16 +135,23 @@ class Batcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    def submit(self, inputs: Mapping[str, bytes], rows: int, timeout: float | None = None) -> asyncio.Future:
-        """Queues `rows` rows (per input of the spec, by name, their float32 bytes); the future resolves to
-        {output name: bytes of those rows}."""
+    def submit(
+        self,
+        inputs: Mapping[str, bytes],
+        rows: int,
+        timeout: float | None = None,
+        uint8_in: frozenset[str] = NONE,
+        uint8_out: frozenset[str] = NONE,
+    ) -> asyncio.Future:
+        """Queues `rows` rows (per input of the spec, by name, their float32 bytes, or uint8 for those named in
+        `uint8_in`); the future resolves to {output name: bytes of those rows} (uint8 for those in `uint8_out`)."""
         if len(self._queue) >= self.max_queue:
             raise QueueFull(f"the {self.name} queue is full ({self.max_queue} requests waiting): retry later")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         deadline = None if timeout is None else loop.time() + timeout
         ordered = [inputs[name] for name in self._input_names]
-        self._queue.append(_Request(ordered, rows, future, deadline, time.perf_counter()))
+        self._queue.append(_Request(ordered, uint8_in, uint8_out, rows, future, deadline, time.perf_counter()))
         self._queued_rows += rows
         if self._enough(self._wake_at):
             self._wakeup.set()
@@ -177,14 +189,23 @@ class Batcher:
         return batch, waits
 
     def _inputs(self, batch: Sequence[Slice]) -> dict[str, np.ndarray]:
-        """The inputs of `batch` by name, one array each; no copy for a batch of one whole request."""
+        """The inputs of `batch` by name, one float32 array each; no copy for a batch of one whole float32 request."""
         arrays = {}
         for i, name in enumerate(self._input_names):
+            shape = self._input_shapes[i]
+            if any(name in req.uint8_in for req, _, _ in batch):  # converted once per batch, part by part
+                values = math.prod(shape)
+                parts = [np.frombuffer(req.inputs[i][a * values : b * values], UINT8).astype(FLOAT32) / 255
+                         if name in req.uint8_in else
+                         np.frombuffer(req.inputs[i][a * 4 * values : b * 4 * values], FLOAT32)
+                         for req, a, b in batch]  # fmt: skip
+                arrays[name] = np.concatenate(parts).astype(FLOAT32, copy=False).reshape(-1, *shape)
+                continue
             size = self._row_bytes[i]
             # A whole-request slice of bytes is the bytes object itself: only merged batches copy (once, in join).
             parts = [req.inputs[i][a * size : b * size] for req, a, b in batch]
             data = parts[0] if len(parts) == 1 else b"".join(parts)
-            arrays[name] = np.frombuffer(data, FLOAT32).reshape(-1, *self._input_shapes[i])
+            arrays[name] = np.frombuffer(data, FLOAT32).reshape(-1, *shape)
         return arrays
 
     @staticmethod
@@ -284,19 +305,37 @@ class Batcher:
                 return [out[starts[i] : starts[i + 1]] for out in outputs]
 
             self._passing(batch, self.spec.check_outputs, outputs, rows_of)
-        self._reply(batch, [(out.tobytes(), out.nbytes // rows) for out in outputs])
+        self._reply(batch, [_Encoded(out, rows, any(name in req.uint8_out for req, _, _ in batch))
+                            for name, out in zip(self._output_names, outputs, strict=True)])  # fmt: skip
 
-    def _reply(self, batch: Sequence[Slice], outputs: Sequence[tuple[bytes, int]]) -> None:
-        """Gives each request its rows of every output (bytes, and bytes per row) and completes finished requests;
-        a request that already failed (an output check) is skipped, its rows keeping their place."""
+    def _reply(self, batch: Sequence[Slice], outputs: Sequence[_Encoded]) -> None:
+        """Gives each request its rows of every output and completes finished requests; a request that already
+        failed (an output check) is skipped, its rows keeping their place."""
         offset = 0
         for req, a, b in batch:
             end = offset + b - a
             if not req.future.done():
                 # Slicing bytes copies only the slice; a batch of one whole request gets the bytes themselves.
-                req.chunks.append([data[offset * size : end * size] for data, size in outputs])
+                encoded = [out.uint8 if name in req.uint8_out else out.float32
+                           for name, out in zip(self._output_names, outputs, strict=True)]  # fmt: skip
+                req.chunks.append([data[offset * size : end * size] for data, size in encoded])
                 if b == req.rows:
                     chunks = req.chunks
                     parts = chunks[0] if len(chunks) == 1 else [b"".join(c) for c in zip(*chunks, strict=True)]
                     req.future.set_result(dict(zip(self._output_names, parts, strict=True)))
             offset = end
+
+
+class _Encoded:
+    """One output of a batch as (bytes, bytes per row): float32, and uint8 (round(value * 255)) when asked for."""
+
+    __slots__ = ("float32", "uint8")
+
+    def __init__(self, out: np.ndarray, rows: int, uint8: bool) -> None:
+        self.float32 = (out.tobytes(), out.nbytes // rows)
+        self.uint8 = (_to_uint8(out).tobytes(), out.size // rows) if uint8 else (b"", 0)
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] as round(value * 255); anything outside is clipped first."""
+    return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(UINT8)

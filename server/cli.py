@@ -68,7 +68,8 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "max_queue": ("requests waiting per graph before new ones get RESOURCE_EXHAUSTED", {}),
     "inline_budget_us": ("batches predicted (from warm-up timings) to take at most this many microseconds run on "
                          "the event loop instead of the worker thread (CPU only; 0: always the thread)", {}),
-    "max_num_samples": ("most rows (samples or images) in one request", {}),
+    "max_num_samples": ("most rows (samples, images, interpolation steps) in one request", {}),
+    "max_importance_samples": ("most posterior samples per image a Score call may ask for", {}),
     "intra_op_threads": ("onnxruntime intra-op threads per session", {}),
     "inter_op_threads": ("onnxruntime inter-op threads per session", {}),
     "max_concurrent_rpcs": ("most calls in flight at once (>= --max-batch-size); more get RESOURCE_EXHAUSTED", {}),

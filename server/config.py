@@ -47,6 +47,8 @@ class ServeConfig:
     # Batches predicted (from warm-up timings) to run within this run on the event loop (CPU only): batcher.py.
     inline_budget_us: float = 200.0
     max_num_samples: int = 4096
+    # Score's K: `vaeserve evaluate`'s default, the importance-weighted bound it reports.
+    max_importance_samples: int = 1000
     # 2: heavy batches run faster and small calls are no slower, since idle pool threads sleep except during the
     # longest batches (runtime.CpuSession; BENCHMARKS.md, "Design measurements"). More only pays for heavy batches.
     intra_op_threads: int = 2
@@ -128,6 +130,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_queue": (1, 1 << 20),
     "inline_budget_us": (0, 1e6),
     "max_num_samples": (1, 1 << 20),
+    "max_importance_samples": (1, 100_000),
     "intra_op_threads": (1, 256),
     "inter_op_threads": (1, 256),
     "max_concurrent_rpcs": (1, 100_000),

@@ -33,3 +33,9 @@ class QueueFull(RequestError):
 
 class DeadlineExpired(RequestError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class FailedPrecondition(RequestError):
+    """The request is well formed, but the served model cannot answer it (e.g. a version too old to score)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION

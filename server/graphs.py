@@ -5,6 +5,7 @@ back, the per-batch value checks, and how a batch's outputs are computed from on
              latents = mean + exp(0.5 * log_variance) * eps: the reparameterization, over the whole batch at
              once, each row with its own request's eps
     decoder  latents [D]                ->  images [C, H, W]
+    likelihood  latents [D], images [C, H, W]  ->  log_px [1]: log p(x|z) from the decoder's logits (Score)
 
 The batcher joins the requests' rows into one array per input, runs `check` on them, calls `compute` with the
 session's run function and checks `check_outputs`; the servicer only names the inputs and outputs.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vaeserve.gaussian import reparameterize
+from vaeserve.elbo import log_likelihood, reparameterize
 
 from . import validation
 
@@ -28,7 +29,7 @@ Arrays = Mapping[str, np.ndarray]  # a batch's inputs by name, [rows, *row_shape
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    row_shape: tuple[int, ...]  # one row; a batch is [rows, *row_shape] float32
+    row_shape: tuple[int, ...]  # one row; a batch is [rows, *row_shape] float32 (requests may send images as uint8)
 
 
 @dataclass(frozen=True)
@@ -79,4 +80,19 @@ def decoder(image_shape: tuple[int, ...], latent_dim: int) -> GraphSpec:
         compute=_decode,
         check=lambda batch: validation.check_latents(batch["latents"]),
         check_outputs=lambda outputs: validation.check_decoded(outputs[0]),
+    )
+
+
+def likelihood(image_shape: tuple[int, ...], latent_dim: int, kind: str, log_sigma: float | None) -> GraphSpec:
+    """log p(x|z) per row, for a batch of (z, x) pairs, from a decoder session asked for its logits."""
+
+    def compute(run: RunFn, batch: Arrays) -> list[np.ndarray]:
+        (logits,) = run(batch["latents"])
+        return [log_likelihood(batch["images"], logits, kind, log_sigma).astype(np.float32)[:, None]]
+
+    return GraphSpec(
+        name="likelihood",
+        inputs=(TensorSpec("latents", (latent_dim,)), TensorSpec("images", tuple(image_shape))),
+        outputs=(TensorSpec("log_px", (1,)),),
+        compute=compute,
     )

@@ -35,7 +35,7 @@ from vaeserve.errors import VaeserveError
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Powers of two: batches are integer row counts and max batch sizes are usually powers of two.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-GRAPHS = ("encoder", "decoder")
+GRAPHS = ("encoder", "decoder", "likelihood")  # likelihood: decoder runs for the Score RPC
 
 # context.code() is a grpc.StatusCode once set (by set_code or abort), None when the handler never set one.
 _CODE_NAMES: dict[grpc.StatusCode | None, str] = {code: code.name for code in grpc.StatusCode}
@@ -94,6 +94,12 @@ class Metrics:
         self.images_encoded = Counter(
             "vaeserve_images_encoded_total", "Images run through the encoder.", registry=registry
         )
+        self.images_scored = Counter(
+            "vaeserve_images_scored_total", "Images scored by the Score RPC (each with K samples).", registry=registry
+        )
+        self.score_samples = Counter(
+            "vaeserve_score_samples_total", "Posterior samples decoded for the Score RPC.", registry=registry
+        )
         self.model_info = Gauge(
             "vaeserve_model_info",
             "The served model; always 1.",
@@ -107,11 +113,12 @@ class Metrics:
             self.graph(graph)
 
     def graph(self, name: str) -> GraphMetrics:
-        """The metrics of one graph ("encoder" or "decoder"), label children bound once."""
+        """The metrics of one graph (GRAPHS), label children bound once."""
         if name not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, got {name!r}")
         if name not in self._graphs:
-            images = self.images_encoded if name == "encoder" else self.images_generated
+            images = {"encoder": self.images_encoded, "decoder": self.images_generated,
+                      "likelihood": self.score_samples}[name]  # fmt: skip
             self._graphs[name] = GraphMetrics(
                 self.queue_wait.labels(name),
                 self.batch_size.labels(name),

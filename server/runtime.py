@@ -12,6 +12,7 @@ load, not with the batch.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,11 @@ class Session(Protocol):
         """The most rows of a batch that may run on the event loop: those predicted to take at most budget_s."""
         ...
 
+    def with_outputs(self, names: list[str]) -> Session:
+        """The same graph and sessions (nothing loaded twice), asked for other outputs: onnxruntime computes and
+        copies out only the outputs a run asks for."""
+        ...
+
     def describe(self) -> str:
         """How batches run, for the start-up log."""
         ...
@@ -107,6 +113,11 @@ class CpuSession:
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
         return self.cost.rows_within(budget_s, max_rows)
 
+    def with_outputs(self, names: list[str]) -> CpuSession:
+        view = copy.copy(self)
+        view.output_names = names
+        return view
+
     def describe(self) -> str:
         return f"pool threads spin for batches from {self.spin_rows} rows"
 
@@ -133,6 +144,9 @@ class CudaSession:
 
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
         return 0  # a GPU run waits on the device, which must not stall the event loop
+
+    def with_outputs(self, names: list[str]) -> CudaSession:
+        return CudaSession(self.session, self.input_name, names)
 
     def describe(self) -> str:
         return "IO binding, every batch on the worker thread"

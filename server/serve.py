@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from vaeserve.errors import VaeserveError
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.repository import ModelVersion, graph_signatures, open_version
+from vaeserve.repository import ModelVersion, open_version
 
 from . import graphs, rpc
 from .admission import Admission
@@ -33,7 +33,7 @@ from .config import MB, ServeConfig
 from .memory import MMAP_THRESHOLD, keep_large_buffers
 from .metrics import Metrics, MetricsHttpServer
 from .runtime import Session, open_session
-from .servicer import VaeServicer
+from .servicer import Graphs, VaeServicer
 from .tracing import Tracing
 
 log = logging.getLogger("vaeserve.server")
@@ -53,6 +53,9 @@ def model_info(model: ModelVersion, provider: str, config: ServeConfig) -> vae_p
         max_batch_size=config.max_batch_size,
         max_num_samples=config.max_num_samples,
         variant=model.variant,
+        max_importance_samples=config.max_importance_samples,
+        max_interpolation_steps=config.max_num_samples,
+        can_score=model.has_logits,
     )
 
 
@@ -94,13 +97,13 @@ def load(config: ServeConfig) -> Loaded:
     log.info("model %s version %d (%s graphs) from %s", model.name, model.version, model.variant, model.path)
     log.info("latent_dim %d, image_shape %s, likelihood %s", model.latent_dim, list(model.image_shape),
              model.likelihood)  # fmt: skip
-    signatures = graph_signatures(model.latent_dim, model.image_shape)
-    paths = {"encoder": model.encoder_path, "decoder": model.decoder_path}
+    # What each session returns by default: the decoder's logits only when asked (scoring).
+    graphs_io = {"encoder": (model.encoder_path, "image", ["mean", "log_variance"]),
+                 "decoder": (model.decoder_path, "latent", ["image"])}  # fmt: skip
     threads = (config.device, config.intra_op_threads, config.inter_op_threads)
     sessions, why_not = {}, ""
-    for name, path in paths.items():
-        (graph_input,) = signatures[name]["inputs"]
-        sessions[name], why_not = open_session(path, graph_input, list(signatures[name]["outputs"]), *threads)
+    for name, (path, graph_input, outputs) in graphs_io.items():
+        sessions[name], why_not = open_session(path, graph_input, outputs, *threads)
     log.info("execution provider %s (--device %s%s)", sessions["decoder"].provider, config.device,
              f": {why_not}" if why_not else "")  # fmt: skip
     log.info("onnxruntime threads: intra-op %d, inter-op %d", config.intra_op_threads, config.inter_op_threads)
@@ -217,11 +220,21 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
 
     specs = {"encoder": graphs.encoder(model.image_shape, model.latent_dim),
              "decoder": graphs.decoder(model.image_shape, model.latent_dim)}  # fmt: skip
+    runners = dict(sessions)
+    if model.has_logits:  # the decoder's session again, asked for its logits
+        log_sigma = model.info.get("log_sigma")
+        specs["likelihood"] = graphs.likelihood(model.image_shape, model.latent_dim, model.likelihood, log_sigma)
+        runners["likelihood"] = sessions["decoder"].with_outputs(["logits"])
+        observers["likelihood"] = metrics.graph("likelihood")
+        if tracing is not None:
+            observers["likelihood"] = tracing.observer("likelihood", observers["likelihood"])
+    else:
+        log.warning("this version's decoder has no logits output (an older export): Score answers FAILED_PRECONDITION")
     inline_s = config.inline_budget_us / 1e6
     batchers = {
-        name: Batcher(spec, sessions[name], observers[name], max_rows=config.max_batch_size,
+        name: Batcher(spec, runners[name], observers[name], max_rows=config.max_batch_size,
                       max_delay_s=config.max_batch_delay_ms / 1000, max_queue=config.max_queue,
-                      inline_rows=sessions[name].inline_rows(inline_s, config.max_batch_size))
+                      inline_rows=runners[name].inline_rows(inline_s, config.max_batch_size))
         for name, spec in specs.items()
     }  # fmt: skip
     log.info("batching: max %d rows, max delay %g ms, max queue %d requests per graph, max %d samples per request",
@@ -236,8 +249,8 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
     admission = Admission(config.max_wait_ms / 1000, config.admission_floor, config.max_concurrent_rpcs)
     tokens = security.tokens
     info = model_info(model, loaded.provider, config)
-    servicer = VaeServicer(model.image_shape, model.latent_dim, batchers["encoder"], batchers["decoder"],
-                           config.max_num_samples, info)  # fmt: skip
+    batched = Graphs(batchers["encoder"], batchers["decoder"], batchers.get("likelihood"))
+    servicer = VaeServicer(model.image_shape, model.latent_dim, batched, info, metrics.images_scored.inc)
 
     def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """Innermost first: admission, then the token check, then counting (so refusals are counted too)."""

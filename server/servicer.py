@@ -8,24 +8,45 @@ what a call costs. Errors are raised as `RequestError`s; `rpc.py` turns them int
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import grpc
 import numpy as np
 
+from vaeserve import elbo
 from vaeserve.protos.vae.v1 import vae_pb2
 
 from . import validation
-from .batcher import Batcher
+from .batcher import NONE, Batcher
+from .errors import FailedPrecondition, InvalidArgument
 from .noise import draw_eps
+from .paths import interpolate
+
+IMAGES = frozenset({"images"})
+SCORE_CHUNKS_IN_FLIGHT = 2  # a Score's decoder rows go in chunks of at most a batch: memory stays bounded
 
 
-def _fill(t: vae_pb2.Tensor, shape: tuple[int, ...], data: bytes) -> None:
+def _fill(t: vae_pb2.Tensor, shape: tuple[int, ...], data: bytes, uint8: bool = False) -> None:
     """Writes a tensor into a response's own Tensor field: a Tensor built apart would be copied in once more."""
     t.shape[:] = shape
     t.data = data
+    if uint8:
+        t.dtype = vae_pb2.UINT8
 
 
 def _seed(request: vae_pb2.SampleRequest | vae_pb2.EncodeRequest | vae_pb2.ReconstructRequest) -> int | None:
     return request.seed if request.HasField("seed") else None
+
+
+@dataclass
+class Graphs:
+    """The batchers the RPCs use; `likelihood` is None for versions whose decoder has no logits output."""
+
+    encoder: Batcher
+    decoder: Batcher
+    likelihood: Batcher | None
 
 
 class VaeServicer:
@@ -35,41 +56,55 @@ class VaeServicer:
         self,
         image_shape: tuple[int, ...],
         latent_dim: int,
-        encoder: Batcher,
-        decoder: Batcher,
-        max_num_samples: int,
+        graphs: Graphs,
         info: vae_pb2.ModelInfo,
+        scored: Callable[[int], None],
     ) -> None:
         self.image_shape = tuple(image_shape)
         self.latent_dim = latent_dim
-        self.encoder = encoder
-        self.decoder = decoder
-        self.max_rows = max_num_samples
+        self.encoder, self.decoder, self.likelihood = graphs.encoder, graphs.decoder, graphs.likelihood
+        self.max_rows = info.max_num_samples
+        self.max_samples = info.max_importance_samples
+        self.chunk = info.max_batch_size
         self.info = info
+        self.scored = scored  # counts the images each Score call scored (metrics)
 
-    async def _encode(self, images: bytes, rows: int, seed: int | None, context: grpc.aio.ServicerContext) -> dict:
-        """mean, log_variance, and latents = mean + exp(0.5 * log_variance) * eps with the request's eps."""
-        eps = draw_eps(seed, rows, self.latent_dim)
-        return await self.encoder.submit({"images": images, "eps": eps}, rows, context.time_remaining())
+    def _images(self, t: vae_pb2.Tensor, exactly: int = 0) -> tuple[int, bytes, frozenset[str]]:
+        """N, the bytes, and {"images"} when they are uint8."""
+        n, data = validation.rows(t, "images", self.image_shape, self.max_rows, uint8_ok=True, exactly=exactly)
+        return n, data, IMAGES if t.dtype == vae_pb2.UINT8 else NONE
 
-    async def _decode(self, latents: bytes, rows: int, context: grpc.aio.ServicerContext) -> bytes:
-        return (await self.decoder.submit({"latents": latents}, rows, context.time_remaining()))["images"]
+    async def _encode(
+        self, images: bytes, rows: int, eps: bytes, uint8: frozenset[str], context: grpc.aio.ServicerContext
+    ) -> dict:
+        """mean, log_variance, and latents = mean + exp(0.5 * log_variance) * eps."""
+        inputs = {"images": images, "eps": eps}
+        return await self.encoder.submit(inputs, rows, context.time_remaining(), uint8_in=uint8)
+
+    async def _decode(
+        self, latents: bytes, rows: int, uint8: bool, context: grpc.aio.ServicerContext
+    ) -> tuple[bytes, bool]:
+        """The decoded images' bytes (uint8 when asked), and whether they are uint8."""
+        out = IMAGES if uint8 else NONE
+        decoded = await self.decoder.submit({"latents": latents}, rows, context.time_remaining(), uint8_out=out)
+        return decoded["images"], uint8
 
     async def Sample(self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext) -> vae_pb2.SampleResponse:
         n = validation.num_samples(request.num_samples, self.max_rows)
         temperature = validation.temperature(request.temperature)
+        uint8 = validation.image_dtype(request.image_dtype)
         z = draw_eps(_seed(request), n, self.latent_dim)
         if temperature != 1.0:
             z = (np.frombuffer(z, np.float32) * np.float32(temperature)).tobytes()
-        images = await self._decode(z, n, context)
+        images = await self._decode(z, n, uint8, context)
         response = vae_pb2.SampleResponse()
-        _fill(response.images, (n, *self.image_shape), images)
+        _fill(response.images, (n, *self.image_shape), *images)
         _fill(response.latents, (n, self.latent_dim), z)
         return response
 
     async def Encode(self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> vae_pb2.EncodeResponse:
-        n, images = validation.rows(request.images, "images", self.image_shape, self.max_rows)
-        encoded = await self._encode(images, n, _seed(request), context)
+        n, images, uint8 = self._images(request.images)
+        encoded = await self._encode(images, n, draw_eps(_seed(request), n, self.latent_dim), uint8, context)
         response = vae_pb2.EncodeResponse()
         shape = (n, self.latent_dim)
         _fill(response.mean, shape, encoded["mean"])
@@ -79,20 +114,97 @@ class VaeServicer:
 
     async def Decode(self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> vae_pb2.DecodeResponse:
         n, z = validation.rows(request.latents, "latents", (self.latent_dim,), self.max_rows)
-        images = await self._decode(z, n, context)
+        images = await self._decode(z, n, validation.image_dtype(request.image_dtype), context)
         response = vae_pb2.DecodeResponse()
-        _fill(response.images, (n, *self.image_shape), images)
+        _fill(response.images, (n, *self.image_shape), *images)
         return response
 
     async def Reconstruct(
         self, request: vae_pb2.ReconstructRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.ReconstructResponse:
-        n, images = validation.rows(request.images, "images", self.image_shape, self.max_rows)
-        latents = (await self._encode(images, n, _seed(request), context))["latents"]
-        reconstructions = await self._decode(latents, n, context)
+        n, images, uint8 = self._images(request.images)
+        uint8_out = validation.image_dtype(request.image_dtype)
+        eps = draw_eps(_seed(request), n, self.latent_dim)
+        latents = (await self._encode(images, n, eps, uint8, context))["latents"]
+        reconstructions = await self._decode(latents, n, uint8_out, context)
         response = vae_pb2.ReconstructResponse()
-        _fill(response.images, (n, *self.image_shape), reconstructions)
+        _fill(response.images, (n, *self.image_shape), *reconstructions)
         _fill(response.latents, (n, self.latent_dim), latents)
+        return response
+
+    async def Score(self, request: vae_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> vae_pb2.ScoreResponse:
+        """ELBO, its two terms and the importance-weighted bound on log p(x), in nats per image, from K posterior
+        samples z_k = mean + sigma * eps_k drawn here; log p(x|z_k) comes from the decoder's logits in batches
+        shared with other callers."""
+        if self.likelihood is None:
+            raise FailedPrecondition(
+                "Score needs the decoder's logits output, which this model version (exported by an older vaeserve) "
+                "lacks: export the checkpoint again to score images"
+            )
+        n, images, uint8 = self._images(request.images)
+        k = validation.importance_samples(request.num_importance_samples, self.max_samples)
+        d = self.latent_dim
+        encoded = await self._encode(images, n, bytes(4 * n * d), uint8, context)  # eps 0: only mean, log_variance
+        mean = np.frombuffer(encoded["mean"], np.float32).reshape(n, d)
+        log_variance = np.frombuffer(encoded["log_variance"], np.float32).reshape(n, d)
+        eps = np.frombuffer(draw_eps(_seed(request), k * n, d), np.float32).reshape(k, n, d)
+        z = elbo.reparameterize(mean, log_variance, eps).astype(np.float32)  # [k, n, d]: sample k of image i
+        x = np.frombuffer(images, np.uint8 if uint8 else np.float32).reshape(n, -1)
+        log_px = (await self._log_px(z.reshape(k * n, d), x, uint8, context)).reshape(k, n)
+        log_w = log_px + elbo.log_prior(z) - elbo.log_posterior(z, mean, log_variance)  # [k, n]
+        top = log_w.max(0)
+        log_likelihood = top + np.log(np.exp(log_w - top).sum(0)) - math.log(k)
+        reconstruction = log_px.mean(0)
+        kl = elbo.kl_to_standard_normal(mean.astype(np.float64), log_variance.astype(np.float64)).sum(1)
+        self.scored(n)
+        response = vae_pb2.ScoreResponse()
+        for field, values in (("elbo", reconstruction - kl), ("log_likelihood", log_likelihood),
+                              ("reconstruction", reconstruction), ("kl", kl)):  # fmt: skip
+            _fill(getattr(response, field), (n,), values.astype(np.float32).tobytes())
+        return response
+
+    async def _log_px(
+        self, z: np.ndarray, x: np.ndarray, uint8: frozenset[str], context: grpc.aio.ServicerContext
+    ) -> np.ndarray:
+        """log p(x_i|z_r) for each row r of z, whose image is x[r % n]: the rows go to the likelihood graph in
+        chunks of at most a batch, SCORE_CHUNKS_IN_FLIGHT at a time."""
+        rows, n = len(z), len(x)
+        out = np.empty(rows, np.float64)
+        starts = range(0, rows, self.chunk)
+        for group in range(0, len(starts), SCORE_CHUNKS_IN_FLIGHT):
+            pending = []
+            for start in starts[group : group + SCORE_CHUNKS_IN_FLIGHT]:
+                stop = min(start + self.chunk, rows)
+                inputs = {"latents": z[start:stop].tobytes(), "images": x[np.arange(start, stop) % n].tobytes()}
+                pending.append((start, stop, self.likelihood.submit(inputs, stop - start, context.time_remaining(),
+                                                                    uint8_in=uint8)))  # fmt: skip
+            for start, stop, future in pending:
+                out[start:stop] = np.frombuffer((await future)["log_px"], np.float32)
+        return out
+
+    async def Interpolate(
+        self, request: vae_pb2.InterpolateRequest, context: grpc.aio.ServicerContext
+    ) -> vae_pb2.InterpolateResponse:
+        """`steps` decoded points on the line (or arc) between two latents, or between two images' posterior means."""
+        steps = validation.steps(request.steps, self.max_rows)
+        uint8_out = validation.image_dtype(request.image_dtype)
+        given_images, given_latents = request.HasField("images"), request.HasField("latents")
+        if given_images == given_latents:
+            both = ", not both" if given_images else ""
+            raise InvalidArgument("images", f"give the two endpoints either as images or as latents{both}")
+        d = self.latent_dim
+        if given_images:
+            n, images, uint8 = self._images(request.images, exactly=2)
+            ends = (await self._encode(images, n, bytes(4 * n * d), uint8, context))["mean"]
+        else:
+            _, ends = validation.rows(request.latents, "latents", (d,), self.max_rows, exactly=2)
+            validation.check_latents(np.frombuffer(ends, np.float32))
+        a, b = np.frombuffer(ends, np.float32).reshape(2, d)
+        path = interpolate(a, b, steps, request.spherical).tobytes()
+        images = await self._decode(path, steps, uint8_out, context)
+        response = vae_pb2.InterpolateResponse()
+        _fill(response.images, (steps, *self.image_shape), *images)
+        _fill(response.latents, (steps, d), path)
         return response
 
     async def GetModelInfo(

@@ -24,6 +24,7 @@ ONE_BITS = np.uint32(0x3F800000)
 
 
 MAX_TEMPERATURE = 10.0  # z ~ N(0, T^2 I): beyond this the samples are noise, and far beyond it the arithmetic overflows
+DTYPE_NAMES = {vae_pb2.FLOAT32: "FLOAT32", vae_pb2.UINT8: "UINT8"}
 MAX_SHOWN_DIMS = 8  # a message never echoes more of a shape than this: the shape list is the caller's to inflate
 
 
@@ -33,9 +34,16 @@ def _shape_text(shape: Sequence[int | str]) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
-def rows(t: vae_pb2.Tensor, field: str, row_shape: Sequence[int], max_rows: int) -> tuple[int, bytes]:
-    """N and the bytes of `t`, a [N, *row_shape] float32 tensor with 1 <= N <= max_rows. The number of dimensions
-    is checked before any per-dimension work, so a request's cost here does not grow with its shape list."""
+def rows(
+    t: vae_pb2.Tensor, field: str, row_shape: Sequence[int], max_rows: int, uint8_ok: bool = False, exactly: int = 0
+) -> tuple[int, bytes]:
+    """N and the bytes of `t`, a [N, *row_shape] tensor with 1 <= N <= max_rows (N == `exactly` when given),
+    float32, or uint8 where `uint8_ok` (images: byte / 255). The number of dimensions is checked before any
+    per-dimension work, so a request's cost here does not grow with its shape list."""
+    dtype = t.dtype
+    if dtype not in DTYPE_NAMES or (dtype == vae_pb2.UINT8 and not uint8_ok):
+        expected = "FLOAT32 or UINT8" if uint8_ok else "FLOAT32"
+        raise InvalidArgument(f"{field}.dtype", f"expected {expected}, got {DTYPE_NAMES.get(dtype, dtype)}")
     if len(t.shape) != 1 + len(row_shape):
         expected = _shape_text(("N", *row_shape))
         raise InvalidArgument(f"{field}.shape", f"expected {expected}, got {_shape_text(t.shape)}")
@@ -44,16 +52,39 @@ def rows(t: vae_pb2.Tensor, field: str, row_shape: Sequence[int], max_rows: int)
         expected = _shape_text(("N", *row_shape))
         raise InvalidArgument(f"{field}.shape", f"expected {expected}, got {_shape_text(shape)}")
     n = shape[0]
+    if exactly and n != exactly:
+        raise InvalidArgument(f"{field}.shape", f"expected {_shape_text((exactly, *row_shape))}, got N = {n}")
     if not 1 <= n <= max_rows:
         expected = _shape_text(("N", *row_shape))
         raise InvalidArgument(f"{field}.shape", f"expected {expected} with 1 <= N <= {max_rows}, got N = {n}")
     data = t.data  # one read: each read of a bytes field makes a new bytes object
-    nbytes = math.prod(shape) * FLOAT32.itemsize
+    nbytes = math.prod(shape) * (1 if dtype == vae_pb2.UINT8 else FLOAT32.itemsize)
     if len(data) != nbytes:
+        kind = DTYPE_NAMES[dtype].lower()
         raise InvalidArgument(
-            f"{field}.data", f"expected {nbytes} bytes (float32 {_shape_text(shape)}), got {len(data)}"
+            f"{field}.data", f"expected {nbytes} bytes ({kind} {_shape_text(shape)}), got {len(data)}"
         )
     return n, data
+
+
+def image_dtype(dtype: int, field: str = "image_dtype") -> bool:
+    """Whether images go back as UINT8 (else FLOAT32); any other value is refused."""
+    if dtype not in DTYPE_NAMES:
+        raise InvalidArgument(field, f"expected FLOAT32 or UINT8, got {dtype}")
+    return dtype == vae_pb2.UINT8
+
+
+def importance_samples(k: int, max_k: int) -> int:
+    """Score's K: 0 (the proto default) means 1."""
+    if k > max_k:
+        raise InvalidArgument("num_importance_samples", f"expected at most {max_k} (0 means 1), got {k}")
+    return k or 1
+
+
+def steps(n: int, max_steps: int) -> int:
+    if not 2 <= n <= max_steps:
+        raise InvalidArgument("steps", f"expected 2 <= steps <= {max_steps}, got {n}")
+    return n
 
 
 def check_images(x: np.ndarray, field: str = "images") -> None:

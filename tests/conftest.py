@@ -53,3 +53,20 @@ def conv_model_repo(digits_conv_run: Path, tmp_path_factory: pytest.TempPathFact
     repo = tmp_path_factory.mktemp("models-conv")
     run_cli("export", "--checkpoint", str(digits_conv_run / "best.pt"), "--repo", str(repo), "--name", "vae")
     return repo
+
+
+@pytest.fixture(scope="session")
+def gaussian_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """runs/NAME of a short Gaussian-likelihood MLP training (latent 4) on the bundled digits."""
+    out = tmp_path_factory.mktemp("runs") / "digits-gaussian"
+    run_cli("train", "--dataset", "digits", "--likelihood", "gaussian", "--latent-dim", "4", "--epochs", "5",
+            "--seed", "0", "--no-report", "--out", str(out))  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def gaussian_model_repo(gaussian_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding vae/1 exported from `gaussian_run`."""
+    repo = tmp_path_factory.mktemp("models-gaussian")
+    run_cli("export", "--checkpoint", str(gaussian_run / "best.pt"), "--repo", str(repo), "--name", "vae")
+    return repo

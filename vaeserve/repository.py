@@ -7,7 +7,10 @@ signatures, metadata) and returns a `ModelVersion`; any mismatch is a `Repositor
 
 Graph contract (batch is dynamic):
     encoder.onnx  image float32 [batch, C, H, W] in [0, 1]  ->  mean, log_variance float32 [batch, latent_dim]
-    decoder.onnx  latent float32 [batch, latent_dim]        ->  image float32 [batch, C, H, W] in [0, 1]
+    decoder.onnx  latent float32 [batch, latent_dim]        ->  image float32 [batch, C, H, W] in [0, 1],
+                                                                logits float32 [batch, C, H, W] (image = sigmoid)
+Versions exported before the logits output existed have `image` alone; model.json's graphs.decoder.outputs says
+which (`ModelVersion.has_logits`), and only scoring needs it.
 A version may also hold variants of the pair (model.json "variants"): ENCODER.KIND.onnx / DECODER.KIND.onnx with
 the same signature, KIND one of VARIANT_KINDS. "plain" names the fp32 pair itself.
 """
@@ -49,6 +52,7 @@ class ModelVersion:
     likelihood: str
     metadata: dict[str, str]  # the graphs' metadata_props (identical in both)
     variant: str  # the pair encoder_path and decoder_path point to
+    has_logits: bool  # the decoder also returns its logits (every export since the Score RPC)
     encoder_path: Path
     decoder_path: Path
     info: dict[str, Any]  # model.json
@@ -59,13 +63,16 @@ class ModelVersion:
         return (PLAIN, *self.info["variants"])
 
 
-def graph_signatures(latent_dim: int, image_shape: tuple[int, ...]) -> dict[str, dict[str, dict[str, list]]]:
+def graph_signatures(
+    latent_dim: int, image_shape: tuple[int, ...], logits: bool = True
+) -> dict[str, dict[str, dict[str, list]]]:
     """Expected {graph: {"inputs"|"outputs": {tensor name: shape}}}; None marks the dynamic batch axis."""
     image = [None, *image_shape]
     latent = [None, latent_dim]
+    decoded = {"image": image, "logits": image} if logits else {"image": image}
     return {
         "encoder": {"inputs": {"image": image}, "outputs": {"mean": latent, "log_variance": latent}},
-        "decoder": {"inputs": {"latent": latent}, "outputs": {"image": image}},
+        "decoder": {"inputs": {"latent": latent}, "outputs": decoded},
     }
 
 
@@ -174,7 +181,8 @@ def check_version(path: Path, name: str, version: int, variants: tuple[str, ...]
                 f"{where}: version {version} has no {variant!r} variant (it has: {', '.join(held)}; "
                 f"`vaeserve export --variants` builds them)"
             )
-    signatures = graph_signatures(latent_dim, image_shape)
+    has_logits = "logits" in info["graphs"]["decoder"].get("outputs", {})
+    signatures = graph_signatures(latent_dim, image_shape, has_logits)
     paths: dict[str, dict[str, Path]] = {}
     for variant in variants or held:
         entries = info["graphs"] if variant == PLAIN else info["variants"][variant]
@@ -183,7 +191,7 @@ def check_version(path: Path, name: str, version: int, variants: tuple[str, ...]
                           for graph in GRAPHS}  # fmt: skip
     served = (variants or held)[0]
     return ModelVersion(path=path, name=name, version=version, latent_dim=latent_dim, image_shape=image_shape,
-                        likelihood=likelihood, metadata=dict(metadata), variant=served,
+                        likelihood=likelihood, metadata=dict(metadata), variant=served, has_logits=has_logits,
                         encoder_path=paths[served]["encoder"], decoder_path=paths[served]["decoder"],
                         info=info)  # fmt: skip
 

@@ -74,7 +74,8 @@ def test_version_folder_holds_the_contract(kind: str, exported: dict[str, Path],
     assert shapes(enc.input) == [("image", f32, ["batch", c, h, w])]
     assert shapes(enc.output) == [("mean", f32, ["batch", z]), ("log_variance", f32, ["batch", z])]
     assert shapes(dec.input) == [("latent", f32, ["batch", z])]
-    assert shapes(dec.output) == [("image", f32, ["batch", c, h, w])]
+    # The decoder's logits beside the image (their sigmoid): what log p(x|z) is computed from when scoring.
+    assert shapes(dec.output) == [("image", f32, ["batch", c, h, w]), ("logits", f32, ["batch", c, h, w])]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -119,10 +120,11 @@ def test_batch_of_1000_runs(kind: str, exported: dict[str, Path]) -> None:
     mean, log_variance = ort_session(exported[kind] / "encoder.onnx").run(
         None, {"image": np.random.default_rng(0).random((1000, *info["image_shape"]), dtype=np.float32)}
     )
-    (image,) = ort_session(exported[kind] / "decoder.onnx").run(None, {"latent": mean})
+    image, logits = ort_session(exported[kind] / "decoder.onnx").run(None, {"latent": mean})
     assert mean.shape == log_variance.shape == (1000, info["latent_dim"])
     assert image.shape == (1000, *info["image_shape"])
     assert image.min() >= 0.0 and image.max() <= 1.0
+    np.testing.assert_allclose(image, 1.0 / (1.0 + np.exp(-logits)), atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -113,7 +113,7 @@ def test_values_that_overflow_are_refused_naming_the_field(default_server: Serve
 
 def test_malformed_messages_are_invalid_argument_counted_and_logged_once(default_server: ServerProcess) -> None:
     garbage = [b"\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256)) * 3]
-    methods = ["Sample", "Encode", "Decode", "Reconstruct", "GetModelInfo"]
+    methods = METHODS
     counted = 'vaeserve_requests_total{code="INVALID_ARGUMENT",method="Decode"}'
     before = default_server.metric(counted, 0.0)
     with grpc.insecure_channel(default_server.target) as channel:
@@ -288,24 +288,30 @@ def test_every_numeric_flag_out_of_range_is_an_error_naming_it(
                             f"vaeserve serve: error: argument {flag(name)}: invalid ")), line  # fmt: skip
 
 
-def _tensor(draw_shape: list[int], data: bytes) -> vae_pb2.Tensor:
-    return vae_pb2.Tensor(shape=draw_shape, data=data)
+def _tensor(shape: list[int], data: bytes, dtype: int) -> vae_pb2.Tensor:
+    return vae_pb2.Tensor(shape=shape, data=data, dtype=dtype)
 
 
 _shapes = st.lists(st.one_of(st.integers(-3, 9), st.integers(-(2**63), 2**63 - 1)), max_size=6)
 _floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
-_tensors = st.builds(_tensor, _shapes, st.binary(max_size=2048))
+_dtypes = st.one_of(st.sampled_from([vae_pb2.FLOAT32, vae_pb2.UINT8]), st.integers(-(2**31), 2**31 - 1))
+_tensors = st.builds(_tensor, _shapes, st.binary(max_size=2048), _dtypes)
+_u32, _u64 = st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)
 _messages = st.one_of(
-    st.tuples(st.just("Sample"), st.builds(vae_pb2.SampleRequest, num_samples=st.integers(0, 2**32 - 1),
-                                           seed=st.integers(0, 2**64 - 1), temperature=_floats)),
-    st.tuples(st.just("Encode"), st.builds(vae_pb2.EncodeRequest, images=_tensors, seed=st.integers(0, 2**64 - 1))),
-    st.tuples(st.just("Decode"), st.builds(vae_pb2.DecodeRequest, latents=_tensors)),
-    st.tuples(st.just("Reconstruct"), st.builds(vae_pb2.ReconstructRequest, images=_tensors)),
+    st.tuples(st.just("Sample"), st.builds(vae_pb2.SampleRequest, num_samples=_u32, seed=_u64, temperature=_floats,
+                                           image_dtype=_dtypes)),
+    st.tuples(st.just("Encode"), st.builds(vae_pb2.EncodeRequest, images=_tensors, seed=_u64)),
+    st.tuples(st.just("Decode"), st.builds(vae_pb2.DecodeRequest, latents=_tensors, image_dtype=_dtypes)),
+    st.tuples(st.just("Reconstruct"), st.builds(vae_pb2.ReconstructRequest, images=_tensors, image_dtype=_dtypes)),
+    st.tuples(st.just("Score"), st.builds(vae_pb2.ScoreRequest, images=_tensors, num_importance_samples=_u32,
+                                          seed=_u64)),
+    st.tuples(st.just("Interpolate"), st.builds(vae_pb2.InterpolateRequest, images=st.one_of(st.none(), _tensors),
+                                                latents=st.one_of(st.none(), _tensors), steps=_u32,
+                                                spherical=st.booleans(), image_dtype=_dtypes)),
     st.tuples(st.just("GetModelInfo"), st.just(vae_pb2.GetModelInfoRequest())),
 )  # fmt: skip
-_raw = st.tuples(
-    st.sampled_from(["Sample", "Encode", "Decode", "Reconstruct", "GetModelInfo"]), st.binary(max_size=512)
-)
+METHODS = ["Sample", "Encode", "Decode", "Reconstruct", "Score", "Interpolate", "GetModelInfo"]
+_raw = st.tuples(st.sampled_from(METHODS), st.binary(max_size=512))
 CLEAN = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 

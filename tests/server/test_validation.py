@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vaeserve.gaussian import reparameterize
+from vaeserve.elbo import reparameterize
 from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.server import graphs, validation
 from vaeserve.server.client import to_tensor

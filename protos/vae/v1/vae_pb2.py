@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n vaeserve/protos/vae/v1/vae.proto\x12\x06vae.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"U\n\rSampleRequest\x12\x13\n\x0bnum_samples\x18\x01 \x01(\r\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x42\x07\n\x05_seed\"Q\n\x0eSampleResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\"K\n\rEncodeRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"u\n\x0e\x45ncodeResponse\x12\x1c\n\x04mean\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12$\n\x0clog_variance\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\"0\n\rDecodeRequest\x12\x1f\n\x07latents\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"0\n\x0e\x44\x65\x63odeResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"P\n\x12ReconstructRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"V\n\x13ReconstructResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\"\x15\n\x13GetModelInfoRequest\"\xa9\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nlatent_dim\x18\x03 \x01(\x03\x12\x13\n\x0bimage_shape\x18\x04 \x03(\x03\x12\x12\n\nlikelihood\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x31\n\x08metadata\x18\x07 \x03(\x0b\x32\x1f.vae.v1.ModelInfo.MetadataEntry\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\r\x12\x17\n\x0fmax_num_samples\x18\t \x01(\r\x12\x0f\n\x07variant\x18\n \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xbf\x02\n\nVaeService\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12\x46\n\x0bReconstruct\x12\x1a.vae.v1.ReconstructRequest\x1a\x1b.vae.v1.ReconstructResponse\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n vaeserve/protos/vae/v1/vae.proto\x12\x06vae.v1\"F\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x1f\n\x05\x64type\x18\x03 \x01(\x0e\x32\x10.vae.v1.DataType\"|\n\rSampleRequest\x12\x13\n\x0bnum_samples\x18\x01 \x01(\r\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12%\n\x0bimage_dtype\x18\x04 \x01(\x0e\x32\x10.vae.v1.DataTypeB\x07\n\x05_seed\"Q\n\x0eSampleResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\"K\n\rEncodeRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"u\n\x0e\x45ncodeResponse\x12\x1c\n\x04mean\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12$\n\x0clog_variance\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\"W\n\rDecodeRequest\x12\x1f\n\x07latents\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12%\n\x0bimage_dtype\x18\x02 \x01(\x0e\x32\x10.vae.v1.DataType\"0\n\x0e\x44\x65\x63odeResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"w\n\x12ReconstructRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12%\n\x0bimage_dtype\x18\x03 \x01(\x0e\x32\x10.vae.v1.DataTypeB\x07\n\x05_seed\"V\n\x13ReconstructResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\"j\n\x0cScoreRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1e\n\x16num_importance_samples\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\x99\x01\n\rScoreResponse\x12\x1c\n\x04\x65lbo\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12&\n\x0elog_likelihood\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12&\n\x0ereconstruction\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1a\n\x02kl\x18\x04 \x01(\x0b\x32\x0e.vae.v1.Tensor\"\x9e\x01\n\x12InterpolateRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\r\n\x05steps\x18\x03 \x01(\r\x12\x11\n\tspherical\x18\x04 \x01(\x08\x12%\n\x0bimage_dtype\x18\x05 \x01(\x0e\x32\x10.vae.v1.DataType\"V\n\x13InterpolateResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\"\x15\n\x13GetModelInfoRequest\"\xfd\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nlatent_dim\x18\x03 \x01(\x03\x12\x13\n\x0bimage_shape\x18\x04 \x03(\x03\x12\x12\n\nlikelihood\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x31\n\x08metadata\x18\x07 \x03(\x0b\x32\x1f.vae.v1.ModelInfo.MetadataEntry\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\r\x12\x17\n\x0fmax_num_samples\x18\t \x01(\r\x12\x0f\n\x07variant\x18\n \x01(\t\x12\x1e\n\x16max_importance_samples\x18\x0b \x01(\r\x12\x1f\n\x17max_interpolation_steps\x18\x0c \x01(\r\x12\x11\n\tcan_score\x18\r \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\"\n\x08\x44\x61taType\x12\x0b\n\x07\x46LOAT32\x10\x00\x12\t\n\x05UINT8\x10\x01\x32\xbd\x03\n\nVaeService\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12\x46\n\x0bReconstruct\x12\x1a.vae.v1.ReconstructRequest\x1a\x1b.vae.v1.ReconstructResponse\x12\x34\n\x05Score\x12\x14.vae.v1.ScoreRequest\x1a\x15.vae.v1.ScoreResponse\x12\x46\n\x0bInterpolate\x12\x1a.vae.v1.InterpolateRequest\x1a\x1b.vae.v1.InterpolateResponse\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,30 +33,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_DATATYPE']._serialized_start=1789
+  _globals['_DATATYPE']._serialized_end=1823
   _globals['_TENSOR']._serialized_start=44
-  _globals['_TENSOR']._serialized_end=81
-  _globals['_SAMPLEREQUEST']._serialized_start=83
-  _globals['_SAMPLEREQUEST']._serialized_end=168
-  _globals['_SAMPLERESPONSE']._serialized_start=170
-  _globals['_SAMPLERESPONSE']._serialized_end=251
-  _globals['_ENCODEREQUEST']._serialized_start=253
-  _globals['_ENCODEREQUEST']._serialized_end=328
-  _globals['_ENCODERESPONSE']._serialized_start=330
-  _globals['_ENCODERESPONSE']._serialized_end=447
-  _globals['_DECODEREQUEST']._serialized_start=449
-  _globals['_DECODEREQUEST']._serialized_end=497
-  _globals['_DECODERESPONSE']._serialized_start=499
-  _globals['_DECODERESPONSE']._serialized_end=547
-  _globals['_RECONSTRUCTREQUEST']._serialized_start=549
-  _globals['_RECONSTRUCTREQUEST']._serialized_end=629
-  _globals['_RECONSTRUCTRESPONSE']._serialized_start=631
-  _globals['_RECONSTRUCTRESPONSE']._serialized_end=717
-  _globals['_GETMODELINFOREQUEST']._serialized_start=719
-  _globals['_GETMODELINFOREQUEST']._serialized_end=740
-  _globals['_MODELINFO']._serialized_start=743
-  _globals['_MODELINFO']._serialized_end=1040
-  _globals['_MODELINFO_METADATAENTRY']._serialized_start=993
-  _globals['_MODELINFO_METADATAENTRY']._serialized_end=1040
-  _globals['_VAESERVICE']._serialized_start=1043
-  _globals['_VAESERVICE']._serialized_end=1362
+  _globals['_TENSOR']._serialized_end=114
+  _globals['_SAMPLEREQUEST']._serialized_start=116
+  _globals['_SAMPLEREQUEST']._serialized_end=240
+  _globals['_SAMPLERESPONSE']._serialized_start=242
+  _globals['_SAMPLERESPONSE']._serialized_end=323
+  _globals['_ENCODEREQUEST']._serialized_start=325
+  _globals['_ENCODEREQUEST']._serialized_end=400
+  _globals['_ENCODERESPONSE']._serialized_start=402
+  _globals['_ENCODERESPONSE']._serialized_end=519
+  _globals['_DECODEREQUEST']._serialized_start=521
+  _globals['_DECODEREQUEST']._serialized_end=608
+  _globals['_DECODERESPONSE']._serialized_start=610
+  _globals['_DECODERESPONSE']._serialized_end=658
+  _globals['_RECONSTRUCTREQUEST']._serialized_start=660
+  _globals['_RECONSTRUCTREQUEST']._serialized_end=779
+  _globals['_RECONSTRUCTRESPONSE']._serialized_start=781
+  _globals['_RECONSTRUCTRESPONSE']._serialized_end=867
+  _globals['_SCOREREQUEST']._serialized_start=869
+  _globals['_SCOREREQUEST']._serialized_end=975
+  _globals['_SCORERESPONSE']._serialized_start=978
+  _globals['_SCORERESPONSE']._serialized_end=1131
+  _globals['_INTERPOLATEREQUEST']._serialized_start=1134
+  _globals['_INTERPOLATEREQUEST']._serialized_end=1292
+  _globals['_INTERPOLATERESPONSE']._serialized_start=1294
+  _globals['_INTERPOLATERESPONSE']._serialized_end=1380
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1382
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1403
+  _globals['_MODELINFO']._serialized_start=1406
+  _globals['_MODELINFO']._serialized_end=1787
+  _globals['_MODELINFO_METADATAENTRY']._serialized_start=1740
+  _globals['_MODELINFO_METADATAENTRY']._serialized_end=1787
+  _globals['_VAESERVICE']._serialized_start=1826
+  _globals['_VAESERVICE']._serialized_end=2271
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -6,23 +7,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FLOAT32: _ClassVar[DataType]
+    UINT8: _ClassVar[DataType]
+FLOAT32: DataType
+UINT8: DataType
+
 class Tensor(_message.Message):
-    __slots__ = ("shape", "data")
+    __slots__ = ("shape", "data", "dtype")
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    dtype: DataType
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("num_samples", "seed", "temperature")
+    __slots__ = ("num_samples", "seed", "temperature", "image_dtype")
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     num_samples: int
     seed: int
     temperature: float
-    def __init__(self, num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ...) -> None: ...
+    image_dtype: DataType
+    def __init__(self, num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., image_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
     __slots__ = ("images", "latents")
@@ -51,10 +63,12 @@ class EncodeResponse(_message.Message):
     def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., log_variance: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("latents",)
+    __slots__ = ("latents", "image_dtype")
     LATENTS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     latents: Tensor
-    def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    image_dtype: DataType
+    def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ..., image_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
 
 class DecodeResponse(_message.Message):
     __slots__ = ("images",)
@@ -63,14 +77,60 @@ class DecodeResponse(_message.Message):
     def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ReconstructRequest(_message.Message):
-    __slots__ = ("images", "seed")
+    __slots__ = ("images", "seed", "image_dtype")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
     seed: int
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+    image_dtype: DataType
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., image_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
 
 class ReconstructResponse(_message.Message):
+    __slots__ = ("images", "latents")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
+    images: Tensor
+    latents: Tensor
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("images", "num_importance_samples", "seed")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    NUM_IMPORTANCE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    images: Tensor
+    num_importance_samples: int
+    seed: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., num_importance_samples: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("elbo", "log_likelihood", "reconstruction", "kl")
+    ELBO_FIELD_NUMBER: _ClassVar[int]
+    LOG_LIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
+    RECONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    KL_FIELD_NUMBER: _ClassVar[int]
+    elbo: Tensor
+    log_likelihood: Tensor
+    reconstruction: Tensor
+    kl: Tensor
+    def __init__(self, elbo: _Optional[_Union[Tensor, _Mapping]] = ..., log_likelihood: _Optional[_Union[Tensor, _Mapping]] = ..., reconstruction: _Optional[_Union[Tensor, _Mapping]] = ..., kl: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class InterpolateRequest(_message.Message):
+    __slots__ = ("images", "latents", "steps", "spherical", "image_dtype")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SPHERICAL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    images: Tensor
+    latents: Tensor
+    steps: int
+    spherical: bool
+    image_dtype: DataType
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., steps: _Optional[int] = ..., spherical: _Optional[bool] = ..., image_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
+
+class InterpolateResponse(_message.Message):
     __slots__ = ("images", "latents")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
@@ -83,7 +143,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "latent_dim", "image_shape", "likelihood", "execution_provider", "metadata", "max_batch_size", "max_num_samples", "variant")
+    __slots__ = ("name", "version", "latent_dim", "image_shape", "likelihood", "execution_provider", "metadata", "max_batch_size", "max_num_samples", "variant", "max_importance_samples", "max_interpolation_steps", "can_score")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +161,9 @@ class ModelInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMPORTANCE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_INTERPOLATION_STEPS_FIELD_NUMBER: _ClassVar[int]
+    CAN_SCORE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     latent_dim: int
@@ -111,4 +174,7 @@ class ModelInfo(_message.Message):
     max_batch_size: int
     max_num_samples: int
     variant: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., likelihood: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_batch_size: _Optional[int] = ..., max_num_samples: _Optional[int] = ..., variant: _Optional[str] = ...) -> None: ...
+    max_importance_samples: int
+    max_interpolation_steps: int
+    can_score: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., likelihood: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_batch_size: _Optional[int] = ..., max_num_samples: _Optional[int] = ..., variant: _Optional[str] = ..., max_importance_samples: _Optional[int] = ..., max_interpolation_steps: _Optional[int] = ..., can_score: _Optional[bool] = ...) -> None: ...

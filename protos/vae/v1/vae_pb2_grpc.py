@@ -54,6 +54,16 @@ class VaeServiceStub:
                 request_serializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.ReconstructRequest.SerializeToString,
                 response_deserializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.ReconstructResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/vae.v1.VaeService/Score',
+                request_serializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.ScoreResponse.FromString,
+                _registered_method=True)
+        self.Interpolate = channel.unary_unary(
+                '/vae.v1.VaeService/Interpolate',
+                request_serializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.InterpolateRequest.SerializeToString,
+                response_deserializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.InterpolateResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/vae.v1.VaeService/GetModelInfo',
                 request_serializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.GetModelInfoRequest.SerializeToString,
@@ -88,6 +98,18 @@ class VaeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Interpolate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -116,6 +138,16 @@ def add_VaeServiceServicer_to_server(servicer, server):
                     servicer.Reconstruct,
                     request_deserializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.ReconstructRequest.FromString,
                     response_serializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.ReconstructResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.ScoreRequest.FromString,
+                    response_serializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.ScoreResponse.SerializeToString,
+            ),
+            'Interpolate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Interpolate,
+                    request_deserializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.InterpolateRequest.FromString,
+                    response_serializer=vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.InterpolateResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -231,6 +263,60 @@ class VaeService:
             '/vae.v1.VaeService/Reconstruct',
             vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.ReconstructRequest.SerializeToString,
             vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.ReconstructResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/Score',
+            vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.ScoreRequest.SerializeToString,
+            vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Interpolate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/Interpolate',
+            vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.InterpolateRequest.SerializeToString,
+            vaeserve_dot_protos_dot_vae_dot_v1_dot_vae__pb2.InterpolateResponse.FromString,
             options,
             channel_credentials,
             insecure,
