@@ -5,10 +5,11 @@
     locust -f tests/load/locustfile.py --host 127.0.0.1:50051 --headless --tags encode   # one RPC only
 
 Each simulated user holds one gRPC channel and sends a traffic mix weighted like real use: mostly Encode of
-single images, then Sample(16), batched Encode(32), Decode and Reconstruct. Every call is reported to
+single images, then Sample(16) (float32 and uint8 images), batched Encode(32), Decode, Reconstruct, Score and
+Interpolate. Every call is reported to
 Locust as a request of type "grpc" named after the RPC (and its size), so Locust's statistics, CSV output,
 `--exit-code-on-error` and distributed mode work unchanged. Tags (`sample`, `encode`, `decode`,
-`reconstruct`) select single RPCs for focused runs.
+`reconstruct`, `score`, `interpolate`) select single RPCs for focused runs.
 
 Against a secured server (deploy/k8s): VAESERVE_TLS_CA names the PEM CA that signed the server's certificate
 (the channel then speaks TLS and checks it for the host in --host), and VAESERVE_TOKEN_FILE (first line) or
@@ -39,6 +40,8 @@ from vaeserve.server.client import to_tensor  # noqa: E402
 TIMEOUT_S = 30.0
 SAMPLES = 16  # images per Sample call
 BATCH = 32  # images per batched Encode call
+SCORED, IMPORTANCE_SAMPLES = 4, 16  # images per Score call, and K
+STEPS = 8  # points per Interpolate call
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 
 
@@ -79,10 +82,14 @@ class Payloads:
         rng = np.random.default_rng(0)
         image_shape = tuple(info.image_shape)
         self.sample = vae_pb2.SampleRequest(num_samples=SAMPLES)
+        self.sample_uint8 = vae_pb2.SampleRequest(num_samples=SAMPLES, image_dtype=vae_pb2.UINT8)
         self.encode_one = vae_pb2.EncodeRequest(images=to_tensor(rng.random((1, *image_shape))))
         self.encode_batch = vae_pb2.EncodeRequest(images=to_tensor(rng.random((BATCH, *image_shape))))
         self.decode = vae_pb2.DecodeRequest(latents=to_tensor(rng.standard_normal((SAMPLES, info.latent_dim))))
         self.reconstruct = vae_pb2.ReconstructRequest(images=to_tensor(rng.random((SAMPLES, *image_shape))))
+        self.score = vae_pb2.ScoreRequest(images=to_tensor(rng.random((SCORED, *image_shape))),
+                                          num_importance_samples=IMPORTANCE_SAMPLES)  # fmt: skip
+        self.interpolate = vae_pb2.InterpolateRequest(images=to_tensor(rng.random((2, *image_shape))), steps=STEPS)
 
     @classmethod
     def get(cls, stub: vae_pb2_grpc.VaeServiceStub, metadata: tuple[tuple[str, str], ...]) -> Payloads:
@@ -138,6 +145,11 @@ class VaeUser(User):
     def sample(self) -> None:
         self.call(f"Sample({SAMPLES})", self.stub.Sample, self.payloads.sample)
 
+    @tag("sample")
+    @task(2)
+    def sample_uint8(self) -> None:
+        self.call(f"Sample({SAMPLES}, uint8)", self.stub.Sample, self.payloads.sample_uint8)
+
     @tag("encode")
     @task(2)
     def encode_batch(self) -> None:
@@ -152,3 +164,13 @@ class VaeUser(User):
     @task(1)
     def reconstruct(self) -> None:
         self.call(f"Reconstruct({SAMPLES})", self.stub.Reconstruct, self.payloads.reconstruct)
+
+    @tag("score")
+    @task(1)
+    def score(self) -> None:
+        self.call(f"Score({SCORED}x{IMPORTANCE_SAMPLES})", self.stub.Score, self.payloads.score)
+
+    @tag("interpolate")
+    @task(1)
+    def interpolate(self) -> None:
+        self.call(f"Interpolate({STEPS})", self.stub.Interpolate, self.payloads.interpolate)

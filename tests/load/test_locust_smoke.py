@@ -14,7 +14,8 @@ from tests.load.run_local import run_locust, serving
 from tests.server.certs import CertificateAuthority
 
 # The request names locustfile.py reports, one per task.
-TASK_NAMES = {"Encode(1)", "Encode(32)", "Sample(16)", "Decode(16)", "Reconstruct(16)"}
+TASK_NAMES = {"Encode(1)", "Encode(32)", "Sample(16)", "Sample(16, uint8)", "Decode(16)", "Reconstruct(16)",
+              "Score(4x16)", "Interpolate(8)"}  # fmt: skip
 
 
 def read_stats(csv_prefix: Path) -> dict[str, dict[str, str]]:
