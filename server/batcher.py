@@ -195,11 +195,11 @@ class Batcher:
             shape = self._input_shapes[i]
             if any(name in req.uint8_in for req, _, _ in batch):  # converted once per batch, part by part
                 values = math.prod(shape)
-                parts = [np.frombuffer(req.inputs[i][a * values : b * values], UINT8).astype(FLOAT32) / 255
+                parts = [_from_uint8(req.inputs[i][a * values : b * values])
                          if name in req.uint8_in else
                          np.frombuffer(req.inputs[i][a * 4 * values : b * 4 * values], FLOAT32)
                          for req, a, b in batch]  # fmt: skip
-                arrays[name] = np.concatenate(parts).astype(FLOAT32, copy=False).reshape(-1, *shape)
+                arrays[name] = (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(-1, *shape)
                 continue
             size = self._row_bytes[i]
             # A whole-request slice of bytes is the bytes object itself: only merged batches copy (once, in join).
@@ -336,6 +336,15 @@ class _Encoded:
         self.uint8 = (_to_uint8(out).tobytes(), out.size // rows) if uint8 else (b"", 0)
 
 
+def _from_uint8(data: bytes) -> np.ndarray:
+    """uint8 bytes as float32 byte / 255, in one pass."""
+    return np.divide(np.frombuffer(data, UINT8), np.float32(255), dtype=FLOAT32)
+
+
 def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] as round(value * 255); anything outside is clipped first."""
-    return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(UINT8)
+    """Values in [0, 1] as round(value * 255), anything outside clipped: in float32 and in place, a tenth of the
+    time the obvious expression takes (which computes in float64)."""
+    scaled = values * np.float32(255)
+    np.clip(scaled, 0, 255, out=scaled)
+    np.rint(scaled, out=scaled)
+    return scaled.astype(UINT8)
