@@ -5,8 +5,13 @@ clients retry another replica); and none beyond what the server can serve within
 How much is "what the server can serve": Little's law. A call admitted behind `inflight` others waits about
 inflight / rate, where rate is the calls per second the server has been completing; so at most rate * max_wait
 calls are admitted at once, never fewer than `floor` (a cold or idle server has no rate yet) and never more
-than `ceiling` (below gRPC's own --max-concurrent-rpcs, whose refusals are bare CANCELLED statuses). The rate
-is re-measured every RATE_INTERVAL_S while calls complete, so the limit follows the load and the model.
+than `ceiling` (--max-concurrent-rpcs). The rate is re-measured every RATE_INTERVAL_S while calls complete, so
+the limit follows the load and the model.
+
+What this cannot see: the aio server picks one new call up per event loop turn, so tiny calls arriving faster
+than that wait inside gRPC's core before any handler runs. There they wait at most their deadline
+(DEADLINE_EXCEEDED), never a bare CANCELLED (config.grpc_options raises the core's own limit); the cure for
+that regime is more event loops (--reuse-port, replicas), not refusing calls the loop never reaches.
 """
 
 from __future__ import annotations

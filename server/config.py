@@ -16,6 +16,7 @@ from vaeserve.repository import VARIANTS
 MB = 1 << 20
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 DEVICES = ("auto", "cpu", "cuda")
+CORE_PENDING_LIMIT = 1 << 16
 ADMISSION_FLOOR = 64  # calls always admitted at once, whatever the measured rate (admission.py)
 
 
@@ -109,6 +110,12 @@ class ServeConfig:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", int(self.reuse_port)),
+            # gRPC's core cancels calls waiting to be picked up by the event loop (randomly past 1,000 waiting, all past
+            # 3,000) with a bare CANCELLED, nothing said. Past what one loop can pick up, calls wait here instead, as
+            # long as their deadline allows (then DEADLINE_EXCEEDED); admission.py sheds what the server's own
+            # queues cannot serve in time.
+            ("grpc.server.max_pending_requests", CORE_PENDING_LIMIT),
+            ("grpc.server.max_pending_requests_hard_limit", CORE_PENDING_LIMIT),
         ]
         if self.max_connection_age_s > 0:
             # Clients reconnect periodically, so a scaled-out Deployment rebalances long-lived HTTP/2 connections.

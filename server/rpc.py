@@ -43,6 +43,11 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: o
     server.add_registered_method_handlers(service.full_name, handlers)  # looked up before the generic ones
 
 
+def _gone(context: grpc.aio.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return context.done() or (remaining is not None and remaining <= 0)
+
+
 class _MalformedLog:
     """One warning line per interval, with the count since the last one: a client sending garbage in a loop
     must not be able to fill the disk."""
@@ -75,8 +80,15 @@ def _answering(method: Callable, request_type: type[message.Message]) -> Behavio
         try:
             return await method(request, context)
         except RequestError as exc:
-            if context.done():  # cancelled by the client or its deadline: nobody is waiting for a status
+            if _gone(context):  # cancelled by the client, or past its deadline: nobody is waiting for a status
                 raise asyncio.CancelledError from exc
-            await context.abort(exc.code, str(exc))
+            try:
+                await context.abort(exc.code, str(exc))
+            except grpc.aio.AbortError:
+                raise
+            except Exception as failed:  # the call ended between the check and the abort: the same as above
+                if not _gone(context):
+                    raise
+                raise asyncio.CancelledError from failed
 
     return behavior
