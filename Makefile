@@ -43,7 +43,13 @@ system-deps:
 	.venv-tools/bin/python -m pip install --quiet --requirement deploy/requirements-tools.txt
 	@touch $@
 
-test: install system-deps .venv-tools/.installed-stamp
+# tritonclient (tests/oip) pins protobuf < 7 while vaeserve needs 7: its own venv too.
+.venv-triton/.installed-stamp: tests/oip/requirements.txt
+	@test -x .venv-triton/bin/python || $(PYTHON) -m venv .venv-triton
+	.venv-triton/bin/python -m pip install --quiet --requirement tests/oip/requirements.txt
+	@touch $@
+
+test: install system-deps .venv-tools/.installed-stamp .venv-triton/.installed-stamp
 	$(BIN)/python -m pytest -q
 
 # Each benchmark prints its figures and rewrites its own section of BENCHMARKS.md.
@@ -64,4 +70,4 @@ proto: install
 	$(BIN)/python -m vaeserve.protos.generate
 
 clean:
-	rm -rf $(VENV) .venv-tools .venv-bench .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools .venv-triton .venv-bench .pytest_cache .ruff_cache

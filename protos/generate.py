@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 PROTOS = Path(__file__).resolve().parent
-SOURCES = ["vae/v1/vae.proto"]
+SOURCES = ["vae/v1/vae.proto", "inference/grpc_service.proto"]
 
 
 def generate(out_dir: Path) -> list[Path]:

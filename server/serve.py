@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vaeserve.errors import VaeserveError
+from vaeserve.protos.inference import grpc_service_pb2
 from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.repository import ModelVersion, open_version
 
@@ -32,6 +33,7 @@ from .batcher import Batcher
 from .config import MB, ServeConfig
 from .memory import MMAP_THRESHOLD, keep_large_buffers
 from .metrics import Metrics, MetricsHttpServer
+from .oip import OipServicer
 from .runtime import Session, open_session
 from .servicer import Graphs, VaeServicer
 from .tracing import Tracing
@@ -39,6 +41,7 @@ from .tracing import Tracing
 log = logging.getLogger("vaeserve.server")
 
 SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VaeService"]
+OIP_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
 
 def model_info(model: ModelVersion, provider: str, config: ServeConfig) -> vae_pb2.ModelInfo:
@@ -260,12 +263,17 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
         return metrics.counted(method, handler)
 
     rpc.add_service(server, SERVICE, servicer, wrap)
+    oip = OipServicer(model.name, model.version, model.image_shape, model.latent_dim, batchers["encoder"],
+                      batchers["decoder"], config.max_num_samples, ready=lambda: not admission.draining)  # fmt: skip
+    # The second protocol's calls are counted apart: method="oip.ModelInfer", ...
+    rpc.add_service(server, OIP_SERVICE, oip, lambda method, handler: wrap(f"oip.{method}", handler))
     health_servicer = health.aio.HealthServicer()
     for service in ("", SERVICE.full_name):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
-        reflection.enable_server_reflection((SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        names = (SERVICE.full_name, OIP_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
     port = listen(server, config.host, config.port, "--port", security.credentials)
     health_server = None
     if config.health_port:

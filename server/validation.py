@@ -38,16 +38,31 @@ def rows(
     t: vae_pb2.Tensor, field: str, row_shape: Sequence[int], max_rows: int, uint8_ok: bool = False, exactly: int = 0
 ) -> tuple[int, bytes]:
     """N and the bytes of `t`, a [N, *row_shape] tensor with 1 <= N <= max_rows (N == `exactly` when given),
-    float32, or uint8 where `uint8_ok` (images: byte / 255). The number of dimensions is checked before any
-    per-dimension work, so a request's cost here does not grow with its shape list."""
+    float32, or uint8 where `uint8_ok` (images: byte / 255)."""
     dtype = t.dtype
     if dtype not in DTYPE_NAMES or (dtype == vae_pb2.UINT8 and not uint8_ok):
         expected = "FLOAT32 or UINT8" if uint8_ok else "FLOAT32"
         raise InvalidArgument(f"{field}.dtype", f"expected {expected}, got {DTYPE_NAMES.get(dtype, dtype)}")
-    if len(t.shape) != 1 + len(row_shape):
+    data = t.data  # one read: each read of a bytes field makes a new bytes object
+    return shaped_rows(t.shape, data, dtype == vae_pb2.UINT8, field, row_shape, max_rows, exactly), data
+
+
+def shaped_rows(
+    shape: Sequence[int],
+    data: bytes,
+    uint8: bool,
+    field: str,
+    row_shape: Sequence[int],
+    max_rows: int,
+    exactly: int = 0,
+) -> int:
+    """N of a [N, *row_shape] tensor of float32 (or uint8) values held in `data`, any protocol's. The number of
+    dimensions is checked before any per-dimension work, so a request's cost here does not grow with its shape
+    list."""
+    if len(shape) != 1 + len(row_shape):
         expected = _shape_text(("N", *row_shape))
-        raise InvalidArgument(f"{field}.shape", f"expected {expected}, got {_shape_text(t.shape)}")
-    shape = tuple(t.shape)
+        raise InvalidArgument(f"{field}.shape", f"expected {expected}, got {_shape_text(shape)}")
+    shape = tuple(shape)
     if shape[1:] != tuple(row_shape):
         expected = _shape_text(("N", *row_shape))
         raise InvalidArgument(f"{field}.shape", f"expected {expected}, got {_shape_text(shape)}")
@@ -57,14 +72,11 @@ def rows(
     if not 1 <= n <= max_rows:
         expected = _shape_text(("N", *row_shape))
         raise InvalidArgument(f"{field}.shape", f"expected {expected} with 1 <= N <= {max_rows}, got N = {n}")
-    data = t.data  # one read: each read of a bytes field makes a new bytes object
-    nbytes = math.prod(shape) * (1 if dtype == vae_pb2.UINT8 else FLOAT32.itemsize)
+    nbytes = math.prod(shape) * (1 if uint8 else FLOAT32.itemsize)
     if len(data) != nbytes:
-        kind = DTYPE_NAMES[dtype].lower()
-        raise InvalidArgument(
-            f"{field}.data", f"expected {nbytes} bytes ({kind} {_shape_text(shape)}), got {len(data)}"
-        )
-    return n, data
+        expected = f"expected {nbytes} bytes ({'uint8' if uint8 else 'float32'} {_shape_text(shape)})"
+        raise InvalidArgument(f"{field}.data", f"{expected}, got {len(data)}")
+    return n
 
 
 def image_dtype(dtype: int, field: str = "image_dtype") -> bool:
