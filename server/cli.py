@@ -62,6 +62,7 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "health_port": ("plaintext port serving only the gRPC health service, for probes that speak no TLS "
                     "(0: none)", {}),
     "device": ("execution provider: auto (CUDA when usable, else CPU), cpu, cuda", {"choices": DEVICES}),
+    "cuda_mem_limit_mb": ("most GPU memory the CUDA arena may hold, in MiB (0: no limit)", {}),
     "max_batch_size": ("most rows per onnxruntime run", {}),
     "max_batch_delay_ms": ("longest a batch that is not full may wait for the requests of callers known to be "
                            "active (a lone caller never waits)", {}),
@@ -70,7 +71,7 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
                          "the event loop instead of the worker thread (CPU only; 0: always the thread)", {}),
     "max_num_samples": ("most rows (samples, images, interpolation steps) in one request", {}),
     "max_importance_samples": ("most posterior samples per image a Score call may ask for", {}),
-    "intra_op_threads": ("onnxruntime intra-op threads per session", {}),
+    "intra_op_threads": ("onnxruntime intra-op threads per session (0: 2, or fewer under a smaller CPU quota)", {}),
     "inter_op_threads": ("onnxruntime inter-op threads per session", {}),
     "max_concurrent_rpcs": ("most calls in flight at once (>= --max-batch-size); more get RESOURCE_EXHAUSTED", {}),
     "max_wait_ms": ("refuse new calls (RESOURCE_EXHAUSTED) when those in flight would take longer than this to "

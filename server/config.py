@@ -17,7 +17,8 @@ MB = 1 << 20
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 DEVICES = ("auto", "cpu", "cuda")
 CORE_PENDING_LIMIT = 1 << 16
-ADMISSION_FLOOR = 64  # calls always admitted at once, whatever the measured rate (admission.py)
+ADMISSION_FLOOR = 64
+DEFAULT_INTRA_THREADS = 2  # calls always admitted at once, whatever the measured rate (admission.py)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class ServeConfig:
     # kubelet's native gRPC probes speak no TLS: with TLS on, a plaintext port that serves grpc.health.v1 only.
     health_port: int = 0
     device: str = "auto"
+    # The CUDA arena's ceiling: the VAE's weights are megabytes and a full batch's activations tens of megabytes,
+    # so 2 GiB leaves ample room while one process cannot take a card that other pods share. 0: no limit.
+    cuda_mem_limit_mb: int = 2048
     # 1024 rows: a Sample(1024) is one run, not 16; heavy batches leave the loop for the worker thread anyway.
     max_batch_size: int = 1024
     # Adaptive, not a fixed window: only a batch whose previous one merged several callers waits, and only
@@ -50,9 +54,10 @@ class ServeConfig:
     max_num_samples: int = 4096
     # Score's K: `vaeserve evaluate`'s default, the importance-weighted bound it reports.
     max_importance_samples: int = 1000
-    # 2: heavy batches run faster and small calls are no slower, since idle pool threads sleep except during the
-    # longest batches (runtime.CpuSession; BENCHMARKS.md, "Design measurements"). More only pays for heavy batches.
-    intra_op_threads: int = 2
+    # 0: two, or fewer where the container's CPU quota allows fewer (runtime.available_cpus). Two: heavy batches
+    # run faster and small calls are no slower, since idle pool threads sleep except during the longest batches
+    # (runtime.CpuSession; BENCHMARKS.md, "Design measurements"). More only pays for heavy batches.
+    intra_op_threads: int = 0
     inter_op_threads: int = 1
     # Calls in flight at once, at most; admission.py admits fewer when the measured rate says they would wait
     # longer than max_wait_ms. Refused calls get RESOURCE_EXHAUSTED at once instead of queueing inside gRPC.
@@ -102,6 +107,13 @@ class ServeConfig:
             raise VaeserveError(f"--health-port: {self.health_port} is already --port or --metrics-port")
 
     @property
+    def intra_threads(self) -> int:
+        """--intra-op-threads, 0 resolved: two, or the whole CPUs the container may use when fewer."""
+        from .runtime import available_cpus  # onnxruntime: not at CLI start-up
+
+        return self.intra_op_threads or max(1, min(DEFAULT_INTRA_THREADS, int(available_cpus())))
+
+    @property
     def admission_floor(self) -> int:
         return min(ADMISSION_FLOOR, self.max_concurrent_rpcs)
 
@@ -138,7 +150,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "inline_budget_us": (0, 1e6),
     "max_num_samples": (1, 1 << 20),
     "max_importance_samples": (1, 100_000),
-    "intra_op_threads": (1, 256),
+    "intra_op_threads": (0, 256),
+    "cuda_mem_limit_mb": (0, 1 << 20),
     "inter_op_threads": (1, 256),
     "max_concurrent_rpcs": (1, 100_000),
     "max_wait_ms": (1, 60_000),

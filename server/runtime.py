@@ -12,7 +12,10 @@ load, not with the batch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,14 +168,20 @@ def run_bound(
 
 
 def open_session(
-    path: Path, input_name: str, output_names: list[str], device: str = "auto", intra: int = 1, inter: int = 1
+    path: Path,
+    input_name: str,
+    output_names: list[str],
+    device: str = "auto",
+    intra: int = 1,
+    inter: int = 1,
+    cuda_mem_limit_mb: int = 0,
 ) -> tuple[Session, str]:
     """The graph's session on `device` and, on CPU, why CUDA is not used (for the start-up log line)."""
     if device not in DEVICES:
         raise DeviceError(f"--device: expected one of {', '.join(DEVICES)}, got {device!r}")
     why_not = "CPU requested"
     if device != "cpu":
-        session, why_not = _try_cuda(path, _options(intra, inter))
+        session, why_not = _try_cuda(path, _options(intra, inter), cuda_options(cuda_mem_limit_mb))
         if session is not None:
             return CudaSession(session, input_name, output_names), ""
         if device == "cuda":
@@ -191,20 +200,65 @@ def _options(intra_op_threads: int, inter_op_threads: int, spinning: bool = Fals
     return options
 
 
-def _try_cuda(path: Path, options: ort.SessionOptions) -> tuple[ort.InferenceSession | None, str]:
+def cuda_options(mem_limit_mb: int) -> dict[str, str]:
+    """CUDA execution provider options. The arena grows by what is asked, not by doubling (the default), and at
+    most to `mem_limit_mb` (0: no limit): a card is often shared, and a doubling arena can hold twice the
+    memory a batch needs."""
+    options = {"arena_extend_strategy": "kSameAsRequested"}
+    if mem_limit_mb:
+        options["gpu_mem_limit"] = str(mem_limit_mb << 20)
+    return options
+
+
+def preload_cuda() -> str:
+    """Loads the CUDA and cuDNN libraries that pip installed (the nvidia-* wheels), where this onnxruntime can;
+    without this a CUDA session fails to find them unless LD_LIBRARY_PATH names them. onnxruntime prints each
+    library it could not load: those lines are kept and returned (the first one), so the reason lands in the
+    start-up log's one line, not as a page of noise."""
+    if not hasattr(ort, "preload_dlls"):
+        return ""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        ort.preload_dlls()
+    failed = [line for line in printed.getvalue().splitlines() if line.startswith("Failed to load")]
+    return failed[0] if failed else ""
+
+
+def _try_cuda(
+    path: Path, options: ort.SessionOptions, provider_options: dict[str, str]
+) -> tuple[ort.InferenceSession | None, str]:
     """A CUDA session, or None and why not."""
     if CUDA not in ort.get_available_providers():
         return None, f"this onnxruntime build has no {CUDA} (providers: {ort.get_available_providers()})"
+    missing = preload_cuda()
     ort.set_default_logger_severity(4)  # the failed library load is reported by us, in one line
     try:
-        session = ort.InferenceSession(str(path), options, providers=[CUDA, CPU])
+        session = ort.InferenceSession(str(path), options, providers=[(CUDA, provider_options), CPU])
     except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types for missing libraries
         return None, f"creating a CUDA session failed: {exc}"
     finally:
         ort.set_default_logger_severity(3)
-    if session.get_providers()[0] != CUDA:
-        return None, "the CUDA libraries (CUDA, cuDNN) or a GPU are not available to onnxruntime"
+    if session.get_providers()[0] != CUDA:  # onnxruntime falls back to CPU silently when CUDA cannot load
+        detail = f" ({missing})" if missing else ""
+        return None, f"the CUDA libraries (CUDA, cuDNN) or a GPU are not available to onnxruntime{detail}"
     return session, ""
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> float:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (v2 cpu.max, v1 cfs_quota_us), so
+    a container limited to 2 CPUs on a 64-core host sizes its thread pools for 2."""
+    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return cpus
+    if quota in ("max", "-1"):
+        return cpus
+    return min(cpus, max(int(quota) / int(period), 1e-3))
 
 
 def _measure(

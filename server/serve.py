@@ -103,13 +103,13 @@ def load(config: ServeConfig) -> Loaded:
     # What each session returns by default: the decoder's logits only when asked (scoring).
     graphs_io = {"encoder": (model.encoder_path, "image", ["mean", "log_variance"]),
                  "decoder": (model.decoder_path, "latent", ["image"])}  # fmt: skip
-    threads = (config.device, config.intra_op_threads, config.inter_op_threads)
+    threads = (config.device, config.intra_threads, config.inter_op_threads, config.cuda_mem_limit_mb)
     sessions, why_not = {}, ""
     for name, (path, graph_input, outputs) in graphs_io.items():
         sessions[name], why_not = open_session(path, graph_input, outputs, *threads)
     log.info("execution provider %s (--device %s%s)", sessions["decoder"].provider, config.device,
              f": {why_not}" if why_not else "")  # fmt: skip
-    log.info("onnxruntime threads: intra-op %d, inter-op %d", config.intra_op_threads, config.inter_op_threads)
+    log.info("onnxruntime threads: intra-op %d, inter-op %d", config.intra_threads, config.inter_op_threads)
     row_shapes = {"encoder": model.image_shape, "decoder": (model.latent_dim,)}
     for name, session in sessions.items():
         session.warm_up(row_shapes[name], config.max_batch_size)

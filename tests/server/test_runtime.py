@@ -3,13 +3,24 @@ where it binds host memory)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from vaeserve.server.runtime import CPU, Cost, CpuSession, DeviceError, open_session, run_bound
+from vaeserve.server.runtime import (
+    CPU,
+    Cost,
+    CpuSession,
+    DeviceError,
+    available_cpus,
+    cuda_options,
+    open_session,
+    preload_cuda,
+    run_bound,
+)
 
 
 def test_cpu_session_runs_the_graph_on_both_paths_and_with_io_binding(model_repo: Path) -> None:
@@ -53,3 +64,34 @@ def test_cost_predicts_the_rows_that_fit_in_a_time() -> None:
     assert cost.rows_within(0.7, 64) == 0  # not even one row
     assert cost.rows_within(100.0, 64) == 64  # never past the batch limit
     assert Cost(fixed_s=0.5, per_row_s=0.0).rows_within(0.6, 64) == 64  # rows that cost nothing measurable
+
+
+def test_cuda_provider_options_bound_the_arena() -> None:
+    assert cuda_options(2048) == {"arena_extend_strategy": "kSameAsRequested", "gpu_mem_limit": str(2048 << 20)}
+    assert cuda_options(0) == {"arena_extend_strategy": "kSameAsRequested"}  # 0: onnxruntime's own (no) limit
+
+
+def test_preloading_cuda_libraries_reports_in_one_line(capfd: pytest.CaptureFixture) -> None:
+    missing = preload_cuda()
+    out, err = capfd.readouterr()
+    assert out == err == ""  # onnxruntime's page of failures is not printed...
+    if "CUDAExecutionProvider" in ort.get_available_providers() and missing:
+        assert missing.startswith("Failed to load lib")  # ...its first line becomes part of the reason
+
+
+@pytest.mark.parametrize(
+    ("files", "cpus"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),  # v2, no quota: the affinity
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # v2: 1.5 CPUs
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no quota
+        ({}, None),  # no cgroup files at all
+    ],
+)
+def test_available_cpus_follow_the_containers_quota(tmp_path: Path, files: dict[str, str], cpus: float | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path) == (affinity if cpus is None else min(affinity, cpus))
