@@ -1,4 +1,4 @@
-"""Registers `vaeserve serve` and the client commands `sample`, `encode`, `reconstruct`, `info`.
+"""Registers `vaeserve serve` and the client commands `sample`, `encode`, `decode`, `reconstruct`, `info`.
 
 Every `serve` flag can also be set by an environment variable, VAESERVE_<FLAG> (e.g. VAESERVE_PORT,
 VAESERVE_MAX_BATCH_SIZE), which is how the Kubernetes manifests configure it; a flag on the command line wins.
@@ -8,7 +8,9 @@ Nothing heavy is imported here: grpc, onnxruntime and numpy load when a command 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,26 @@ def add_flag(p: argparse.ArgumentParser, flag: str, default: Any, help: str, **k
     kwargs.setdefault("type", type(default) if default is not None else str)
     p.add_argument(flag, default=os.environ.get(env, default), help=f"{help} (env {env}; default: %(default)s)",
                    **kwargs)  # fmt: skip
+
+
+def bounded(kind: type, low: float, high: float):  # -> an argparse `type`
+    """An argparse type: a `kind` (int or float) in [low, high]; NaN, infinities and garbage are refused."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} in "
+                                             f"[{low:g}, {high:g}], got {text!r}")  # fmt: skip
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+SEED = bounded(int, 0, 2**64 - 1)  # the proto's uint64
 
 
 def boolean(text: str) -> bool:
@@ -115,7 +137,7 @@ def _register_clients(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw samples from a running server and write them as a PNG grid")
     _client_flags(p)
     p.add_argument("--n", type=int, default=64, help="number of samples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=None, help="noise seed; same seed, same images (default: random)")
+    p.add_argument("--seed", type=SEED, default=None, help="noise seed; same seed, same images (default: random)")
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the latent noise (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG grid to write (default: %(default)s)")
     p.add_argument("--latents-out", type=Path, default=None, help=".npy file for the latents (default: none)")
@@ -123,8 +145,8 @@ def _register_clients(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("encode", help="encode images with a running server; write the means (or all) to a file")
     _client_flags(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG files or .npy arrays of the model's image shape")
-    p.add_argument("--seed", type=int, default=None, help="seed of the latent sample (default: random)")
+    _image_flags(p)
+    p.add_argument("--seed", type=SEED, default=None, help="seed of the latent sample (default: random)")
     p.add_argument(
         "--out",
         type=Path,
@@ -133,17 +155,38 @@ def _register_clients(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(run=run_encode)
 
-    p = sub.add_parser("reconstruct", help="reconstruct images with a running server; write originals beside them")
+    p = sub.add_parser("decode", help="decode latents with a running server and write the images as a PNG grid")
     _client_flags(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG files or .npy arrays of the model's image shape")
-    p.add_argument("--seed", type=int, default=None, help="seed of the latent sample (default: random)")
+    p.add_argument("latents", type=Path, metavar="LATENTS.npy",
+                   help="latents [N, latent_dim] or one [latent_dim], as encode and sample --latents-out write "
+                   "them")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path("decoded.png"), help="PNG grid to write (default: %(default)s)")
+    p.set_defaults(run=run_decode)
+
+    p = sub.add_parser("reconstruct", help="reconstruct images with a running server; write them under the inputs")
+    _client_flags(p)
+    _image_flags(p)
+    p.add_argument("--seed", type=SEED, default=None, help="seed of the latent sample (default: random)")
+    p.add_argument("--mean", action="store_true", help="decode the posterior mean instead of a sample: "
+                   "deterministic, no --seed (default: a sample)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("reconstructions.png"),
-                   help="PNG grid of (original, reconstruction) pairs (default: %(default)s)")  # fmt: skip
+                   help="PNG grid: rows of inputs, each above its reconstructions (default: %(default)s)")  # fmt: skip
     p.set_defaults(run=run_reconstruct)
 
     p = sub.add_parser("info", help="print the served model's description as JSON")
     _client_flags(p)
     p.set_defaults(run=run_info)
+
+
+def _image_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (PNG, JPEG, ...: any size or colours, converted to the model's) or .npy arrays "
+                   "[N, C, H, W] in [0, 1]")  # fmt: skip
+    p.add_argument("--no-resize", dest="resize", action="store_false",
+                   help="refuse images of another size instead of resizing them (default: resize, aspect ratio kept, "
+                   "padded)")  # fmt: skip
+    p.add_argument("--invert", action="store_true",
+                   help="invert the images: for dark strokes on a light background (default: as they are)")  # fmt: skip
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
@@ -156,8 +199,10 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", help="PEM private key of --tls-cert (default: none)")
     p.add_argument("--token-file", help="file whose first line is the bearer token to send (default: the token in "
                    "env VAESERVE_TOKEN, if set)")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=60.0, help="deadline of the call in seconds (default: %(default)s)")
-    p.add_argument("--scale", type=int, default=4, help="PNG pixels per image pixel (default: %(default)s)")
+    p.add_argument("--timeout", type=bounded(float, 0.001, 3600), default=60.0,
+                   help="deadline of each call in seconds (default: %(default)s)")  # fmt: skip
+    p.add_argument("--scale", type=bounded(int, 1, 64), default=4,
+                   help="PNG pixels per image pixel (default: %(default)s)")  # fmt: skip
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -171,20 +216,27 @@ def run_serve(args: argparse.Namespace) -> int:
     return run(config)
 
 
+def connect(args: argparse.Namespace):  # -> VaeClient
+    """The client the --target, --tls-*, --token-file and --timeout flags describe."""
+    from .client import VaeClient
+
+    return VaeClient(args.target, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                     tls_key=args.tls_key, token=_token(args))  # fmt: skip
+
+
 def _calling(args: argparse.Namespace, call):  # -> the call's result
     """Runs call(client); a failed RPC becomes one line naming the server and the status."""
     import grpc
 
     from vaeserve.errors import VaeserveError
 
-    from .client import VaeClient
+    from .client import rpc_error_message
 
-    with VaeClient(args.target, timeout=args.timeout, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                   tls_key=args.tls_key, token=_token(args)) as client:  # fmt: skip
+    with connect(args) as client:
         try:
             return call(client)
         except grpc.RpcError as exc:
-            raise VaeserveError(f"{args.target}: {exc.code().name}: {exc.details()}") from None
+            raise VaeserveError(rpc_error_message(args.target, exc)) from None
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -215,11 +267,15 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(args: argparse.Namespace):  # -> (client info, images)
-    from .client import read_images
+def _read(args: argparse.Namespace):  # -> images [N, C, H, W] converted to the served model's shape
+    from .images import light_on_dark, read_images
 
     info = _calling(args, lambda c: c.info())
-    return read_images(args.images, tuple(info.image_shape))
+    images, notes = read_images(args.images, tuple(info.image_shape), resize=args.resize, invert=args.invert,
+                                hint_invert=light_on_dark(info.metadata))  # fmt: skip
+    for note in notes:
+        print(f"vaeserve {args.command}: {note}", file=sys.stderr)
+    return images
 
 
 def run_encode(args: argparse.Namespace) -> int:
@@ -235,26 +291,80 @@ def run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_reconstruct(args: argparse.Namespace) -> int:
+def read_latents(path: Path, latent_dim: int):  # -> float32 [N, latent_dim]
+    """A .npy file of latents, [N, latent_dim] or one [latent_dim], as float32; refused, naming the file, when it
+    is not one, holds no rows, has another width, or holds NaN or infinite values."""
     import numpy as np
+
+    from vaeserve.errors import VaeserveError
+
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise VaeserveError(f"{path}: cannot read as .npy ({exc})") from exc
+    if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)):
+        raise VaeserveError(f"{path}: expected real numbers, got {z.dtype}")
+    z = z[None] if z.ndim == 1 else z
+    if z.ndim != 2 or z.shape[1] != latent_dim or not len(z):
+        raise VaeserveError(f"{path}: expected latents [N, {latent_dim}] (or one [{latent_dim}]) for the served "
+                            f"model's latent_dim {latent_dim}, got {list(z.shape)}")  # fmt: skip
+    z = z.astype(np.float32)
+    if not np.isfinite(z).all():
+        raise VaeserveError(f"{path}: holds NaN or infinite values")
+    return z
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    from .client import write_grid
+
+    info = _calling(args, lambda c: c.info())
+    latents = read_latents(args.latents, info.latent_dim)
+    images = _calling(args, lambda c: c.decode(latents))
+    write_grid(images, args.out, scale=args.scale)
+    print(f"decoded {len(images)} latents to {args.out}")
+    return 0
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    from vaeserve.errors import VaeserveError
 
     from .client import write_grid
 
+    if args.mean and args.seed is not None:
+        raise VaeserveError("--seed and --mean: the posterior mean is decoded as it is, there is no noise to seed")
     images = _read(args)
-    reconstructed, _ = _calling(args, lambda c: c.reconstruct(images, args.seed))
-    pairs = np.stack([images, reconstructed], axis=1).reshape(-1, *images.shape[1:])
-    write_grid(pairs, args.out, columns=2 * min(len(images), 8), scale=args.scale)
-    print(f"wrote {len(images)} (original, reconstruction) pairs to {args.out}")
+    reconstructed, _ = _calling(args, lambda c: c.reconstruct(images, args.seed, mean=args.mean))
+    columns = min(len(images), RECONSTRUCTION_COLUMNS)
+    write_grid(input_rows(images, reconstructed, columns), args.out, columns=columns, scale=args.scale,
+               row_labels=("input", "reconstruction"))  # fmt: skip
+    print(f"wrote {len(images)} input(s) and their reconstructions to {args.out}")
     return 0
+
+
+RECONSTRUCTION_COLUMNS = 8
+
+
+def input_rows(inputs, outputs, columns: int):  # -> [2 * rows * columns, C, H, W]
+    """Rows of `columns` inputs, each followed by the row of their outputs; the last rows' empty cells are NaN
+    (blank in a grid)."""
+    import numpy as np
+
+    rows = -(-len(inputs) // columns)
+    padded = np.full((2, rows * columns, *inputs.shape[1:]), np.nan, np.float32)
+    padded[0, : len(inputs)], padded[1, : len(outputs)] = inputs, outputs
+    return padded.reshape(2, rows, columns, *inputs.shape[1:]).swapaxes(0, 1).reshape(-1, *inputs.shape[1:])
 
 
 def run_info(args: argparse.Namespace) -> int:
     import json
 
+    from .images import describe_input
+
     info = _calling(args, lambda c: c.info())
     fields = ("name", "version", "variant", "latent_dim", "likelihood", "execution_provider", "max_batch_size",
               "max_num_samples")  # fmt: skip
     described = {f: getattr(info, f) for f in fields}
-    described |= {"image_shape": list(info.image_shape), "metadata": dict(sorted(info.metadata.items()))}
+    described |= {"image_shape": list(info.image_shape), "expects": describe_input(info.image_shape, info.metadata),
+                  "metadata": dict(sorted(info.metadata.items()))}  # fmt: skip
     print(json.dumps(described, indent=2))
     return 0
