@@ -34,7 +34,7 @@ model: install
 serve: model
 	exec $(BIN)/vaeserve serve --repo $(REPO) --name $(NAME) --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
-# System tools some tests drive for real (promtool/prometheus, kubectl); skipped quietly where apt-get is unavailable.
+# System tools some tests drive for real (promtool/prometheus, kubectl, chromium); skipped where apt-get is unavailable.
 system-deps:
 	@./.ci/system-deps.sh
 

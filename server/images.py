@@ -46,7 +46,7 @@ def describe_input(image_shape: Sequence[int], metadata: Mapping[str, str]) -> s
     sentence = f"{w}x{h} {colours} images, float32 values in [0, 1]"
     if light_on_dark(metadata):
         sentence += f", light strokes on a dark background (like its training data, {metadata['dataset']})"
-    return sentence + "; encode and reconstruct convert other sizes and colours (--no-resize refuses them instead)"
+    return sentence
 
 
 def read_images(
