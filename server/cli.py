@@ -364,8 +364,9 @@ def run_info(args: argparse.Namespace) -> int:
     fields = ("name", "version", "variant", "latent_dim", "likelihood", "execution_provider", "max_batch_size",
               "max_num_samples")  # fmt: skip
     described = {f: getattr(info, f) for f in fields}
-    described |= {"image_shape": list(info.image_shape), "expects": describe_input(info.image_shape, info.metadata) + "; encode "
-                  "and reconstruct convert other sizes and colours (--no-resize refuses them)",
+    expects = describe_input(info.image_shape, info.metadata)
+    expects += "; encode and reconstruct convert other sizes and colours (--no-resize refuses them)"
+    described |= {"image_shape": list(info.image_shape), "expects": expects,
                   "metadata": dict(sorted(info.metadata.items()))}  # fmt: skip
     print(json.dumps(described, indent=2))
     return 0

@@ -307,14 +307,15 @@ def check_ports(config: ServeConfig) -> None:
     """Every port this server will listen on is free now: a busy one is one line naming its flag, in a fraction of
     a second, instead of gRPC's own log noise once the model is loaded and warm. With --reuse-port the gRPC port
     may be shared on purpose, so it is not checked."""
+    metrics_host = ("--metrics-host", config.metrics_host) if config.metrics_host else ("--host", config.host)
     listeners = (
-        ("--port", config.host, config.port, not config.reuse_port),
-        ("--metrics-port", config.metrics_host or config.host, config.metrics_port, True),
-        ("--health-port", config.host, config.health_port, True),
+        ("--port", ("--host", config.host), config.port, not config.reuse_port),
+        ("--metrics-port", metrics_host, config.metrics_port, True),
+        ("--health-port", ("--host", config.host), config.health_port, True),
     )
-    for flag, host, port, exclusive in listeners:
+    for flag, (host_flag, host), port, exclusive in listeners:
         if port and exclusive:
-            check_free(host, port, flag, env_name(flag))
+            check_free(host, port, flag, env_name(flag), host_flag)
 
 
 def run(config: ServeConfig) -> int:

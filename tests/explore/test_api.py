@@ -225,6 +225,16 @@ def test_explore_command_errors_are_one_line(server: ServerProcess, tmp_path: Pa
         f"vaeserve explore: error: --port {server.port}: 127.0.0.1:{server.port} is in use (another vaeserve?); "
         "choose another with --port\n",
     )
+    result = explore("--target", server.target, "--host", "10.255.255.1")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "vaeserve explore: error: --host 10.255.255.1: not an address of this machine, cannot listen on it (Cannot "
+        "assign requested address)\n",
+    )
+    result = explore("--target", server.target, "--host", "nonexistent.invalid")
+    assert result.returncode == 2 and result.stderr.startswith(
+        "vaeserve explore: error: --host nonexistent.invalid: cannot resolve it to an address to listen on ("
+    )
     for value in ("-1", "65536", "nan", "", "eighty", "1e9"):
         result = explore("--target", server.target, "--port", value)
         assert result.returncode == 2 and f"argument --port: expected an integer in [0, 65535], got {value!r}" in (

@@ -120,6 +120,20 @@ def test_a_port_in_use_is_one_line_before_the_model_loads(server: ServerProcess,
         )
 
 
+def test_a_host_that_cannot_be_listened_on_is_one_line(model_repo: Path) -> None:
+    cases = {
+        "nonexistent.invalid": "--host nonexistent.invalid: cannot resolve it to an address to listen on (",
+        "10.255.255.1": "--host 10.255.255.1: not an address of this machine, cannot listen on it (",
+        "a" * 300: f"--host {'a' * 300}: cannot resolve it to an address to listen on (",
+    }
+    for host, message in cases.items():
+        result = run_serve(model_repo, "--host", host)
+        assert result.returncode == 2 and result.stderr.startswith(f"vaeserve serve: error: {message}"), host
+        assert result.stderr.count("\n") == 1
+    result = run_serve(model_repo, "--metrics-host", "nonexistent.invalid", "--metrics-port", str(free_port()))
+    assert result.stderr.startswith("vaeserve serve: error: --metrics-host nonexistent.invalid: cannot resolve")
+
+
 def test_reuse_port_lets_two_processes_share_the_port_and_its_connections(model_repo: Path, tmp_path: Path) -> None:
     port = free_port()
     with (

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.conftest import run_cli
-from tests.harness import ServerProcess, free_port, health_status, serve_argv, serving
+from tests.harness import ROOT, ServerProcess, free_port, health_status, serve_argv, serving
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server.client import AsyncVaeClient, VaeClient
 
@@ -169,6 +171,17 @@ def test_the_async_client_and_the_explorer_speak_tls_and_send_the_token(
     with connect(args) as client, pytest.raises(grpc.RpcError) as refused:
         Explorer.connect(client, scale=1)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_readme_tls_example_runs_as_written(secured: ServerProcess, pki: Pki, tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    (example,) = re.findall(r"<!-- example: tls -->\n```python\n(.*?)```", readme, re.S)
+    (tmp_path / "certs").mkdir()
+    shutil.copy(pki.ca.pem, tmp_path / "certs" / "ca.crt")
+    (tmp_path / "certs" / "client.token").write_text("beta-token\n")  # as dev-certs.sh writes it
+    example = example.replace("localhost:50051", f"localhost:{secured.port}")
+    ran = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (ran.returncode, ran.stdout) == (0, "vae\n"), ran.stderr
 
 
 def wait_until(condition, what: str, timeout: float = 30.0) -> None:
