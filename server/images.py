@@ -84,12 +84,15 @@ def read_images(
 
 
 def load_npy(path: Path) -> np.ndarray:
-    """A .npy file as float32 [N, C, H, W]."""
+    """A .npy file as float32 [N, C, H, W]; its header is checked before its pixels are read."""
     try:
-        a = np.load(path, allow_pickle=False)
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise ImageError(f"{path}: cannot read as .npy ({exc})") from exc
-    return as_batch(a, str(path))
+    if a.ndim >= 2 and a.shape[-1] * a.shape[-2] > MAX_PIXELS:
+        raise ImageError(f"{path}: images of {a.shape[-1]}x{a.shape[-2]} pixels are more than this client reads "
+                         f"({MAX_PIXELS:,} pixels)")  # fmt: skip
+    return as_batch(np.asarray(a), str(path))
 
 
 def as_batch(a: np.ndarray, source: str) -> np.ndarray:

@@ -157,6 +157,10 @@ def test_garbage_missing_empty_and_huge_files_are_one_line_errors(tmp_path: Path
     # PNG headers that claim 5000 x 5000 and 100000 x 100000 pixels: refused before anything is decoded.
     for name, side in (("huge.png", 5000), ("bomb.png", 100_000)):
         (tmp_path / name).write_bytes(png_header(side, side))
+    # An .npy header that claims 5000 x 5000 images (a sparse file: nothing is written, or read).
+    with open(tmp_path / "huge.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (1, 5000, 5000)})
+        f.truncate(f.tell() + 4 * 5000 * 5000)
     cases = {
         "garbage.png": "cannot read as an image",
         "empty.png": "cannot read as an image",
@@ -164,6 +168,7 @@ def test_garbage_missing_empty_and_huge_files_are_one_line_errors(tmp_path: Path
         "missing.png": "cannot read it (No such file or directory)",
         "huge.png": "5000x5000 pixels is more than this client reads (16,777,216 pixels)",
         "bomb.png": "cannot read as an image (Image size (10000000000 pixels) exceeds limit",
+        "huge.npy": "images of 5000x5000 pixels are more than this client reads (16,777,216 pixels)",
     }
     for name, message in cases.items():
         with pytest.raises(ImageError) as refused:
