@@ -45,11 +45,13 @@ def bounded(kind: type, low: float, high: float):  # -> an argparse `type`
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} in "
-                                             f"[{low:g}, {high:g}], got {text!r}")  # fmt: skip
+            valid = math.isfinite(value) and low <= value <= high
+        except (ValueError, OverflowError):  # garbage, or an integer too long for a float
+            valid = False
+        if not valid:
+            bounds = f"[{low}, {high}]" if kind is int else f"[{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} in {bounds}, "
+                                             f"got {text!r}")  # fmt: skip
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
