@@ -10,6 +10,7 @@ NAME    ?= vae
 RUN     ?= runs/default
 HOST    ?= 127.0.0.1
 PORT    ?= 50051
+METRICS_PORT ?= 8000
 
 .PHONY: install serve model test bench load lint proto system-deps clean
 
@@ -31,9 +32,9 @@ model: install
 	fi
 
 serve: model
-	exec $(BIN)/vaeserve serve --repo $(REPO) --name $(NAME) --host $(HOST) --port $(PORT)
+	exec $(BIN)/vaeserve serve --repo $(REPO) --name $(NAME) --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
-# System tools some tests drive for real (promtool/prometheus, kubectl); skipped quietly where apt-get is unavailable.
+# System tools some tests drive for real (promtool/prometheus, kubectl, chromium); skipped where apt-get is unavailable.
 system-deps:
 	@./.ci/system-deps.sh
 

@@ -1,17 +1,20 @@
-"""A small numpy-in, numpy-out client of vae.v1.VaeService, and the image files the client commands read and write.
+"""numpy-in, numpy-out clients of vae.v1.VaeService, blocking (`VaeClient`) and asyncio (`AsyncVaeClient`), and
+the PNG grids the client commands write. Stable import path: `from vaeserve import VaeClient`.
 
     with VaeClient("localhost:50051") as client:
         images, latents = client.sample(16, seed=0)
         mean, log_variance, z = client.encode(images)
 
-Errors come back as `grpc.RpcError` (code() and details() name the status and the offending field).
+Errors come back as `grpc.RpcError` (code() and details() name the status and the offending field);
+`rpc_error_message` words one as the CLI prints it. Images from files: `vaeserve.server.images.read_images`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 import numpy as np
@@ -21,19 +24,110 @@ from vaeserve.grid import tile
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
 MB = 1 << 20
+MAX_UINT32 = (1 << 32) - 1
 
 
 def to_tensor(a: np.ndarray) -> vae_pb2.Tensor:
+    """A float32 tensor (latents, or images in [0, 1])."""
     a = np.ascontiguousarray(a, dtype="<f4")
     return vae_pb2.Tensor(shape=a.shape, data=a.tobytes())
 
 
+def image_tensor(images: np.ndarray) -> vae_pb2.Tensor:
+    """Images as they are held: uint8 arrays travel as UINT8 (a quarter of the bytes; value / 255), others as
+    float32 in [0, 1]."""
+    if images.dtype == np.uint8:
+        images = np.ascontiguousarray(images)
+        return vae_pb2.Tensor(shape=images.shape, data=images.tobytes(), dtype=vae_pb2.UINT8)
+    return to_tensor(images)
+
+
 def from_tensor(t: vae_pb2.Tensor) -> np.ndarray:
-    return np.frombuffer(t.data, dtype="<f4").reshape(tuple(t.shape))
+    """float32, or uint8 for a UINT8 tensor (images: value * 255, rounded)."""
+    dtype = np.uint8 if t.dtype == vae_pb2.UINT8 else np.dtype("<f4")
+    return np.frombuffer(t.data, dtype=dtype).reshape(tuple(t.shape))
+
+
+def _image_dtype(uint8: bool) -> int:
+    return vae_pb2.UINT8 if uint8 else vae_pb2.FLOAT32
+
+
+# One call: (RPC name, request, reader of the response). Both clients run the same calls.
+Call = tuple[str, Any, Callable[[Any], Any]]
+
+
+def _sample(n: int, seed: int | None, temperature: float, uint8: bool) -> Call:
+    request = vae_pb2.SampleRequest(num_samples=n, seed=seed, temperature=temperature, image_dtype=_image_dtype(uint8))
+    return "Sample", request, lambda r: (from_tensor(r.images), from_tensor(r.latents))
+
+
+def _encode(images: np.ndarray, seed: int | None) -> Call:
+    request = vae_pb2.EncodeRequest(images=image_tensor(images), seed=seed)
+    return "Encode", request, lambda r: (from_tensor(r.mean), from_tensor(r.log_variance), from_tensor(r.latents))
+
+
+def _decode(latents: np.ndarray, uint8: bool) -> Call:
+    request = vae_pb2.DecodeRequest(latents=to_tensor(latents), image_dtype=_image_dtype(uint8))
+    return "Decode", request, lambda r: from_tensor(r.images)
+
+
+def _reconstruct(images: np.ndarray, seed: int | None, mean: bool, uint8: bool) -> Call:
+    if mean and seed is not None:
+        raise VaeserveError("seed: the posterior mean is decoded as it is (mean=True): there is no noise to seed")
+    request = vae_pb2.ReconstructRequest(images=image_tensor(images), seed=seed, image_dtype=_image_dtype(uint8))
+    return "Reconstruct", request, lambda r: (from_tensor(r.images), from_tensor(r.latents))
+
+
+def _score(images: np.ndarray, k: int, seed: int | None) -> Call:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_UINT32:
+        raise VaeserveError(f"k: expected a whole number of importance samples >= 1, got {k!r}")
+    request = vae_pb2.ScoreRequest(images=image_tensor(images), num_importance_samples=int(k), seed=seed)
+    fields = ("elbo", "log_likelihood", "reconstruction", "kl")
+    return "Score", request, lambda r: {f: from_tensor(getattr(r, f)) for f in fields}
+
+
+def _interpolate(a: np.ndarray, b: np.ndarray, steps: int, spherical: bool, uint8: bool) -> Call:
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or not 2 <= steps <= MAX_UINT32:
+        raise VaeserveError(f"steps: expected a whole number >= 2, got {steps!r}")
+    ends = endpoints(a, b)
+    given = {"images": image_tensor(ends)} if ends.ndim > 2 else {"latents": to_tensor(ends)}
+    request = vae_pb2.InterpolateRequest(steps=int(steps), spherical=spherical, image_dtype=_image_dtype(uint8),
+                                         **given)  # fmt: skip
+    return "Interpolate", request, lambda r: (from_tensor(r.images), from_tensor(r.latents))
+
+
+def _info() -> Call:
+    return "GetModelInfo", vae_pb2.GetModelInfoRequest(), lambda r: r
+
+
+def channel_arguments(
+    max_message_mb: int,
+    tls_ca: str | Path | None,
+    tls_cert: str | Path | None,
+    tls_key: str | Path | None,
+    options: Sequence[tuple[str, Any]],
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+    """(TLS credentials or None for plaintext, channel options) from the clients' arguments."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_mb * MB),
+        ("grpc.max_send_message_length", max_message_mb * MB),
+        *options,
+    ]
+    if bool(tls_cert) != bool(tls_key):
+        raise VaeserveError("--tls-cert and --tls-key: give both (the client certificate and its private key)")
+    if not (tls_ca or tls_cert):
+        return None, options
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(tls_ca, "--tls-ca"),
+        private_key=_read(tls_key, "--tls-key"),
+        certificate_chain=_read(tls_cert, "--tls-cert"),
+    )
+    return credentials, options
 
 
 class VaeClient:
-    """Blocking client; `timeout` (seconds) is every call's deadline.
+    """Blocking client; `timeout` (seconds) is every call's deadline. Arrays are float32, images [N, C, H, W] in
+    [0, 1] of the model's image_shape (`info().image_shape`; `read_images` converts files to it).
 
     TLS: `tls_ca` (PEM file of the CA that signed the server's certificate; the system's roots when only a
     client certificate is given), and for mTLS `tls_cert` + `tls_key`. `token`: sent as `authorization: Bearer
@@ -51,24 +145,13 @@ class VaeClient:
         token: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        options = [
-            ("grpc.max_receive_message_length", max_message_mb * MB),
-            ("grpc.max_send_message_length", max_message_mb * MB),
-            *options,
-        ]
         self.target = target
         self.timeout = timeout
-        if bool(tls_cert) != bool(tls_key):
-            raise VaeserveError("--tls-cert and --tls-key: give both (the client certificate and its private key)")
-        if tls_ca or tls_cert:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(tls_ca, "--tls-ca"),
-                private_key=_read(tls_key, "--tls-key"),
-                certificate_chain=_read(tls_cert, "--tls-cert"),
-            )
-            self.channel = grpc.secure_channel(target, credentials, options=options)
-        else:
+        credentials, options = channel_arguments(max_message_mb, tls_ca, tls_cert, tls_key, options)
+        if credentials is None:
             self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            self.channel = grpc.secure_channel(target, credentials, options=options)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.stub = vae_pb2_grpc.VaeServiceStub(self.channel)
 
@@ -81,30 +164,150 @@ class VaeClient:
     def close(self) -> None:
         self.channel.close()
 
-    def _call(self, method: Any, request: Any) -> Any:
-        return method(request, timeout=self.timeout, metadata=self.metadata)
+    def _run(self, call: Call) -> Any:
+        method, request, read = call
+        return read(getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata))
 
-    def sample(self, n: int, seed: int | None = None, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """(images [n, C, H, W], latents [n, latent_dim]) with z ~ N(0, temperature^2 I)."""
-        r = self._call(self.stub.Sample, vae_pb2.SampleRequest(num_samples=n, seed=seed, temperature=temperature))
-        return from_tensor(r.images), from_tensor(r.latents)
+    def sample(
+        self, n: int, seed: int | None = None, temperature: float = 1.0, uint8: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(images [n, C, H, W], latents [n, latent_dim]) with z ~ N(0, temperature^2 I). Images are float32 in
+        [0, 1], or with `uint8` bytes (value * 255: a quarter of the bytes on the wire); so for every method
+        returning images."""
+        return self._run(_sample(n, seed, temperature, uint8))
 
     def encode(self, images: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(mean, log_variance, latents) [N, latent_dim] of images [N, C, H, W] in [0, 1]."""
-        r = self._call(self.stub.Encode, vae_pb2.EncodeRequest(images=to_tensor(images), seed=seed))
-        return from_tensor(r.mean), from_tensor(r.log_variance), from_tensor(r.latents)
+        """(mean, log_variance, latents) [N, latent_dim] of images [N, C, H, W] (float in [0, 1], or uint8,
+        sent as such); the latents are a sample of the posterior, drawn by the server (same seed, same sample)."""
+        return self._run(_encode(images, seed))
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        r = self._call(self.stub.Decode, vae_pb2.DecodeRequest(latents=to_tensor(latents)))
-        return from_tensor(r.images)
+    def decode(self, latents: np.ndarray, uint8: bool = False) -> np.ndarray:
+        """Images [N, C, H, W] (the decoder's means) of latents [N, latent_dim]."""
+        return self._run(_decode(latents, uint8))
 
-    def reconstruct(self, images: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(reconstructed images, the latents that were decoded)."""
-        r = self._call(self.stub.Reconstruct, vae_pb2.ReconstructRequest(images=to_tensor(images), seed=seed))
-        return from_tensor(r.images), from_tensor(r.latents)
+    def reconstruct(
+        self, images: np.ndarray, seed: int | None = None, mean: bool = False, uint8: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(reconstructed images, the latents that were decoded): a posterior sample, or with `mean` the posterior
+        mean (deterministic: no seed needed, and none accepted)."""
+        if mean:
+            _reconstruct(images, seed, mean, uint8)  # refuses a seed
+            means = self.encode(images)[0]
+            return self.decode(means, uint8), means
+        return self._run(_reconstruct(images, seed, mean, uint8))
+
+    def score(self, images: np.ndarray, k: int = 100, seed: int | None = None) -> dict[str, np.ndarray]:
+        """How likely each image is under the model, in nats, from k posterior samples drawn by the server:
+        {"log_likelihood": the importance-weighted bound on log p(x), "elbo", "reconstruction", "kl"}, each [N].
+        A low log_likelihood marks an image unlike the training data (anomaly detection)."""
+        return self._run(_score(images, k, seed))
+
+    def interpolate(
+        self, a: np.ndarray, b: np.ndarray, steps: int = 8, spherical: bool = False, uint8: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(images [steps, C, H, W], latents [steps, latent_dim]) along the path from a to b, both ends included.
+
+        a, b: two images ([C, H, W] or [1, C, H, W]; their posterior means are the ends) or two latents
+        ([latent_dim]). spherical: slerp (constant angular speed, keeps the norm typical of the prior) instead of a
+        straight line. One Interpolate call.
+        """
+        return self._run(_interpolate(a, b, steps, spherical, uint8))
 
     def info(self) -> vae_pb2.ModelInfo:
-        return self._call(self.stub.GetModelInfo, vae_pb2.GetModelInfoRequest())
+        """The served model: name, version, latent_dim, image_shape [C, H, W], likelihood, limits, metadata."""
+        return self._run(_info())
+
+
+class AsyncVaeClient:
+    """The asyncio client: the same arguments and methods as VaeClient, each a coroutine.
+
+    async with AsyncVaeClient("localhost:50051") as client:
+        images, latents = await client.sample(16, seed=0)
+    """
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float | None = 60.0,
+        max_message_mb: int = 64,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        token: str | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        credentials, options = channel_arguments(max_message_mb, tls_ca, tls_cert, tls_key, options)
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self.channel = grpc.aio.secure_channel(target, credentials, options=options)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.stub = vae_pb2_grpc.VaeServiceStub(self.channel)
+
+    async def __aenter__(self) -> AsyncVaeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _run(self, call: Call) -> Any:
+        method, request, read = call
+        return read(await getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata))
+
+    async def sample(
+        self, n: int, seed: int | None = None, temperature: float = 1.0, uint8: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return await self._run(_sample(n, seed, temperature, uint8))
+
+    async def encode(self, images: np.ndarray, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return await self._run(_encode(images, seed))
+
+    async def decode(self, latents: np.ndarray, uint8: bool = False) -> np.ndarray:
+        return await self._run(_decode(latents, uint8))
+
+    async def reconstruct(
+        self, images: np.ndarray, seed: int | None = None, mean: bool = False, uint8: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if mean:
+            _reconstruct(images, seed, mean, uint8)  # refuses a seed
+            means = (await self.encode(images))[0]
+            return await self.decode(means, uint8), means
+        return await self._run(_reconstruct(images, seed, mean, uint8))
+
+    async def score(self, images: np.ndarray, k: int = 100, seed: int | None = None) -> dict[str, np.ndarray]:
+        return await self._run(_score(images, k, seed))
+
+    async def interpolate(
+        self, a: np.ndarray, b: np.ndarray, steps: int = 8, spherical: bool = False, uint8: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return await self._run(_interpolate(a, b, steps, spherical, uint8))
+
+    async def info(self) -> vae_pb2.ModelInfo:
+        return await self._run(_info())
+
+
+def endpoints(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two interpolation ends as one array: two latents [2, latent_dim], or two images [2, C, H, W]."""
+    uint8 = np.asarray(a).dtype == np.uint8 and np.asarray(b).dtype == np.uint8
+    a, b = (np.asarray(x, np.uint8 if uint8 else np.float32) for x in (a, b))
+    a, b = (x[0] if x.ndim == 4 and len(x) == 1 else x for x in (a, b))
+    if a.shape != b.shape or a.ndim not in (1, 3) or not a.size:
+        raise VaeserveError(f"interpolate: expected two latents [latent_dim] or two images [C, H, W] of one shape, "
+                            f"got {list(a.shape)} and {list(b.shape)}")  # fmt: skip
+    return np.stack([a, b])
+
+
+def rpc_error_message(target: str, exc: grpc.RpcError) -> str:
+    """A failed call in one line: the server, the status and its details, and what to try when nothing answers."""
+    message = f"{target}: {exc.code().name}: {exc.details()}"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        message += f" (is a server running at {target}? `make serve` starts one)"
+    return message
 
 
 def _read(path: str | Path | None, flag: str) -> bytes | None:
@@ -116,53 +319,52 @@ def _read(path: str | Path | None, flag: str) -> bytes | None:
         raise VaeserveError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from exc
 
 
-def read_images(paths: Sequence[str | Path], image_shape: Sequence[int]) -> np.ndarray:
-    """PNG files (one image each) and .npy files ([N, C, H, W], [C, H, W], or [H, W] for one channel) as one
-    float32 batch [N, C, H, W] in [0, 1]; each must already have the model's image shape."""
+def render_grid(
+    images: np.ndarray, columns: int | None = None, scale: int = 1, row_labels: Sequence[str] = ()
+):  # -> PIL.Image.Image
+    """Images [N, C, H, W] in [0, 1] (all-NaN images: blank cells) as one picture: a grid `columns` wide (default:
+    square) with 1-pixel grey separators, each pixel repeated `scale` times; `row_labels`, when given, are written
+    left of the rows in turn (e.g. "input", "reconstruction")."""
     from PIL import Image
 
-    c, h, w = image_shape
-    batch = []
-    for path in map(Path, paths):
-        if path.suffix.lower() == ".npy":
-            try:
-                a = np.load(path)
-            except (OSError, ValueError) as exc:
-                raise VaeserveError(f"{path}: cannot read as .npy ({exc})") from exc
-            if a.dtype == np.uint8:
-                a = a / 255.0
-            if a.ndim == 2 and c == 1:
-                a = a[None]
-            if a.ndim == 3:
-                a = a[None]
-            if a.ndim != 4 or a.shape[1:] != (c, h, w):
-                raise VaeserveError(
-                    f"{path}: expected an array [N, {c}, {h}, {w}] (model image_shape), got {list(a.shape)}"
-                )
-            batch.append(a.astype(np.float32))
-            continue
-        try:
-            image = Image.open(path)
-            image.load()
-        except OSError as exc:
-            raise VaeserveError(f"{path}: cannot read as an image ({exc})") from exc
-        if image.size != (w, h):
-            raise VaeserveError(
-                f"{path}: expected {w}x{h} pixels (model image_shape {[c, h, w]}), got {image.size[0]}x{image.size[1]}"
-            )
-        if c not in (1, 3):
-            raise VaeserveError(f"{path}: the model takes {c}-channel images; use .npy [N, {c}, {h}, {w}] input")
-        a = np.asarray(image.convert("L" if c == 1 else "RGB"), dtype=np.float32) / 255.0
-        batch.append((a[None] if c == 1 else a.transpose(2, 0, 1))[None])
-    return np.concatenate(batch)
-
-
-def write_grid(images: np.ndarray, path: str | Path, columns: int | None = None, scale: int = 1) -> None:
-    """Images [N, C, H, W] in [0, 1] as one PNG: a grid `columns` wide (default: square), 1-pixel gaps,
-    each pixel repeated `scale` times."""
-    from PIL import Image
-
+    if images.dtype == np.uint8:  # as a server sends images when asked for uint8
+        images = images.astype(np.float32) / 255
     grid = tile(images, columns).repeat(scale, axis=1).repeat(scale, axis=2)
     pixels = (grid * 255).round().astype(np.uint8)
     # Grey for one channel (or the first of an unusual count), RGB for three.
-    Image.fromarray(pixels.transpose(1, 2, 0) if len(pixels) == 3 else pixels[0]).save(path)
+    picture = Image.fromarray(pixels.transpose(1, 2, 0) if len(pixels) == 3 else pixels[0])
+    if row_labels:
+        picture = _label_rows(picture, row_labels, row_height=(images.shape[2] + 1) * scale, top=scale)
+    return picture
+
+
+LABEL_GAP = 6  # pixels between a label and the edges beside it
+
+
+def _label_rows(picture, labels: Sequence[str], row_height: int, top: int):  # PIL images in and out
+    """The picture with a margin on its left holding labels[r % len(labels)] beside row r (rows `row_height`
+    pixels apart from `top`): dark text on the separators' grey."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(10, min(16, row_height // 2)))
+    margin = LABEL_GAP * 2 + math.ceil(max(font.getlength(label) for label in labels))
+    grey = 128 if picture.mode == "L" else (128, 128, 128)
+    labelled = Image.new(picture.mode, (margin + picture.width, picture.height), grey)
+    labelled.paste(picture, (margin, 0))
+    draw = ImageDraw.Draw(labelled)
+    for r in range((picture.height - top) // row_height):
+        middle = top + r * row_height + (row_height - top) / 2
+        draw.text((LABEL_GAP, middle), labels[r % len(labels)], fill=0 if picture.mode == "L" else (0, 0, 0),
+                  font=font, anchor="lm")  # fmt: skip
+    return labelled
+
+
+def write_grid(
+    images: np.ndarray,
+    path: str | Path | IO[bytes],
+    columns: int | None = None,
+    scale: int = 1,
+    row_labels: Sequence[str] = (),
+) -> None:
+    """`render_grid(images, columns, scale, row_labels)` saved as a PNG file (a path or a binary file object)."""
+    render_grid(images, columns, scale, row_labels).save(path, format="PNG")

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vaeserve.errors import VaeserveError
+from vaeserve.ports import check_free
 from vaeserve.protos.inference import grpc_service_pb2
 from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.repository import ModelVersion, open_version
@@ -30,6 +31,7 @@ from . import graphs, rpc
 from .admission import Admission
 from .auth import Tokens
 from .batcher import Batcher
+from .cli import env_name
 from .config import MB, ServeConfig
 from .memory import MMAP_THRESHOLD, keep_large_buffers
 from .metrics import Metrics, MetricsHttpServer
@@ -322,6 +324,21 @@ def listen(server: grpc.aio.Server, host: str, port: int, flag: str, credentials
     return bound
 
 
+def check_ports(config: ServeConfig) -> None:
+    """Every port this server will listen on is free now: a busy one is one line naming its flag, in a fraction of
+    a second, instead of gRPC's own log noise once the model is loaded and warm. With --reuse-port the gRPC port
+    may be shared on purpose, so it is not checked."""
+    metrics_host = ("--metrics-host", config.metrics_host) if config.metrics_host else ("--host", config.host)
+    listeners = (
+        ("--port", ("--host", config.host), config.port, not config.reuse_port),
+        ("--metrics-port", metrics_host, config.metrics_port, True),
+        ("--health-port", ("--host", config.host), config.health_port, True),
+    )
+    for flag, (host_flag, host), port, exclusive in listeners:
+        if port and exclusive:
+            check_free(host, port, flag, env_name(flag), host_flag)
+
+
 def run(config: ServeConfig) -> int:
     """Runs `serve` on the event loop --event-loop names; its exit status."""
     if config.event_loop != "asyncio":
@@ -337,6 +354,7 @@ def run(config: ServeConfig) -> int:
 
 async def serve(config: ServeConfig) -> int:
     config.check()
+    check_ports(config)
     security = Security.read(config)
     # Installed first, so a signal during loading and warm-up ends the start-up cleanly as well.
     stopping = asyncio.Event()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vaeserve.grid import tile
+from vaeserve.grid import SEPARATOR, tile
 
 
 def test_cells_sit_in_row_major_order_with_fill_between_them() -> None:
@@ -23,3 +23,30 @@ def test_default_is_a_square_grid_and_values_are_clipped() -> None:
     grid = tile(images)
     assert grid.shape == (3, 2 * 5 + 1, 3 * 5 + 1)  # 5 images: 3 columns, 2 rows
     assert grid.min() == 0.0 and grid.max() == 1.0
+
+
+def test_separators_are_grey_by_default_and_nan_images_leave_blank_cells() -> None:
+    black = np.zeros((1, 1, 2, 2), np.float32)
+    blank = np.full((1, 1, 2, 2), np.nan, np.float32)
+    grid = tile(np.concatenate([black, blank, black]), columns=3)
+    assert grid[0, 0, 0] == SEPARATOR == 0.5  # visible between black digits
+    np.testing.assert_array_equal(grid[0, 1:3, 1:3], 0.0)
+    np.testing.assert_array_equal(grid[0, 1:3, 4:6], SEPARATOR)  # the NaN image's cell
+    np.testing.assert_array_equal(grid[0, 1:3, 7:9], 0.0)
+
+
+def test_labelled_rows_carry_their_label_beside_them() -> None:
+    from vaeserve.server.client import render_grid
+
+    images = np.zeros((4, 1, 8, 8), np.float32)
+    images[2:] = 1.0  # row 0 black, row 1 white
+    plain = render_grid(images, columns=2, scale=4)
+    labelled = render_grid(images, columns=2, scale=4, row_labels=("input", "reconstruction"))
+    assert plain.size == (2 * 36 + 4, 2 * 36 + 4) and labelled.mode == plain.mode == "L"
+    margin = labelled.width - plain.width
+    assert margin > 60 and labelled.height == plain.height  # room for "reconstruction"
+    assert np.array_equal(np.asarray(labelled)[:, margin:], np.asarray(plain))
+    pixels = np.asarray(labelled)[:, :margin]
+    inked = [(pixels[4 + 36 * r : 4 + 36 * r + 32] < 64).sum() for r in range(2)]  # dark text in each row's band
+    assert inked[0] > 20 and inked[1] > inked[0]  # "reconstruction" is longer than "input"
+    assert (pixels[:4] == 128).all()  # nothing above the first row

@@ -28,7 +28,7 @@ REPORT_SEED = 0
 
 def image_grid(images: torch.Tensor, ncols: int) -> np.ndarray:
     """[N, C, H, W] in [0, 1] -> one [H', W'(, C)] array with a mid-grey separator between cells."""
-    grid = tile(images.detach().cpu().numpy(), ncols, fill=0.5)
+    grid = tile(images.detach().cpu().numpy(), ncols)
     return grid[0] if len(grid) == 1 else grid.transpose(1, 2, 0)
 
 

@@ -1,8 +1,9 @@
 """The one console command: `vaeserve <subcommand>`.
 
 Each package registers its own subcommands (training: train, evaluate; export: export; server: serve,
-sample, encode, reconstruct, info). Registration imports no heavy libraries, so `vaeserve serve` never
-imports torch and `vaeserve --help` is instant; each subcommand imports its implementation when it runs.
+sample, encode, decode, reconstruct, info; explore: explore). Registration imports no heavy libraries, so
+`vaeserve serve` never imports torch and `vaeserve --help` is instant; each subcommand imports its
+implementation when it runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from vaeserve.errors import VaeserveError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vaeserve.explore import cli as explore_cli
     from vaeserve.export import cli as export_cli
     from vaeserve.server import cli as server_cli
     from vaeserve.training import cli as training_cli
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vaeserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (training_cli, export_cli, server_cli):
+    for module in (training_cli, export_cli, server_cli, explore_cli):
         module.register(sub)
     return parser
 

@@ -96,7 +96,7 @@ def resolve_version(repo: str | Path, name: str, version: int | str | None = "la
     """REPO/NAME/VERSION; `None` or "latest" picks the highest version that has a model.json."""
     folder = Path(repo) / name
     if not folder.is_dir():
-        raise RepositoryError(f"{folder}: model {name!r} not found in repository {repo}")
+        raise RepositoryError(f"{folder}: model {name!r} not found: {_missing(Path(repo), name)}")
     if version is None or version == "latest":
         complete = [v for v in version_numbers(repo, name) if (folder / str(v) / MODEL_JSON).is_file()]
         if not complete:
@@ -109,6 +109,18 @@ def resolve_version(repo: str | Path, name: str, version: int | str | None = "la
         available = ", ".join(map(str, version_numbers(repo, name))) or "none"
         raise RepositoryError(f"{path}: version {int(version)} not found (available: {available})")
     return path
+
+
+def _missing(repo: Path, name: str) -> str:
+    """Why REPO/NAME is not there, and how to make it."""
+    make = "make model" + (f" REPO={repo}" if repo != Path("models") else "")
+    make += f" NAME={name}" if name != "vae" else ""
+    create = (f"create a model with `{make}`, or `vaeserve train --out runs/default` then `vaeserve export "
+              f"--checkpoint runs/default/best.pt --repo {repo} --name {name}`")  # fmt: skip
+    if not repo.is_dir():
+        return f"the repository folder {repo.absolute()} does not exist; {create}"
+    models = sorted(p.name for p in repo.iterdir() if p.is_dir())
+    return f"{repo.absolute()} holds {', '.join(models) if models else 'no models'}; {create}"
 
 
 def open_version(

@@ -1,4 +1,5 @@
-"""The client commands (`vaeserve sample|encode|reconstruct|info`) against a real server, writing real files."""
+"""The client commands (`vaeserve sample|encode|decode|reconstruct|score|interpolate|info`) against a real server,
+writing real files."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from PIL import Image
 
 from tests.conftest import run_cli
 from tests.harness import ServerProcess, free_port
+from tests.server.conftest import MAX_NUM_SAMPLES
 from vaeserve.cli import main as vaeserve
+from vaeserve.server.client import VaeClient
 
 
 @pytest.fixture
@@ -52,12 +55,132 @@ def test_encode_reads_png_and_npy_and_writes_embeddings(
         np.testing.assert_allclose(f["mean"], mean[:1], atol=1e-6)
 
 
-def test_reconstruct_writes_originals_beside_reconstructions(
+def test_reconstruct_writes_labelled_rows_of_inputs_above_their_reconstructions(
     server: ServerProcess, tmp_path: Path, digits_png: list[Path]
 ) -> None:
     out = tmp_path / "recon.png"
-    run_cli("reconstruct", "--target", server.target, *map(str, digits_png), "--out", str(out), "--scale", "1")
-    assert Image.open(out).size == (6 * 9 + 1, 9 + 1)  # one row of three (original, reconstruction) pairs
+    run_cli("reconstruct", "--target", server.target, *map(str, digits_png), "--out", str(out), "--scale", "1",
+            "--mean")  # fmt: skip
+    picture = np.asarray(Image.open(out))
+    assert picture.shape[0] == 2 * 9 + 1  # a row of the three inputs, then a row of their reconstructions
+    margin = picture.shape[1] - (3 * 9 + 1)
+    assert margin > 60  # the labels "input" and "reconstruction"
+    grid = picture[:, margin:]
+    inputs = [np.asarray(Image.open(p)) for p in digits_png]
+    with VaeClient(server.target) as client:
+        expected, _ = client.reconstruct(np.stack(inputs)[:, None] / np.float32(255), mean=True)
+    for i in range(3):
+        np.testing.assert_array_equal(grid[1:9, 1 + 9 * i : 9 + 9 * i], inputs[i])
+        reconstruction = (expected[i, 0] * 255).round().astype(np.uint8)
+        np.testing.assert_array_equal(grid[10:18, 1 + 9 * i : 9 + 9 * i], reconstruction)
+    assert (grid[0] == 128).all() and (grid[9] == 128).all()  # grey separators, visible beside black digits
+
+
+def test_reconstruct_mean_is_deterministic_and_takes_no_seed(
+    server: ServerProcess, tmp_path: Path, digits_png: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "1.png", tmp_path / "2.png"
+    for out in (first, second):
+        run_cli("reconstruct", "--target", server.target, *map(str, digits_png), "--mean", "--out", str(out))
+    assert first.read_bytes() == second.read_bytes()
+    capsys.readouterr()
+    assert vaeserve(["reconstruct", "--target", server.target, str(digits_png[0]), "--mean", "--seed", "1"]) == 2
+    assert capsys.readouterr().err == (
+        "vaeserve reconstruct: error: --seed and --mean: the posterior mean is decoded as it is, there is no noise to "
+        "seed\n"
+    )
+
+
+def test_any_image_encodes_converted_with_one_note_on_stderr(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sheet = Image.new("RGBA", (28, 28), (0, 0, 0, 0))  # a dark 1 on a transparent 28x28 sheet
+    sheet.paste((0, 0, 0, 255), (13, 4, 16, 24))
+    sheet.save(tmp_path / "one.png")
+    run_cli("sample", "--target", server.target, "--n", "4", "--out", str(tmp_path / "grid.png"))
+    capsys.readouterr()
+    out = tmp_path / "e.npy"
+    run_cli("encode", "--target", server.target, str(tmp_path / "one.png"), str(tmp_path / "grid.png"),
+            "--invert", "--out", str(out))  # fmt: skip
+    captured = capsys.readouterr()
+    assert np.load(out).shape == (2, 8)
+    assert captured.err.splitlines() == [
+        f"vaeserve encode: {tmp_path / 'one.png'}: converted: transparent pixels made white (the strokes are dark), "
+        "inverted, RGB -> grey, resized 28x28 -> 8x8 (aspect ratio kept, padded with black)",
+        f"vaeserve encode: {tmp_path / 'grid.png'}: converted: inverted, resized 76x76 -> 8x8 (aspect ratio kept, "
+        "padded with black)",
+    ]
+    run_cli("encode", "--target", server.target, str(tmp_path / "one.png"), "--out", str(out))
+    assert "hint: mostly light (mean pixel 0.9" in capsys.readouterr().err  # dark on light, without --invert
+
+
+def test_decode_writes_the_latents_images(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    latents = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    np.save(tmp_path / "z.npy", latents)
+    np.save(tmp_path / "one.npy", latents[0].astype(np.float64))
+    run_cli("decode", "--target", server.target, str(tmp_path / "z.npy"), "--out", str(tmp_path / "z.png"),
+            "--scale", "1")  # fmt: skip
+    run_cli("decode", "--target", server.target, str(tmp_path / "one.npy"), "--out", str(tmp_path / "one.png"),
+            "--scale", "1")  # fmt: skip
+    assert capsys.readouterr().out.splitlines() == [
+        f"decoded 5 latents to {tmp_path / 'z.png'}",
+        f"decoded 1 latents to {tmp_path / 'one.png'}",
+    ]
+    grid = np.asarray(Image.open(tmp_path / "z.png"))
+    assert grid.shape == (2 * 9 + 1, 3 * 9 + 1)
+    with VaeClient(server.target) as client:
+        images = client.decode(latents)
+    np.testing.assert_array_equal(grid[1:9, 10:18], (images[1, 0] * 255).round().astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "one.png"))[1:9, 1:9], grid[1:9, 1:9])
+
+
+def test_decode_refuses_bad_latent_files_in_one_line(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = {
+        "wide.npy": (np.zeros((2, 9), np.float32), "expected latents [N, 8] (or one [8]) for the served model's "
+                     "latent_dim 8, got [2, 9]"),
+        "none.npy": (np.zeros((0, 8), np.float32), "got [0, 8]"),
+        "cube.npy": (np.zeros((1, 1, 8), np.float32), "got [1, 1, 8]"),
+        "nan.npy": (np.full((1, 8), np.nan, np.float32), "holds NaN or infinite values"),
+        "inf.npy": (np.full(8, -np.inf), "holds NaN or infinite values"),
+        "text.npy": (np.array(["a"] * 8), "expected real numbers, got <U1"),
+    }  # fmt: skip
+    for name, (array, _) in bad.items():
+        np.save(tmp_path / name, array)
+    (tmp_path / "garbage.npy").write_bytes(b"not numpy")
+    bad["garbage.npy"] = (None, "cannot read as .npy")
+    bad["missing.npy"] = (None, "cannot read as .npy")
+    for name, (_, message) in bad.items():
+        assert vaeserve(["decode", "--target", server.target, str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"vaeserve decode: error: {tmp_path / name}: ") and message in err, err
+        assert err.count("\n") == 1
+    huge = tmp_path / "huge.npy"
+    np.save(huge, np.zeros((MAX_NUM_SAMPLES + 1, 8), np.float32))
+    assert vaeserve(["decode", "--target", server.target, str(huge)]) == 2
+    n = MAX_NUM_SAMPLES
+    assert f"INVALID_ARGUMENT: latents.shape: expected [N, 8] with 1 <= N <= {n}, got N = {n + 1}" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--scale", v) for v in ("0", "-1", "65", "1e9", "nan", "", "four")]
+    + [("--timeout", v) for v in ("0", "-1", "nan", "inf", "1e99", "", "soon")]
+    + [("--seed", v) for v in ("-1", str(2**64), "9" * 400, "nan", "1.5", "")],
+)
+def test_client_flags_have_bounds(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        vaeserve(["sample", "--target", "127.0.0.1:1", flag, value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    bounds = {"--scale": "an integer in [1, 64]", "--timeout": "a number in [0.001, 3600]",
+              "--seed": "an integer in [0, 18446744073709551615]"}[flag]  # fmt: skip
+    assert f"argument {flag}: expected {bounds}, got {value!r}" in err and "Traceback" not in err
 
 
 def test_info_prints_the_model_as_json(server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,12 +188,13 @@ def test_info_prints_the_model_as_json(server: ServerProcess, capsys: pytest.Cap
     info = json.loads(capsys.readouterr().out)
     assert info["name"] == "vae" and info["version"] == 1 and info["image_shape"] == [1, 8, 8]
     assert info["execution_provider"] == "CPUExecutionProvider" and "latent_dim" in info["metadata"]
+    assert info["expects"].startswith("8x8 grey images, float32 values in [0, 1], light strokes on a dark background")
 
 
 def test_client_errors_are_one_line(server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     big = tmp_path / "big.png"
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(big)
-    assert vaeserve(["encode", "--target", server.target, str(big)]) == 2
+    assert vaeserve(["encode", "--target", server.target, str(big), "--no-resize"]) == 2
     assert f"{big}: expected 8x8 pixels (model image_shape [1, 8, 8]), got 28x28" in capsys.readouterr().err
 
     assert vaeserve(["sample", "--target", server.target, "--n", "0", "--out", str(tmp_path / "x.png")]) == 2
@@ -79,4 +203,74 @@ def test_client_errors_are_one_line(server: ServerProcess, tmp_path: Path, capsy
     nobody = f"127.0.0.1:{free_port()}"
     assert vaeserve(["info", "--target", nobody, "--timeout", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"vaeserve info: error: {nobody}: ") and "Traceback" not in err
+    assert err.startswith(f"vaeserve info: error: {nobody}: UNAVAILABLE: ") and "Traceback" not in err
+    assert err.endswith(f" (is a server running at {nobody}? `make serve` starts one)\n")
+
+
+def test_score_prints_a_line_per_image_and_calls_anomalies(
+    server: ServerProcess, tmp_path: Path, digits_png: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vaeserve.training.data import load_dataset
+
+    normal = tmp_path / "normal"
+    normal.mkdir()
+    held_out = load_dataset({"name": "digits"}).test.numpy()
+    for i, image in enumerate(held_out[:40]):
+        Image.fromarray(np.rint(image[0] * 255).astype(np.uint8)).save(normal / f"{i}.png")
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)).save(noise)
+    digit = normal / "0.png"
+    assert vaeserve(["score", "--target", server.target, str(digit), str(noise), "--k", "20", "--seed", "1",
+                     "--fit-threshold", str(normal), "--fpr", "0.1"]) == 0  # fmt: skip
+    fitted, *lines = capsys.readouterr().out.strip().splitlines()
+    assert fitted.startswith("threshold ") and "of 40 normal image(s)" in fitted and "false-positive rate 0.1" in fitted
+    assert lines[0].startswith(f"{digit}  -log p(x) ") and lines[0].endswith("  normal")
+    assert lines[1].startswith(f"{noise}  -log p(x) ") and lines[1].endswith("  anomaly")
+    # Scores without a threshold, .npy rows labelled by index; the CLI's figures are the client's.
+    np.save(tmp_path / "two.npy", held_out[:2])
+    assert vaeserve(["score", "--target", server.target, str(tmp_path / "two.npy"), "--k", "5", "--seed", "2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    with VaeClient(server.target) as client:
+        expected = -client.score(held_out[:2], 5, seed=2)["log_likelihood"]
+    assert [line.split("  ")[0] for line in out] == [f"{tmp_path / 'two.npy'}[0]", f"{tmp_path / 'two.npy'}[1]"]
+    assert [float(line.split()[3]) for line in out] == pytest.approx(expected, abs=0.006)
+
+
+def test_score_refuses_what_it_cannot_do_in_one_line(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ([], "give images to score, or --fit-threshold FOLDER"),
+        (["--fit-threshold", str(tmp_path / "empty")], "holds no images"),
+        (["--fit-threshold", str(tmp_path / "nowhere")], "not a folder"),
+        (["x.png", "--threshold", "1", "--fit-threshold", str(tmp_path)], "--threshold and --fit-threshold"),
+    ]
+    for extra, message in cases:  # fmt: skip
+        assert vaeserve(["score", "--target", server.target, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_interpolate_writes_a_strip(server: ServerProcess, tmp_path: Path, digits_png: list[Path]) -> None:
+    out = tmp_path / "strip.png"
+    run_cli("interpolate", "--target", server.target, str(digits_png[0]), str(digits_png[1]), "--steps", "7",
+            "--spherical", "--out", str(out), "--scale", "1")  # fmt: skip
+    assert Image.open(out).size == (7 * 9 + 1, 9 + 1)  # one row of 7 cells of 8 px, 1 px separators
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value", "bounds"),
+    [("score", "--k", v, "an integer in [1, 100000]") for v in ("0", "-1", "100001", "nan", "", "many")]
+    + [("score", "--fpr", v, "a number in [1e-06, 0.5]") for v in ("0", "0.9", "nan", "inf", "")]
+    + [("score", "--threshold", v, "a number in [-1e+09, 1e+09]") for v in ("nan", "inf", "1e99", "x")]
+    + [("interpolate", "--steps", v, "an integer in [2, 4096]") for v in ("1", "-5", "4097", "2.5", "")],
+)
+def test_score_and_interpolate_flags_have_bounds(
+    command: str, flag: str, value: str, bounds: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        vaeserve([command, "--target", "127.0.0.1:1", "a.png", "b.png", f"{flag}={value}"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: expected {bounds}, got {value!r}" in err and "Traceback" not in err

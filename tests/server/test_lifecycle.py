@@ -55,6 +55,16 @@ def test_a_repository_that_fails_verification_stops_the_server_with_its_message(
 
     result = run_serve(tmp_path / "nowhere")
     assert result.returncode != 0 and "model 'vae' not found" in result.stderr
+    nowhere = tmp_path / "nowhere"
+    assert result.stderr.splitlines()[-1] == (
+        f"vaeserve serve: error: {nowhere}/vae: model 'vae' not found: the repository folder {nowhere} does not "
+        f"exist; create a model with `make model REPO={nowhere}`, or `vaeserve train --out runs/default` then "
+        f"`vaeserve export --checkpoint runs/default/best.pt --repo {nowhere} --name vae`"
+    )
+    result = run_serve(repo, "--name", "digits")
+    assert f"model 'digits' not found: {repo} holds vae; create a model with `make model REPO={repo} NAME=digits`" in (
+        result.stderr
+    )
 
 
 def test_device_cuda_without_cuda_fails_clearly(model_repo: Path) -> None:
@@ -90,11 +100,38 @@ def test_flags_come_from_the_environment_and_are_checked(model_repo: Path, tmp_p
     assert result.returncode == 2 and "--otlp-endpoint: expected http://HOST:PORT" in result.stderr
 
 
-def test_a_port_in_use_is_an_error(server: ServerProcess, model_repo: Path) -> None:
-    result = subprocess.run(
-        serve_argv(model_repo, port=server.port, metrics_port=0), capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 2 and f"--port: cannot listen on 127.0.0.1:{server.port}" in result.stderr
+def test_a_port_in_use_is_one_line_before_the_model_loads(server: ServerProcess, model_repo: Path) -> None:
+    """Each busy port (gRPC, metrics, health) is the only line the server prints: found before anything loads, so
+    no model or gRPC log comes before it."""
+    busy, metrics = server.port, server.metrics_port
+    cases = {
+        "--port": (serve_argv(model_repo, port=busy, metrics_port=0), busy, "VAESERVE_PORT"),
+        "--metrics-port": (serve_argv(model_repo, port=free_port(), metrics_port=metrics), metrics,
+                           "VAESERVE_METRICS_PORT"),
+        "--health-port": (serve_argv(model_repo, "--health-port", str(busy), port=free_port(), metrics_port=0), busy,
+                          "VAESERVE_HEALTH_PORT"),
+    }  # fmt: skip
+    for flag, (argv, port, env) in cases.items():
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert (result.returncode, result.stderr) == (
+            2,
+            f"vaeserve serve: error: {flag} {port}: 127.0.0.1:{port} is in use (another vaeserve?); choose another "
+            f"with {flag} or {env}\n",
+        )
+
+
+def test_a_host_that_cannot_be_listened_on_is_one_line(model_repo: Path) -> None:
+    cases = {
+        "nonexistent.invalid": "--host nonexistent.invalid: cannot resolve it to an address to listen on (",
+        "10.255.255.1": "--host 10.255.255.1: not an address of this machine, cannot listen on it (",
+        "a" * 300: f"--host {'a' * 300}: cannot resolve it to an address to listen on (",
+    }
+    for host, message in cases.items():
+        result = run_serve(model_repo, "--host", host)
+        assert result.returncode == 2 and result.stderr.startswith(f"vaeserve serve: error: {message}"), host
+        assert result.stderr.count("\n") == 1
+    result = run_serve(model_repo, "--metrics-host", "nonexistent.invalid", "--metrics-port", str(free_port()))
+    assert result.stderr.startswith("vaeserve serve: error: --metrics-host nonexistent.invalid: cannot resolve")
 
 
 def test_reuse_port_lets_two_processes_share_the_port_and_its_connections(model_repo: Path, tmp_path: Path) -> None:

@@ -4,7 +4,10 @@ made by the test (tests/server/certs.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.conftest import run_cli
-from tests.harness import ServerProcess, free_port, health_status, serve_argv, serving
+from tests.harness import ROOT, ServerProcess, free_port, health_status, serve_argv, serving
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
-from vaeserve.server.client import VaeClient
+from vaeserve.server.client import AsyncVaeClient, VaeClient
 
 from .certs import CertificateAuthority, Pair
 
@@ -132,6 +135,53 @@ def test_the_client_cli_speaks_tls_and_sends_the_token(secured: ServerProcess, p
     assert subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60).returncode == 0
     refused = subprocess.run(argv, capture_output=True, text=True, timeout=60, env={**env, "VAESERVE_TOKEN": "x"})
     assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_the_async_client_and_the_explorer_speak_tls_and_send_the_token(
+    secured: ServerProcess, pki: Pki, tmp_path: Path
+) -> None:
+    target = f"localhost:{secured.port}"
+
+    async def sample(token: str) -> grpc.StatusCode:
+        async with AsyncVaeClient(target, timeout=10, tls_ca=pki.ca.pem, token=token) as aio:
+            try:
+                images, _ = await aio.sample(2, seed=0)
+            except grpc.RpcError as exc:
+                return exc.code()
+        assert images.shape == (2, 1, 8, 8)
+        return grpc.StatusCode.OK
+
+    assert asyncio.run(sample("alpha-token")) == grpc.StatusCode.OK
+    assert asyncio.run(sample("wrong")) == grpc.StatusCode.UNAUTHENTICATED
+
+    # `vaeserve explore` takes the client commands' flags: its page's calls go over TLS with the token.
+    from vaeserve.cli import build_parser
+    from vaeserve.explore.app import Explorer
+    from vaeserve.server.cli import connect
+
+    token_file = tmp_path / "token"
+    token_file.write_text("beta-token\n")
+    args = build_parser().parse_args(
+        ["explore", "--target", target, "--tls-ca", str(pki.ca.pem), "--token-file", str(token_file)]
+    )
+    with connect(args) as client:
+        explorer = Explorer.connect(client, scale=1)
+        assert explorer.sample({"seed": 0, "temperature": 1.0, "n": 2})["image"].startswith("data:image/png")
+    args.token_file = None
+    with connect(args) as client, pytest.raises(grpc.RpcError) as refused:
+        Explorer.connect(client, scale=1)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_readme_tls_example_runs_as_written(secured: ServerProcess, pki: Pki, tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    (example,) = re.findall(r"<!-- example: tls -->\n```python\n(.*?)```", readme, re.S)
+    (tmp_path / "certs").mkdir()
+    shutil.copy(pki.ca.pem, tmp_path / "certs" / "ca.crt")
+    (tmp_path / "certs" / "client.token").write_text("beta-token\n")  # as dev-certs.sh writes it
+    example = example.replace("localhost:50051", f"localhost:{secured.port}")
+    ran = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (ran.returncode, ran.stdout) == (0, "vae\n"), ran.stderr
 
 
 def wait_until(condition, what: str, timeout: float = 30.0) -> None:
