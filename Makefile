@@ -59,6 +59,8 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_export
 	$(BIN)/python -m tests.bench.bench_serving
 	$(BIN)/python -m tests.bench.bench_counting
+	$(BIN)/python -m tests.bench.bench_api
+	$(BIN)/python -m tests.bench.bench_hostile
 
 load: install
 	$(BIN)/python -m tests.load.run_local

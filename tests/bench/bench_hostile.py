@@ -1,0 +1,366 @@
+"""The server against hostile clients and overload, measured: `python -m tests.bench.bench_hostile`.
+
+1. Memory: peak RSS after 8 concurrent maximal refused requests (over the message limit, and at it but invalid),
+   and after 16 concurrent maximal valid Sample calls.
+2. Shape bomb: health Check latency while the largest admissible shape lists arrive from 4 clients.
+3. Malformed messages: log bytes written while one client sends garbage for 5 s.
+4. SIGTERM under load: 32 closed-loop clients, the signal, then every call's status by when it was sent.
+5. Cancel storm: statuses of normal calls beside clients cancelling mid-batch and 1 ms deadlines.
+6. Overload: open-loop arrivals at 3x the measured capacity for 30 s (a compute-bound call), and 1,300
+   closed-loop clients of Encode(1) with exponential backoff (more than one event loop can pick up).
+`--baseline PYTHON` runs sections 1-5 also against another vaeserve (e.g. an older checkout's venv), its defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import math
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.harness import ServerProcess, free_port, vaeserve_ready
+from vaeserve.protos.vae.v1 import vae_pb2
+from vaeserve.server.client import to_tensor
+
+from .bench_serving import WORK, find_or_export
+from .report import markdown_table, write_section
+
+METHOD = "/vae.v1.VaeService/"
+UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+
+
+def server(python: str, repo: Path, log: Path, *flags: str) -> ServerProcess:
+    port, metrics_port = free_port(), free_port()
+    argv = [python, "-m", "vaeserve.cli", "serve", "--repo", str(repo), "--name", "vae", "--host", "127.0.0.1",
+            "--port", str(port), "--metrics-port", str(metrics_port), *flags]  # fmt: skip
+    return ServerProcess(argv, log, port, vaeserve_ready, metrics_port, name=Path(python).parent.parent.name)
+
+
+def peak_rss_mb(s: ServerProcess) -> float:
+    for line in Path(f"/proc/{s.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def message_limit(s: ServerProcess) -> int:
+    """The server's message limit from its start-up line ("max message N MiB"), default 64 MiB (older servers)."""
+    for line in s.output().splitlines():
+        if "max message" in line:
+            return int(float(line.split("max message ")[1].split(" MiB")[0]) * (1 << 20))
+    return 64 << 20
+
+
+async def send(target: str, requests: list[tuple[str, bytes]], timeout: float = 120) -> collections.Counter:
+    async with grpc.aio.insecure_channel(target, options=UNLIMITED) as channel:
+
+        async def one(method: str, data: bytes) -> str:
+            try:
+                await channel.unary_unary(METHOD + method)(data, timeout=timeout)
+                return "OK"
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name
+
+        return collections.Counter(await asyncio.gather(*(one(m, d) for m, d in requests)))
+
+
+def encode_bytes(rows: int, fill: float) -> bytes:
+    return vae_pb2.EncodeRequest(images=to_tensor(np.full((rows, 1, 8, 8), fill, np.float32))).SerializeToString()
+
+
+def memory(python: str, repo: Path, work: Path) -> dict:
+    with server(python, repo, work / "memory.log") as s:
+        limit = message_limit(s)
+        at_limit = (limit - 4096) // 256  # rows of 8x8 float32 images in a message just under the limit
+        refused = asyncio.run(send(s.target, [("Encode", encode_bytes(at_limit + 64, 0.5))] * 4
+                                   + [("Encode", encode_bytes(at_limit, math.nan))] * 4))  # fmt: skip
+        after_refused = peak_rss_mb(s)
+        sample = vae_pb2.SampleRequest(num_samples=4096).SerializeToString()
+        valid = asyncio.run(send(s.target, [("Sample", sample)] * 16))
+        return {"limit_mib": limit / (1 << 20), "refused": dict(refused), "rss_refused_mb": after_refused,
+                "valid": dict(valid), "rss_valid_mb": peak_rss_mb(s)}  # fmt: skip
+
+
+async def health_latency_during(target: str, attack: bytes, method: str, seconds: float) -> list[float]:
+    latencies: list[float] = []
+    end = time.monotonic() + seconds
+    async with grpc.aio.insecure_channel(target, options=UNLIMITED) as channel:
+        call = channel.unary_unary(METHOD + method)
+        check = health_pb2_grpc.HealthStub(channel).Check
+
+        async def attacker() -> None:
+            while time.monotonic() < end:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await call(attack, timeout=60)
+
+        async def prober() -> None:
+            while time.monotonic() < end:
+                start = time.perf_counter()
+                await check(health_pb2.HealthCheckRequest(), timeout=60)
+                latencies.append((time.perf_counter() - start) * 1e3)
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(attacker() for _ in range(4)), prober())
+    return latencies
+
+
+def shape_bomb(python: str, repo: Path, work: Path) -> dict:
+    with server(python, repo, work / "bomb.log") as s:
+        dims = message_limit(s) - 64  # a packed varint of 1 is one byte
+        bomb = vae_pb2.EncodeRequest(images=vae_pb2.Tensor(shape=[1] * dims)).SerializeToString()
+        latencies = asyncio.run(health_latency_during(s.target, bomb, "Encode", 5.0))
+        return {"dims": dims, "health_p50_ms": float(np.median(latencies)), "health_max_ms": max(latencies)}
+
+
+def malformed(python: str, repo: Path, work: Path) -> dict:
+    log = work / "malformed.log"
+    with server(python, repo, log) as s:
+        before = log.stat().st_size
+        garbage = [b"\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f"]
+        statuses: collections.Counter = collections.Counter()
+        end = time.monotonic() + 5.0
+        with grpc.insecure_channel(s.target) as channel:
+            call = channel.unary_unary(METHOD + "Encode")
+            while time.monotonic() < end:
+                try:
+                    call(random.choice(garbage), timeout=10)
+                    statuses["OK"] += 1
+                except grpc.RpcError as exc:
+                    statuses[exc.code().name] += 1
+        return {"calls": dict(statuses), "log_bytes": log.stat().st_size - before}
+
+
+async def through_sigterm(s: ServerProcess) -> tuple[collections.Counter, float]:
+    request = encode_bytes(1, 0.5)
+    signalled: list[float] = []
+    results: collections.Counter = collections.Counter()
+    async with grpc.aio.insecure_channel(s.target) as channel:
+        call = channel.unary_unary(METHOD + "Encode")
+
+        async def client() -> None:
+            for _ in range(100_000):
+                before = "before" if not signalled else "after"
+                try:
+                    await call(request, timeout=30)
+                    results[before, "OK"] += 1
+                except grpc.aio.AioRpcError as exc:
+                    results[before, exc.code().name] += 1
+                    return
+
+        tasks = [asyncio.create_task(client()) for _ in range(32)]
+        await asyncio.sleep(1.0)  # load running (a benchmark: no assertion rests on this)
+        signalled.append(time.monotonic())
+        s.signal(signal.SIGTERM)
+        await asyncio.gather(*tasks)
+    exit_s = await asyncio.to_thread(s.wait, 60)
+    return results, time.monotonic() - signalled[0] if exit_s is not None else math.nan
+
+
+def sigterm(python: str, repo: Path, work: Path, runs: int) -> dict:
+    total: collections.Counter = collections.Counter()
+    exits = []
+    for i in range(runs):
+        with server(python, repo, work / f"sigterm-{i}.log", "--grace-period", "20") as s:
+            results, seconds = asyncio.run(through_sigterm(s))
+            total.update(results)
+            exits.append(seconds)
+    return {"runs": runs, "statuses": {f"{k[0]} {k[1]}": v for k, v in sorted(total.items())},
+            "exit_s_max": max(exits)}  # fmt: skip
+
+
+async def storm(target: str, seconds: float) -> tuple[collections.Counter, collections.Counter]:
+    rng = random.Random(0)
+    normal, stormy = collections.Counter(), collections.Counter()
+    end = time.monotonic() + seconds
+    work = [("Encode", encode_bytes(4, 0.5)), ("Sample", vae_pb2.SampleRequest(num_samples=16).SerializeToString())]
+    async with grpc.aio.insecure_channel(target) as channel:
+
+        async def client(method: str, data: bytes) -> None:
+            call = channel.unary_unary(METHOD + method)
+            while time.monotonic() < end:
+                try:
+                    await call(data, timeout=30)
+                    normal["OK"] += 1
+                except grpc.aio.AioRpcError as exc:
+                    normal[exc.code().name] += 1
+
+        async def stormer(method: str, data: bytes) -> None:
+            call = channel.unary_unary(METHOD + method)
+            while time.monotonic() < end:
+                pending = call(data, timeout=0.001 if rng.random() < 0.5 else 30)
+                if rng.random() < 0.5:
+                    await asyncio.sleep(rng.random() * 0.003)
+                    pending.cancel()
+                try:
+                    await pending
+                    stormy["OK"] += 1
+                except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                    stormy["refused"] += 1
+
+        await asyncio.gather(*(client(*work[i % 2]) for i in range(16)), *(stormer(*work[i % 2]) for i in range(16)))
+    return normal, stormy
+
+
+def cancel_storm(python: str, repo: Path, work: Path) -> dict:
+    with server(python, repo, work / "storm.log") as s:
+        normal, stormy = asyncio.run(storm(s.target, 10.0))
+        counted = {line.split("code=\"")[1].split('"')[0]: float(line.split()[-1])
+                   for line in s.metrics().splitlines() if line.startswith("vaeserve_requests_total{")}  # fmt: skip
+        unknown = sum(v for k, v in counted.items() if k == "UNKNOWN")
+    return {"normal": dict(normal), "storm_calls": sum(stormy.values()), "counted_unknown": unknown}
+
+
+async def closed_loop(target: str, request: bytes, method: str, clients: int, seconds: float,
+                      backoff: bool = False) -> tuple[collections.Counter, list[float]]:  # fmt: skip
+    statuses, latencies = collections.Counter(), []
+    end = time.monotonic() + seconds
+    async with grpc.aio.insecure_channel(target, options=UNLIMITED) as channel:
+        call = channel.unary_unary(METHOD + method)
+
+        async def client() -> None:
+            delay = 0.05
+            while time.monotonic() < end:
+                start = time.perf_counter()
+                try:
+                    await call(request, timeout=10)
+                    statuses["OK"] += 1
+                    latencies.append((time.perf_counter() - start) * 1e3)
+                    delay = 0.05
+                except grpc.aio.AioRpcError as exc:
+                    statuses[exc.code().name] += 1
+                    if backoff:  # what a client's retry policy does: exponential, jittered, capped
+                        await asyncio.sleep(delay * random.random())
+                        delay = min(2.0, delay * 2)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return statuses, latencies
+
+
+async def open_loop(target: str, request: bytes, method: str, rate: float, seconds: float,
+                    deadline: float) -> tuple[collections.Counter, list[float], str]:  # fmt: skip
+    statuses, latencies, message = collections.Counter(), [], ""
+    async with grpc.aio.insecure_channel(target, options=UNLIMITED) as channel:
+        call = channel.unary_unary(METHOD + method)
+
+        async def one() -> None:
+            nonlocal message
+            start = time.perf_counter()
+            try:
+                await call(request, timeout=deadline)
+                statuses["OK"] += 1
+                latencies.append((time.perf_counter() - start) * 1e3)
+            except grpc.aio.AioRpcError as exc:
+                statuses[exc.code().name] += 1
+                message = message or (exc.details() if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "")
+
+        tasks, started, sent = [], time.perf_counter(), 0
+        while (elapsed := time.perf_counter() - started) < seconds:
+            while sent < int(elapsed * rate):
+                tasks.append(asyncio.ensure_future(one()))
+                sent += 1
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+    return statuses, latencies, message
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else math.nan
+
+
+def overload(repo_conv: Path, repo_mlp: Path, work: Path, seconds: float) -> dict:
+    sample = vae_pb2.SampleRequest(num_samples=64).SerializeToString()
+    out = {}
+    with server(sys.executable, repo_conv, work / "overload.log") as s:
+        _, quiet = asyncio.run(closed_loop(s.target, sample, "Sample", 4, 5.0))
+        _, busy = asyncio.run(closed_loop(s.target, sample, "Sample", 32, 5.0))
+        capacity = len(busy) / 5.0
+        statuses, latencies, message = asyncio.run(open_loop(s.target, sample, "Sample", 3 * capacity, seconds, 2.0))
+        after, _ = asyncio.run(closed_loop(s.target, sample, "Sample", 1, 1.0))
+        out["open"] = {"call": "conv Sample(64)", "capacity_rps": capacity, "rate_rps": 3 * capacity,
+                       "statuses": dict(statuses), "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
+                       "unloaded_p99_ms": pct(quiet, 99), "rss_mb": peak_rss_mb(s), "after": dict(after),
+                       "message": message}  # fmt: skip
+    encode = encode_bytes(1, 0.5)
+    with server(sys.executable, repo_mlp, work / "crowd.log") as s:
+        _, quiet = asyncio.run(closed_loop(s.target, encode, "Encode", 32, 3.0))
+        statuses, latencies = asyncio.run(closed_loop(s.target, encode, "Encode", 1300, 15.0, backoff=True))
+        after, _ = asyncio.run(closed_loop(s.target, encode, "Encode", 1, 1.0))
+        out["crowd"] = {"call": "digits Encode(1), 1,300 clients", "statuses": dict(statuses),
+                        "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99), "c32_p99_ms": pct(quiet, 99),
+                        "rss_mb": peak_rss_mb(s), "after": dict(after)}  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--baseline", default=None, help="python of another vaeserve to measure too (default: none)")
+    p.add_argument("--sigterm-runs", type=int, default=5, help="SIGTERM runs per server (default: %(default)s)")
+    p.add_argument("--overload-s", type=float, default=30.0, help="seconds at 3x capacity (default: %(default)s)")
+    args = p.parse_args(argv)
+    WORK.mkdir(parents=True, exist_ok=True)
+    repo_mlp, repo_conv = find_or_export("mlp").parents[1], find_or_export("conv").parents[1]
+    systems = {"this vaeserve": sys.executable, **({"baseline": args.baseline} if args.baseline else {})}
+    results: dict[str, dict] = {}
+    for name, python in systems.items():
+        work = WORK / f"hostile-{name.replace(' ', '-')}"
+        work.mkdir(exist_ok=True)
+        results[name] = {
+            "memory": memory(python, repo_mlp, work),
+            "shape bomb": shape_bomb(python, repo_mlp, work),
+            "malformed": malformed(python, repo_mlp, work),
+            "sigterm": sigterm(python, repo_mlp, work, args.sigterm_runs),
+            "cancel storm": cancel_storm(python, repo_mlp, work),
+        }
+        print(name, results[name], flush=True)
+    load = overload(repo_conv, repo_mlp, WORK, args.overload_s)
+    print(load, flush=True)
+    rows = []
+    for name, r in results.items():
+        m, b, g, t, c = (r[k] for k in ("memory", "shape bomb", "malformed", "sigterm", "cancel storm"))
+        rows += [
+            [name, "message limit", f"{m['limit_mib']:.2f} MiB"],
+            [name, "peak RSS: 8 maximal refused requests", f"{m['rss_refused_mb']:.0f} MB ({m['refused']})"],
+            [name, "peak RSS: 16 maximal Sample(4096)", f"{m['rss_valid_mb']:.0f} MB ({m['valid']})"],
+            [name, f"health Check while 4 clients send {b['dims']:,}-dim shape lists",
+             f"p50 {b['health_p50_ms']:.1f} ms, max {b['health_max_ms']:.1f} ms"],
+            [name, "log written while one client sends garbage for 5 s", f"{g['log_bytes']:,} bytes ({g['calls']})"],
+            [name, f"SIGTERM with 32 clients, {t['runs']} runs",
+             f"{t['statuses']}; exit within {t['exit_s_max']:.1f} s"],
+            [name, "cancel/deadline storm: normal calls", f"{c['normal']}; counted UNKNOWN {c['counted_unknown']:.0f}"],
+        ]  # fmt: skip
+    o, w = load["open"], load["crowd"]
+    body = "\n\n".join([
+        "Hostile clients against the digits MLP server (default flags), then overload. `baseline` is another "
+        "vaeserve, when one was given (`--baseline`: the commit before the reliability work).",
+        markdown_table(["server", "measure", "figure"], rows),
+        f"### Overload\n\n**{o['call']}** (a compute-bound call: what the server's own queues hold): capacity "
+        f"{o['capacity_rps']:.0f} calls/s (32 closed-loop clients), then open-loop arrivals at {o['rate_rps']:.0f}/s "
+        f"(3x) for {args.overload_s:g} s with a 2 s deadline: {o['statuses']}; admitted p50 {o['p50_ms']:.0f} ms, "
+        f"p99 {o['p99_ms']:.0f} ms, against an unloaded p99 of {o['unloaded_p99_ms']:.0f} ms (4 clients) and "
+        f"--max-wait-ms 100; peak RSS {o['rss_mb']:.0f} MB; right after: {o['after']}. Refusals say: "
+        f"\"{o['message']}\".",
+        f"**{w['call']}** with exponential backoff on refusals, for 15 s (more small calls than one event loop "
+        f"picks up: they wait inside gRPC's core, where admission cannot see them): {w['statuses']}; p50 "
+        f"{w['p50_ms']:.0f} ms, p99 {w['p99_ms']:.0f} ms (32 clients: p99 {w['c32_p99_ms']:.1f} ms); peak RSS "
+        f"{w['rss_mb']:.0f} MB; right after: {w['after']}. No bare CANCELLED: the core's own limit, which "
+        f"cancelled about 10% of such calls before, is raised; the cure for this regime is more event loops "
+        f"(--reuse-port, replicas).",
+        "Reproduce: `.venv/bin/python -m tests.bench.bench_hostile [--baseline OLD/.venv/bin/python]`.",
+    ])  # fmt: skip
+    write_section("hostile", "Hostile clients and overload", body)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
