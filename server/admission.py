@@ -63,12 +63,9 @@ class Admission:
             await asyncio.sleep(QUIET_POLL_S)
         return True
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """`handler` (unary-unary) behind admission."""
-        behavior = self._admitting(handler.unary_unary)
-        return grpc.unary_unary_rpc_method_handler(behavior, handler.request_deserializer, handler.response_serializer)
+    def admitting(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """`behavior` (an async unary-unary method) behind admission: refused while draining or over the limit."""
 
-    def _admitting(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
             self._last_activity = time.monotonic()
             if self.draining:

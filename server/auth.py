@@ -90,12 +90,9 @@ class Tokens:
                 return matched
         return False
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """`handler` (unary-unary) refusing calls without an accepted token (UNAUTHENTICATED)."""
-        behavior = self._checking(handler.unary_unary)
-        return grpc.unary_unary_rpc_method_handler(behavior, handler.request_deserializer, handler.response_serializer)
+    def checking(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """`behavior` (an async unary-unary method) refusing calls without an accepted token (UNAUTHENTICATED)."""
 
-    def _checking(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if not self.accepts(context.invocation_metadata()):
                 await context.abort(

@@ -125,14 +125,11 @@ def channel_arguments(
     return credentials, options
 
 
-class VaeClient:
-    """Blocking client; `timeout` (seconds) is every call's deadline. Arrays are float32, images [N, C, H, W] in
-    [0, 1] of the model's image_shape (`info().image_shape`; `read_images` converts files to it).
+class _Channel:
+    """The connection both clients hold: a channel (plaintext or TLS) to `target`, the token metadata, the stub.
+    `_channels` is the grpc module that makes the channel: grpc (blocking) or grpc.aio."""
 
-    TLS: `tls_ca` (PEM file of the CA that signed the server's certificate; the system's roots when only a
-    client certificate is given), and for mTLS `tls_cert` + `tls_key`. `token`: sent as `authorization: Bearer
-    TOKEN` with every call. `options`: extra gRPC channel arguments.
-    """
+    _channels: Any = grpc
 
     def __init__(
         self,
@@ -149,11 +146,21 @@ class VaeClient:
         self.timeout = timeout
         credentials, options = channel_arguments(max_message_mb, tls_ca, tls_cert, tls_key, options)
         if credentials is None:
-            self.channel = grpc.insecure_channel(target, options=options)
+            self.channel = self._channels.insecure_channel(target, options=options)
         else:
-            self.channel = grpc.secure_channel(target, credentials, options=options)
+            self.channel = self._channels.secure_channel(target, credentials, options=options)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.stub = vae_pb2_grpc.VaeServiceStub(self.channel)
+
+
+class VaeClient(_Channel):
+    """Blocking client; `timeout` (seconds) is every call's deadline. Arrays are float32, images [N, C, H, W] in
+    [0, 1] of the model's image_shape (`info().image_shape`; `read_images` converts files to it).
+
+    TLS: `tls_ca` (PEM file of the CA that signed the server's certificate; the system's roots when only a
+    client certificate is given), and for mTLS `tls_cert` + `tls_key`. `token`: sent as `authorization: Bearer
+    TOKEN` with every call. `options`: extra gRPC channel arguments.
+    """
 
     def __enter__(self) -> VaeClient:
         return self
@@ -218,33 +225,14 @@ class VaeClient:
         return self._run(_info())
 
 
-class AsyncVaeClient:
+class AsyncVaeClient(_Channel):
     """The asyncio client: the same arguments and methods as VaeClient, each a coroutine.
 
     async with AsyncVaeClient("localhost:50051") as client:
         images, latents = await client.sample(16, seed=0)
     """
 
-    def __init__(
-        self,
-        target: str,
-        timeout: float | None = 60.0,
-        max_message_mb: int = 64,
-        tls_ca: str | Path | None = None,
-        tls_cert: str | Path | None = None,
-        tls_key: str | Path | None = None,
-        token: str | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        self.target = target
-        self.timeout = timeout
-        credentials, options = channel_arguments(max_message_mb, tls_ca, tls_cert, tls_key, options)
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            self.channel = grpc.aio.secure_channel(target, credentials, options=options)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.stub = vae_pb2_grpc.VaeServiceStub(self.channel)
+    _channels = grpc.aio
 
     async def __aenter__(self) -> AsyncVaeClient:
         return self

@@ -259,10 +259,11 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
 
     def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """Innermost first: admission, then the token check, then counting (so refusals are counted too)."""
-        handler = admission.wrap(method, handler)
+        behavior = admission.admitting(handler.unary_unary)
         if tokens is not None:
-            handler = tokens.wrap(method, handler)
-        return metrics.counted(method, handler)
+            behavior = tokens.checking(behavior)
+        serializers = (handler.request_deserializer, handler.response_serializer)
+        return metrics.counted(method, grpc.unary_unary_rpc_method_handler(behavior, *serializers))
 
     rpc.add_service(server, SERVICE, servicer, wrap)
     oip = OipServicer(model.name, model.version, model.image_shape, model.latent_dim, batchers["encoder"],
