@@ -8,8 +8,11 @@ may answer on the same port). Other servers (the benchmark's baselines) are read
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import os
+import random
 import re
 import signal
 import subprocess
@@ -25,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0
 POLL_S = 0.05  # between readiness checks: a condition polled, never a fixed sleep standing in for one
+METHOD = "/vae.v1.VaeService/"  # prefix of the raw method paths hostile callers send bytes to
 _SERVING_LINE = re.compile(r"\bSERVING\b")  # the start-up log line, not NOT_SERVING
 
 
@@ -204,3 +208,52 @@ def answers(method: str, request: bytes | Path) -> Callable[[ServerProcess], boo
         return True
 
     return ready
+
+
+async def cancel_storm(
+    target: str, work: Sequence[tuple[str, bytes]], seconds: float, callers: int = 16, max_calls: int = 5000
+) -> tuple[collections.Counter, collections.Counter]:
+    """`callers` normal clients beside as many stormers, on one channel, each going round `work` ((method,
+    serialized request) pairs) until `seconds` pass or it made `max_calls` calls. A stormer's call either expires
+    after 1 ms or is cancelled within 3 ms. Returns (the normal calls' status counts, the stormers' outcomes)."""
+    rng = random.Random(0)
+    normal, storm = collections.Counter(), collections.Counter()
+    end = time.monotonic() + seconds
+    async with grpc.aio.insecure_channel(target) as channel:
+
+        async def client(method: str, data: bytes) -> None:
+            call = channel.unary_unary(METHOD + method)
+            for _ in range(max_calls):
+                if time.monotonic() > end:
+                    return
+                try:
+                    await call(data, timeout=30)
+                    normal["OK"] += 1
+                except grpc.aio.AioRpcError as exc:
+                    normal[exc.code().name] += 1
+
+        async def stormer(method: str, data: bytes) -> None:
+            call = channel.unary_unary(METHOD + method)
+            for _ in range(max_calls):
+                if time.monotonic() > end:
+                    return
+                if rng.random() < 0.5:
+                    try:
+                        await call(data, timeout=0.001)
+                        storm["answered"] += 1
+                    except grpc.aio.AioRpcError as exc:
+                        storm[exc.code().name] += 1
+                else:
+                    cancelled = call(data, timeout=30)
+                    await asyncio.sleep(rng.random() * 0.003)
+                    cancelled.cancel()
+                    try:
+                        await cancelled
+                        storm["answered"] += 1
+                    except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                        storm["cancelled"] += 1
+
+        n = len(work)
+        await asyncio.gather(*(client(*work[i % n]) for i in range(callers)),
+                             *(stormer(*work[i % n]) for i in range(callers)))  # fmt: skip
+    return normal, storm

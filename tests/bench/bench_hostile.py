@@ -28,14 +28,13 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import ServerProcess, free_port, vaeserve_ready
+from tests.harness import METHOD, ServerProcess, cancel_storm, free_port, vaeserve_ready
 from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.server.client import to_tensor
 
 from .bench_serving import WORK, find_or_export
 from .report import markdown_table, write_section
 
-METHOD = "/vae.v1.VaeService/"
 UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
@@ -178,42 +177,13 @@ def sigterm(python: str, repo: Path, work: Path, runs: int) -> dict:
             "exit_s_max": max(exits)}  # fmt: skip
 
 
-async def storm(target: str, seconds: float) -> tuple[collections.Counter, collections.Counter]:
-    rng = random.Random(0)
-    normal, stormy = collections.Counter(), collections.Counter()
-    end = time.monotonic() + seconds
-    work = [("Encode", encode_bytes(4, 0.5)), ("Sample", vae_pb2.SampleRequest(num_samples=16).SerializeToString())]
-    async with grpc.aio.insecure_channel(target) as channel:
-
-        async def client(method: str, data: bytes) -> None:
-            call = channel.unary_unary(METHOD + method)
-            while time.monotonic() < end:
-                try:
-                    await call(data, timeout=30)
-                    normal["OK"] += 1
-                except grpc.aio.AioRpcError as exc:
-                    normal[exc.code().name] += 1
-
-        async def stormer(method: str, data: bytes) -> None:
-            call = channel.unary_unary(METHOD + method)
-            while time.monotonic() < end:
-                pending = call(data, timeout=0.001 if rng.random() < 0.5 else 30)
-                if rng.random() < 0.5:
-                    await asyncio.sleep(rng.random() * 0.003)
-                    pending.cancel()
-                try:
-                    await pending
-                    stormy["OK"] += 1
-                except (asyncio.CancelledError, grpc.aio.AioRpcError):
-                    stormy["refused"] += 1
-
-        await asyncio.gather(*(client(*work[i % 2]) for i in range(16)), *(stormer(*work[i % 2]) for i in range(16)))
-    return normal, stormy
-
-
-def cancel_storm(python: str, repo: Path, work: Path) -> dict:
+def storm(python: str, repo: Path, work: Path) -> dict:
     with server(python, repo, work / "storm.log") as s:
-        normal, stormy = asyncio.run(storm(s.target, 10.0))
+        calls = [
+            ("Encode", encode_bytes(4, 0.5)),
+            ("Sample", vae_pb2.SampleRequest(num_samples=16).SerializeToString()),
+        ]
+        normal, stormy = asyncio.run(cancel_storm(s.target, calls, seconds=10.0, max_calls=1 << 30))
         counted = {line.split("code=\"")[1].split('"')[0]: float(line.split()[-1])
                    for line in s.metrics().splitlines() if line.startswith("vaeserve_requests_total{")}  # fmt: skip
         unknown = sum(v for k, v in counted.items() if k == "UNKNOWN")
@@ -319,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             "shape bomb": shape_bomb(python, repo_mlp, work),
             "malformed": malformed(python, repo_mlp, work),
             "sigterm": sigterm(python, repo_mlp, work, args.sigterm_runs),
-            "cancel storm": cancel_storm(python, repo_mlp, work),
+            "cancel storm": storm(python, repo_mlp, work),
         }
         print(name, results[name], flush=True)
     load = overload(repo_conv, repo_mlp, WORK, args.overload_s)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
-import random
 import signal
 import time
 from pathlib import Path
@@ -22,13 +21,12 @@ from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import ServerProcess, health_status, serving
+from tests.harness import METHOD, ServerProcess, cancel_storm, health_status, serving
 from vaeserve.cli import main as vaeserve
 from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.server.client import VaeClient, to_tensor
 from vaeserve.server.config import BOUNDS, flag
 
-METHOD = "/vae.v1.VaeService/"
 GIB = 1 << 30
 MAX_ROWS = 4096  # the default --max-num-samples
 
@@ -135,52 +133,9 @@ def test_malformed_messages_are_invalid_argument_counted_and_logged_once(default
 def test_a_storm_of_cancelled_and_expiring_calls_leaves_normal_calls_alone(model_repo: Path, tmp_path: Path) -> None:
     encode = encode_request(4)
     sample = vae_pb2.SampleRequest(num_samples=16).SerializeToString()
-    rng = random.Random(0)
-
-    async def main(target: str) -> tuple[collections.Counter, collections.Counter]:
-        normal, storm = collections.Counter(), collections.Counter()
-        end = time.monotonic() + 3.0
-        async with grpc.aio.insecure_channel(target) as channel:
-
-            async def client(method: str, data: bytes) -> None:
-                call = channel.unary_unary(METHOD + method)
-                for _ in range(2000):  # bounded in count and in time
-                    if time.monotonic() > end:
-                        return
-                    try:
-                        await call(data, timeout=30)
-                        normal["OK"] += 1
-                    except grpc.aio.AioRpcError as exc:
-                        normal[exc.code().name] += 1
-
-            async def stormer(method: str, data: bytes) -> None:
-                call = channel.unary_unary(METHOD + method)
-                for _ in range(5000):
-                    if time.monotonic() > end:
-                        return
-                    if rng.random() < 0.5:
-                        with_deadline = call(data, timeout=0.001)
-                        try:
-                            await with_deadline
-                        except grpc.aio.AioRpcError as exc:
-                            storm[exc.code().name] += 1
-                    else:
-                        cancelled = call(data, timeout=30)
-                        await asyncio.sleep(rng.random() * 0.003)
-                        cancelled.cancel()
-                        try:
-                            await cancelled
-                        except (asyncio.CancelledError, grpc.aio.AioRpcError):
-                            storm["cancelled"] += 1
-
-            work = [("Encode", encode), ("Sample", sample), ("Reconstruct", encode)]
-            await asyncio.gather(
-                *(client(*work[i % 3]) for i in range(16)), *(stormer(*work[i % 3]) for i in range(16))
-            )
-        return normal, storm
-
     with serving(model_repo, tmp_path / "serve.log") as server:
-        normal, storm = asyncio.run(main(server.target))
+        work = [("Encode", encode), ("Sample", sample), ("Reconstruct", encode)]
+        normal, storm = asyncio.run(cancel_storm(server.target, work, seconds=3.0))
         with VaeClient(server.target) as client:
             assert client.sample(3, seed=0)[0].shape == (3, 1, 8, 8)
         counted = server.metrics()

@@ -226,7 +226,9 @@ def test_a_full_queue_answers_resource_exhausted_at_once(busy_server: ServerProc
     assert refused, "12 concurrent calls never overflowed a queue of 5"
     assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert "the decoder queue is full (5 requests waiting)" in refused[0].details()
-    assert sum(e is None for e in errors) >= 6  # one running, five queued
+    # Every queued call is answered: the five waiting when the first refusal went out, and one more when the burst
+    # found a batch already running (on a loaded machine the batcher may not have taken one off the queue yet).
+    assert sum(e is None for e in errors) >= 5
 
 
 HUGE = 65536  # rows of one conv decoder run: most of a second on this machine's cores
