@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from vaeserve.errors import VaeserveError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "npz")
+# How the reconstruction term's gradient reaches the encoder through z ~ q(z|x): training/estimators.py.
+ESTIMATORS = ("reparameterization", "score-function", "score-function-baseline", "deterministic")
 
 
 class TrainConfigError(VaeserveError):
@@ -32,6 +34,7 @@ class TrainConfig:
     beta: float = 1.0
     kl_warmup_epochs: int = 0
     free_bits: float = 0.0
+    estimator: str = "reparameterization"
     # optimization
     epochs: int = 50
     batch_size: int = 64  # global: split across ranks under torchrun
@@ -52,6 +55,10 @@ class TrainConfig:
                 raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.val_fraction < 1:
             raise TrainConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.estimator not in ESTIMATORS:
+            raise TrainConfigError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if self.estimator.startswith("score-function") and world_size > 1:
+            raise TrainConfigError(f"--estimator {self.estimator} runs in one process, not {world_size} ranks")
         if self.batch_size % world_size:
             raise TrainConfigError(
                 f"--batch-size {self.batch_size} is the global batch and must divide evenly over {world_size} ranks"
@@ -61,3 +68,26 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class ExperimentConfig:
+    """`vaeserve experiments`: every run shares `base`'s data, network and budget; the rest says what is measured."""
+
+    base: TrainConfig = field(default_factory=TrainConfig)
+    betas: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0, 4.0)
+    estimator_epochs: int = 10  # a few epochs show the estimators apart; score-function runs learn little more
+    gradient_draws: int = 200
+    samples: int = 2000  # prior samples decoded and classified per model
+    pairs: int = 200  # different-class test pairs: midpoints and interpolation paths
+
+    def check(self) -> None:
+        self.base.check()
+        if not self.betas or min(self.betas) < 0:
+            raise TrainConfigError(f"--betas must be one or more values >= 0, got {list(self.betas)}")
+        if 1.0 not in self.betas:
+            raise TrainConfigError(f"--betas must include 1 (the gradient variance is measured on that model), got "
+                                   f"{list(self.betas)}")  # fmt: skip
+        for name, minimum in (("estimator_epochs", 1), ("gradient_draws", 2), ("samples", 1), ("pairs", 1)):
+            if getattr(self, name) < minimum:
+                raise TrainConfigError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(self, name)}")
