@@ -1,6 +1,6 @@
 """The one console command: `vaeserve <subcommand>`.
 
-Each package registers its own subcommands (training: train, evaluate; export: export; server: serve,
+Each package registers its own subcommands (training: train, evaluate, experiments; export: export; server: serve,
 sample, encode, reconstruct, info). Registration imports no heavy libraries, so `vaeserve serve` never
 imports torch and `vaeserve --help` is instant; each subcommand imports its implementation when it runs.
 """
