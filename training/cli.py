@@ -73,39 +73,7 @@ def register_experiments(sub: argparse._SubParsersAction) -> None:
     add_data_flags(x)
     add_model_flags(x)
     add_optimization_flags(x, epochs_help="epochs of each beta-sweep and autoencoder training")
-    defaults = ExperimentConfig()
-    group = x.add_argument_group("experiments")
-    group.add_argument(
-        "--betas",
-        type=float,
-        nargs="+",
-        default=list(defaults.betas),
-        help="KL weights of the sweep (default: %(default)s)",
-    )
-    group.add_argument(
-        "--estimator-epochs",
-        type=int,
-        default=defaults.estimator_epochs,
-        help="epochs trained with each gradient estimator (default: %(default)s)",
-    )
-    group.add_argument(
-        "--gradient-draws",
-        type=int,
-        default=defaults.gradient_draws,
-        help="noise draws over which each estimator's gradient variance is measured (default: %(default)s)",
-    )
-    group.add_argument(
-        "--samples",
-        type=int,
-        default=defaults.samples,
-        help="prior samples decoded and classified per model (default: %(default)s)",
-    )
-    group.add_argument(
-        "--pairs",
-        type=int,
-        default=defaults.pairs,
-        help="different-class test pairs for midpoints and interpolations (default: %(default)s)",
-    )
+    add_experiment_flags(x)
     x.add_argument("--out", default=DEFAULT_EXPERIMENTS_OUT, help="output directory (default: %(default)s)")
     x.set_defaults(run=run_experiments, **train_defaults())
 
@@ -171,6 +139,42 @@ def add_optimization_flags(p: argparse.ArgumentParser, epochs_help: str) -> None
     optim.add_argument("--seed", type=int, help="seed of every random choice (default: %(default)s)")
     optim.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), help="auto = cuda when available (default: %(default)s)"
+    )
+
+
+def add_experiment_flags(p: argparse.ArgumentParser) -> None:
+    defaults = ExperimentConfig()
+    group = p.add_argument_group("experiments")
+    group.add_argument(
+        "--betas",
+        type=float,
+        nargs="+",
+        default=list(defaults.betas),
+        help="KL weights of the sweep (default: %(default)s)",
+    )
+    group.add_argument(
+        "--estimator-epochs",
+        type=int,
+        default=defaults.estimator_epochs,
+        help="epochs trained with each gradient estimator (default: %(default)s)",
+    )
+    group.add_argument(
+        "--gradient-draws",
+        type=int,
+        default=defaults.gradient_draws,
+        help="noise draws over which each estimator's gradient variance is measured (default: %(default)s)",
+    )
+    group.add_argument(
+        "--samples",
+        type=int,
+        default=defaults.samples,
+        help="prior samples decoded and classified per model (default: %(default)s)",
+    )
+    group.add_argument(
+        "--pairs",
+        type=int,
+        default=defaults.pairs,
+        help="different-class test pairs for midpoints and interpolations (default: %(default)s)",
     )
 
 

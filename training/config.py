@@ -79,7 +79,7 @@ class ExperimentConfig:
 
     base: TrainConfig = field(default_factory=TrainConfig)
     betas: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0, 4.0)
-    estimator_epochs: int = 10  # a few epochs show the estimators apart; score-function runs learn little more
+    estimator_epochs: int = 30  # enough to show the estimators apart, a few seconds each
     gradient_draws: int = 200
     samples: int = 2000  # prior samples decoded and classified per model
     pairs: int = 200  # different-class test pairs: midpoints and interpolation paths

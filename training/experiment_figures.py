@@ -53,6 +53,7 @@ def entry(results: dict, name: str) -> dict:
 def beta_axis(ax: plt.Axes, betas: list[float]) -> None:
     # symlog shows beta = 0 beside 0.1 and 4 on one readable axis
     ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlim(min(betas) - 0.02, max(betas) * 1.25)
     ax.set_xticks(betas)
     ax.set_xticklabels([f"{b:g}" for b in betas])
     ax.set_xlabel("β (KL weight in training)")
@@ -120,17 +121,19 @@ def plot_image_panels(images: dict, ncols: int, results: dict, key: str, title: 
 def plot_interpolations(arrays: dict[str, dict], results: dict, path: Path) -> Path:
     import torch
 
-    fig, axes = plt.subplots(len(arrays), 1, figsize=(12, 2.1 * len(arrays)), squeeze=False)
+    fig, axes = plt.subplots(len(arrays), 1, figsize=(9, 2.3 * len(arrays)), squeeze=False)
     for ax, (name, a) in zip(axes[:, 0], arrays.items(), strict=True):
         frames = torch.from_numpy(a["paths"][:PATHS_SHOWN]).flatten(0, 1)
         ax.imshow(image_grid(frames, INTERPOLATION_FRAMES), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         e = entry(results, name)
-        ax.set_title(f"{model_label(name)}: largest step {e['interpolation_max_step']:.3f}, mean step "
-                     f"{e['interpolation_mean_step']:.3f} of the end-to-end distance", fontsize="medium")  # fmt: skip
+        ax.set_title(f"{model_label(name)}: largest step {e['interpolation_max_step']:.3f}, mean "
+                     f"{e['interpolation_mean_step']:.3f}; {e['interpolation_class_changes']:.1f} class changes",
+                     fontsize="medium")  # fmt: skip
         ax.axis("off")
     even = 1 / (INTERPOLATION_FRAMES - 1)
-    fig.suptitle(f"decoded straight lines between posterior means of test pairs of different classes "
-                 f"({INTERPOLATION_FRAMES} frames; an even path steps {even:.3f})")  # fmt: skip
+    fig.suptitle(f"decoded straight lines between the posterior means of different-class test pairs\n"
+                 f"({INTERPOLATION_FRAMES} frames; steps as shares of the end-to-end distance, {even:.3f} for an "
+                 f"even path)")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

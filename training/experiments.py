@@ -20,6 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
 from .checkpoint import load_model
@@ -59,23 +60,8 @@ def run_experiments(cfg: ExperimentConfig, out: str | Path) -> dict:
         raise DataError(f"--dataset {base.dataset}: the experiments' classifier needs labels (y_train and y_test)")
     out.mkdir(parents=True, exist_ok=True)
     models = train_all(planned_runs(cfg), out / "runs")
-
     classifier = fit_classifier(splits.train, splits.train_labels, base.seed)
-    arrays: dict[str, dict] = {}
-
-    def score(name: str, deterministic: bool = False) -> dict:
-        metrics, arrays[name] = score_latent_space(models[name], splits.test, splits.test_labels, classifier,
-                                                   cfg.samples, cfg.pairs, base.seed, deterministic)  # fmt: skip
-        return metrics
-
-    beta_sweep = []
-    for beta in cfg.betas:
-        figures = evaluate(models[run_name(beta)], splits.test, iw_samples=0, seed=base.seed)
-        beta_sweep.append({"beta": beta, **{k: figures[k] for k in SWEEP_KEYS}, **score(run_name(beta))})
-    figures = evaluate(models["autoencoder"], splits.test, iw_samples=0, seed=base.seed, sample=False)
-    autoencoder = {"reconstruction": figures["reconstruction"], "active_units": figures["active_units"],
-                   **score("autoencoder", deterministic=True)}  # fmt: skip
-
+    scores, arrays = score_models(cfg, splits, models, classifier)
     results = {
         "dataset": splits.name,
         "seed": base.seed,
@@ -84,8 +70,7 @@ def run_experiments(cfg: ExperimentConfig, out: str | Path) -> dict:
         "train_config": asdict(base),
         "experiment_config": {k: v for k, v in asdict(cfg).items() if k != "base"},
         "reference": reference_scores(classifier, splits.test, splits.test_labels, cfg.pairs, base.seed),
-        "beta_sweep": beta_sweep,
-        "autoencoder": autoencoder,
+        **scores,
         "gradient_variance": measure_gradients(cfg, splits, models[run_name(1.0)], out / "runs"),
     }
     results["figures"] = write_figures(results, arrays, splits.test_labels.numpy(), out)
@@ -95,6 +80,27 @@ def run_experiments(cfg: ExperimentConfig, out: str | Path) -> dict:
     print(summary_table(results), flush=True)
     print(f"results: {out / 'results.json'}, report: {out / 'report.md'}", flush=True)
     return results
+
+
+def score_models(
+    cfg: ExperimentConfig, splits: Splits, models: dict[str, VAE], classifier: LogisticRegression
+) -> tuple[dict, dict[str, dict]]:
+    """({"beta_sweep": [...], "autoencoder": {...}}, the arrays each model's figures draw, by run name)."""
+    seed, arrays = cfg.base.seed, {}
+
+    def score(name: str, deterministic: bool = False) -> dict:
+        metrics, arrays[name] = score_latent_space(models[name], splits.test, splits.test_labels, classifier,
+                                                   cfg.samples, cfg.pairs, seed, deterministic)  # fmt: skip
+        return metrics
+
+    beta_sweep = []
+    for beta in cfg.betas:
+        figures = evaluate(models[run_name(beta)], splits.test, iw_samples=0, seed=seed)
+        beta_sweep.append({"beta": beta, **{k: figures[k] for k in SWEEP_KEYS}, **score(run_name(beta))})
+    figures = evaluate(models["autoencoder"], splits.test, iw_samples=0, seed=seed, sample=False)
+    autoencoder = {"reconstruction": figures["reconstruction"], "active_units": figures["active_units"],
+                   **score("autoencoder", deterministic=True)}  # fmt: skip
+    return {"beta_sweep": beta_sweep, "autoencoder": autoencoder}, arrays
 
 
 def train_all(runs: dict[str, TrainConfig], folder: Path) -> dict[str, VAE]:

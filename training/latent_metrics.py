@@ -12,6 +12,8 @@ Every model of the experiments (each beta, the autoencoder) is scored by `score_
     interpolation_*_step     the largest and the mean L2 change between consecutive decoded frames of a
                              16-frame straight path, divided by the distance between its end frames (a path that
                              changes evenly scores 1/15 for both), averaged over the pairs
+    interpolation_class_changes  how often the classifier's class changes from frame to frame along a path, on
+                             average (1: straight from one class to the other; more: through other classes)
 The classifier is scikit-learn's logistic regression on the pixels: no part of any model it judges.
 """
 
@@ -56,7 +58,7 @@ def class_entropy(probabilities: np.ndarray) -> float:
     classes = probabilities.shape[1]
     shares = np.bincount(probabilities.argmax(axis=1), minlength=classes) / len(probabilities)
     shares = shares[shares > 0]
-    return float(-(shares * np.log(shares)).sum() / np.log(classes))
+    return max(0.0, float(-(shares * np.log(shares)).sum() / np.log(classes)))  # never -0.0
 
 
 def gaussian_fit(points: np.ndarray, variances: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +142,8 @@ def score_latent_space(
     paths = straight_paths(posterior.mean[i], posterior.mean[j])
     frames = model.decode_mean(paths.flatten(0, 1)).unflatten(0, paths.shape[:2]).numpy()
     max_step, mean_step = interpolation_steps(frames)
+    frame_classes = class_probabilities(classifier, frames.reshape(-1, *frames.shape[2:])).argmax(axis=1)
+    class_changes = (np.diff(frame_classes.reshape(frames.shape[:2]), axis=1) != 0).sum(axis=1).mean()
     metrics = {
         "sample_confidence": confidence(prior_probs),
         "sample_class_entropy": class_entropy(prior_probs),
@@ -147,6 +151,7 @@ def score_latent_space(
         "midpoint_confidence": confidence(class_probabilities(classifier, midpoints)),
         "interpolation_max_step": max_step,
         "interpolation_mean_step": mean_step,
+        "interpolation_class_changes": float(class_changes),
     }
     arrays = {"samples": prior_images[:64].numpy(), "paths": frames, "means": means}
     return metrics, arrays
