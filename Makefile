@@ -56,6 +56,7 @@ test: install system-deps .venv-tools/.installed-stamp .venv-triton/.installed-s
 # Each benchmark prints its figures and rewrites its own section of BENCHMARKS.md.
 bench: install
 	$(BIN)/python -m tests.bench.bench_training
+	$(BIN)/python -m tests.bench.bench_default_model
 	$(BIN)/python -m tests.bench.bench_export
 	$(BIN)/python -m tests.bench.bench_serving
 	$(BIN)/python -m tests.bench.bench_counting

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from vaeserve.errors import VaeserveError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "npz")
+# How the reconstruction term's gradient reaches the encoder through z ~ q(z|x): training/estimators.py.
+ESTIMATORS = ("reparameterization", "score-function", "score-function-baseline", "deterministic")
 
 
 class TrainConfigError(VaeserveError):
@@ -21,20 +23,24 @@ class TrainConfig:
     data_url: str | None = None
     data_path: str | None = None
     val_fraction: float = 0.1  # held out of the training split for validation and best.pt
-    # model
-    arch: str = "mlp"
+    # model: `vaeserve experiments` and tests/bench/bench_default_model.py show why these (README, BENCHMARKS.md)
+    arch: str = "conv"  # its samples and midpoints look like digits far more often than the MLP's
     latent_dim: int = 8
     hidden_dim: int = 0
-    likelihood: str = "bernoulli"
-    learn_variance: bool = True
-    sigma: float = 0.1
+    # A Gaussian p(x|z) with a fixed sigma: learned, sigma shrinks until the posterior is too narrow for the prior's
+    # samples to land where the decoder was trained; Bernoulli on grey values leaves posteriors so wide that
+    # reconstructions from a sampled z often change class. 0.25 balances the two.
+    likelihood: str = "gaussian"
+    learn_variance: bool = False
+    sigma: float = 0.25
     # objective
     beta: float = 1.0
     kl_warmup_epochs: int = 0
     free_bits: float = 0.0
+    estimator: str = "reparameterization"
     # optimization
-    epochs: int = 50
-    batch_size: int = 64  # global: split across ranks under torchrun
+    epochs: int = 300  # ~30 s on 2 CPU cores for the digits; samples sharpen until ~300
+    batch_size: int = 128  # global: split across ranks under torchrun; 128 keeps 2 CPU cores busier than 64
     lr: float = 3e-3
     seed: int = 0
     device: str = "auto"
@@ -52,6 +58,10 @@ class TrainConfig:
                 raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.val_fraction < 1:
             raise TrainConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.estimator not in ESTIMATORS:
+            raise TrainConfigError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if self.estimator.startswith("score-function") and world_size > 1:
+            raise TrainConfigError(f"--estimator {self.estimator} runs in one process, not {world_size} ranks")
         if self.batch_size % world_size:
             raise TrainConfigError(
                 f"--batch-size {self.batch_size} is the global batch and must divide evenly over {world_size} ranks"
@@ -61,3 +71,26 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class ExperimentConfig:
+    """`vaeserve experiments`: every run shares `base`'s data, network and budget; the rest says what is measured."""
+
+    base: TrainConfig = field(default_factory=TrainConfig)
+    betas: tuple[float, ...] = (0.0, 0.1, 0.5, 1.0, 4.0)
+    estimator_epochs: int = 30  # enough to show the estimators apart, a few seconds each
+    gradient_draws: int = 200
+    samples: int = 2000  # prior samples decoded and classified per model
+    pairs: int = 200  # different-class test pairs: midpoints and interpolation paths
+
+    def check(self) -> None:
+        self.base.check()
+        if not self.betas or min(self.betas) < 0:
+            raise TrainConfigError(f"--betas must be one or more values >= 0, got {list(self.betas)}")
+        if 1.0 not in self.betas:
+            raise TrainConfigError(f"--betas must include 1 (the gradient variance is measured on that model), got "
+                                   f"{list(self.betas)}")  # fmt: skip
+        for name, minimum in (("estimator_epochs", 1), ("gradient_draws", 2), ("samples", 1), ("pairs", 1)):
+            if getattr(self, name) < minimum:
+                raise TrainConfigError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(self, name)}")

@@ -57,6 +57,10 @@ PUBLISHED_MD5 = {
     },
 }
 IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned bytes, 3-D images / 1-D labels
+OFFLINE_HINT = (
+    "Offline? Put the four IDX files (gz or raw) in --data-dir, name a reachable mirror with --data-url, "
+    "or train on a local file with --dataset npz --data-path FILE.npz"
+)
 
 
 class DataError(VaeserveError):
@@ -167,7 +171,9 @@ def download(url: str, dest: Path, md5: str | None) -> None:
         if md5 is not None and (actual := md5sum(tmp)) != md5:
             raise DataError(f"{dest}: MD5 {actual} of the download from {url} does not match the expected {md5}")
         os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:  # the network, not this machine
+        raise DataError(f"{dest}: cannot download {url} ({exc}). {OFFLINE_HINT}") from exc
+    except OSError as exc:
         raise DataError(f"{dest}: cannot download {url} ({exc})") from exc
     finally:
         tmp.unlink(missing_ok=True)

@@ -21,15 +21,21 @@ def batches(images: torch.Tensor, batch_size: int):
 
 
 @torch.no_grad()
-def elbo_terms(model: VAE, images: torch.Tensor, seed: int = 0, batch_size: int = 500) -> dict[str, torch.Tensor]:
-    """Single-sample neg-ELBO and its parts averaged over `images`, plus the posterior means [N, latent_dim]."""
+def elbo_terms(
+    model: VAE, images: torch.Tensor, seed: int = 0, batch_size: int = 500, sample: bool = True
+) -> dict[str, torch.Tensor]:
+    """Single-sample neg-ELBO and its parts averaged over `images`, plus the posterior means [N, latent_dim].
+
+    `sample=False` decodes the posterior mean instead of a sample (runs trained with `--estimator deterministic`).
+    """
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     totals: dict[str, torch.Tensor] = {}
     means = []
     for x in batches(images, batch_size):
         x = x.to(device)
-        terms = elbo_loss(model, x, generator=generator)
+        eps = None if sample else torch.zeros(len(x), model.cfg.latent_dim, device=device)
+        terms = elbo_loss(model, x, generator=generator, eps=eps)
         for key in ("neg_elbo", "reconstruction", "kl", "kl_per_dim"):
             totals[key] = totals.get(key, 0) + terms[key] * len(x)
         means.append(model.encode(x).mean)
@@ -65,9 +71,9 @@ def iw_nll(model: VAE, images: torch.Tensor, samples: int, seed: int = 0, batch_
     return total / len(images)
 
 
-def evaluate(model: VAE, images: torch.Tensor, iw_samples: int = 1000, seed: int = 0) -> dict:
-    """The `vaeserve evaluate` figures for `images` as plain JSON-able values."""
-    terms = elbo_terms(model, images, seed)
+def evaluate(model: VAE, images: torch.Tensor, iw_samples: int = 1000, seed: int = 0, sample: bool = True) -> dict:
+    """The `vaeserve evaluate` figures for `images` as plain JSON-able values (`sample`: see `elbo_terms`)."""
+    terms = elbo_terms(model, images, seed, sample=sample)
     activity = terms["means"].var(dim=0, unbiased=False)
     return {
         "neg_elbo": terms["neg_elbo"].item(),

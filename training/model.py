@@ -217,14 +217,23 @@ def elbo_loss(
     generator: torch.Generator | None = None,
     eps: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The training objective and what it reports, all in nats per image.
+    """The training objective and what it reports, all in nats per image, with the reparameterized gradient.
+
+    `eps` fixes the reparameterization noise (distributed training hands each rank its rows of one global draw).
+    """
+    reconstruction, posterior = model(image, generator, eps)
+    return bound_terms(reconstruction, posterior, beta, free_bits)
+
+
+def bound_terms(
+    reconstruction: torch.Tensor, posterior: DiagonalGaussian, beta: float = 1.0, free_bits: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """The loss and the bound's terms from the reconstruction NLL per image and the posterior.
 
     `loss` = reconstruction + beta * KL, where with free bits each latent dimension's batch-mean KL is
     floored at `free_bits` (Kingma et al. 2016) so the optimizer gains nothing by collapsing it further.
     `neg_elbo` is always the true bound (beta 1, no floor), the figure comparable across runs.
-    `eps` fixes the reparameterization noise (distributed training hands each rank its rows of one global draw).
     """
-    reconstruction, posterior = model(image, generator, eps)
     kl_per_dim = posterior.kl_per_dim().mean(0)  # [latent_dim], averaged over the batch
     reconstruction = reconstruction.mean()
     kl = kl_per_dim.sum()

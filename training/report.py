@@ -72,23 +72,29 @@ def write_report(model: VAE, splits: Splits, history: list[dict], out: Path) -> 
 
 
 def plot_latent_pca(means: torch.Tensor, labels: torch.Tensor | None, path: Path) -> None:
-    centred = (means - means.mean(0)).double().numpy()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    draw_latent_pca(ax, means.numpy(), None if labels is None else labels.numpy())
+    ax.set_title("test set posterior means, first two principal components")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def draw_latent_pca(ax: plt.Axes, means: np.ndarray, labels: np.ndarray | None, legend: bool = True) -> None:
+    """The posterior means [N, D] projected on their first two principal components, coloured by label."""
+    centred = (means - means.mean(0)).astype(np.float64)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     coords = centred @ vt[:2].T
     if coords.shape[1] == 1:  # a 1-D latent space: plot it on a line
         coords = np.hstack([coords, np.zeros_like(coords)])
     explained = s[:2] ** 2 / max((s**2).sum(), 1e-12)
-    fig, ax = plt.subplots(figsize=(7, 6))
     if labels is None:
         ax.scatter(coords[:, 0], coords[:, 1], s=6, alpha=0.7)
     else:
-        points = ax.scatter(coords[:, 0], coords[:, 1], c=labels.numpy(), cmap="tab10", s=6, alpha=0.8)
-        ax.legend(*points.legend_elements(), title="label", loc="best", fontsize="small")
+        points = ax.scatter(coords[:, 0], coords[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8)
+        if legend:
+            ax.legend(*points.legend_elements(), title="label", loc="best", fontsize="small")
     ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC 2 ({explained[1]:.0%} of variance)" if len(explained) > 1 else "")
-    ax.set_title("test set posterior means, first two principal components")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def plot_loss_curves(history: list[dict], path: Path) -> None:

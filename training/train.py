@@ -18,9 +18,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TextIO
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
@@ -28,8 +30,9 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig, TrainConfigError
 from .data import Splits, dataset_spec, load_dataset
+from .estimators import training_loss
 from .evaluate import elbo_terms
-from .model import VAE, ModelConfig, elbo_loss
+from .model import VAE, ModelConfig
 
 
 @dataclass
@@ -86,17 +89,60 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
-    """Train into `out` (checkpoint.pt, best.pt, config.json, metrics.jsonl, report/); returns best.pt's metrics."""
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, log: TextIO | None = None) -> dict:
+    """Train into `out` (checkpoint.pt, best.pt, config.json, metrics.jsonl, report/); returns best.pt's metrics.
+
+    Progress lines go to `log` (default: stdout); the per-step bar goes to stderr when it is a terminal.
+    """
     rank, device = init_distributed(cfg.device)
     try:
-        return _train(cfg, Path(out), resume, rank, device)
+        run = setup(cfg, Path(out), resume, rank, device, log or sys.stdout)
+        for epoch in range(run.start_epoch, run.cfg.epochs):
+            record = train_epoch(run, epoch)
+            validate_and_save(run, epoch, record)
+        return finish(run.out, run.splits, run.cfg.report, run.log) if rank.main else {}
     finally:
         if rank.world_size > 1:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, out: Path, resume: bool, rank: Rank, device: torch.device) -> dict:
+@dataclass
+class Run:
+    """One run's state between epochs: what `setup` builds and each epoch reads and updates."""
+
+    cfg: TrainConfig
+    out: Path
+    rank: Rank
+    device: torch.device
+    log: TextIO
+    spec: dict  # the checkpoint's "dataset" entry
+    splits: Splits
+    train_x: torch.Tensor
+    val_x: torch.Tensor
+    model: VAE
+    ddp_model: nn.Module  # `model`, wrapped in DDP under torchrun
+    optimizer: torch.optim.Optimizer
+    noise: torch.Generator  # the reparameterization noise, one stream shared by all ranks
+    sampler: DistributedSampler
+    start_epoch: int
+    best: float  # lowest validation neg-ELBO so far
+
+    @property
+    def local_batch(self) -> int:
+        return self.cfg.batch_size // self.rank.world_size
+
+    @property
+    def shard(self) -> int:
+        """Training images per rank and epoch."""
+        return len(self.train_x) // self.rank.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.shard // self.local_batch)
+
+
+def setup(cfg: TrainConfig, out: Path, resume: bool, rank: Rank, device: torch.device, log: TextIO) -> Run:
+    """Data, model, optimizer and noise for a fresh run, or restored exactly from OUT/checkpoint.pt."""
     ckpt = None
     if resume:
         # The run's recorded hyperparameters win; only --epochs (the total to reach) comes from this command.
@@ -109,16 +155,11 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: Rank, device: torch.
 
     splits = load_dataset(spec)
     train_x, val_x = split_validation(splits.train, cfg.val_fraction, cfg.seed)
-    train_x, val_x = train_x.to(device), val_x.to(device)
-    local_batch = cfg.batch_size // rank.world_size
-    shard = len(train_x) // rank.world_size  # images per rank and epoch
-    if shard == 0:
+    if len(train_x) // rank.world_size == 0:
         raise TrainConfigError(f"{len(train_x)} training images cannot be shared by {rank.world_size} ranks")
-    steps_per_epoch = -(-shard // local_batch)
 
     torch.manual_seed(cfg.seed)
-    model_cfg = model_config(cfg, splits.image_shape)
-    model = VAE(model_cfg).to(device)
+    model = VAE(model_config(cfg, splits.image_shape)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     noise = torch.Generator(device=device).manual_seed(cfg.seed)
     start_epoch, best = 0, math.inf
@@ -128,97 +169,110 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, rank: Rank, device: torch.
         noise.set_state(ckpt["rng"]["noise"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         start_epoch, best = ckpt["epoch"], ckpt["metrics"]["best_val_neg_elbo"]
-    ddp_model = DistributedDataParallel(model) if rank.world_size > 1 else model
     sampler = DistributedSampler(range(len(train_x)), num_replicas=rank.world_size, rank=rank.rank,
                                  shuffle=True, seed=cfg.seed, drop_last=True)  # fmt: skip
-
-    metrics_path = out / "metrics.jsonl"
+    run = Run(cfg, out, rank, device, log, spec, splits, train_x.to(device), val_x.to(device), model,
+              DistributedDataParallel(model) if rank.world_size > 1 else model, optimizer, noise, sampler,
+              start_epoch, best)  # fmt: skip
     if rank.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        # A fresh run starts a fresh log; a resumed one drops epochs logged after its checkpoint was written.
-        history = [m for m in read_metrics(metrics_path) if m["epoch"] <= start_epoch] if resume else []
-        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
-        size = sum(p.numel() for p in model.parameters())
-        print(f"training {model_cfg.arch} VAE (latent {model_cfg.latent_dim}, {size} parameters) on {splits.name}: "
-              f"{len(train_x)} train / {len(val_x)} val / {len(splits.test)} test images {list(splits.image_shape)}, "
-              f"{device}, {rank.world_size} process(es)", flush=True)  # fmt: skip
-
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), device=device)
-        sums = torch.zeros(4, device=device, dtype=torch.float64)  # image-weighted loss, neg_elbo, recon, kl
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not rank.main, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-        start = time.perf_counter()
-        for step in bar:
-            x = train_x[order[step * local_batch : (step + 1) * local_batch]]
-            eps = torch.randn(len(x) * rank.world_size, model_cfg.latent_dim, generator=noise, device=device)
-            beta = kl_weight(cfg, epoch, step, steps_per_epoch)
-            terms = elbo_loss(ddp_model, x, beta, cfg.free_bits, eps=eps[rank.rank :: rank.world_size])
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            step_terms = torch.stack([terms[k].detach() for k in ("loss", "neg_elbo", "reconstruction", "kl")])
-            sums += step_terms * len(x)
-            if rank.main and (step % 10 == 0 or step == steps_per_epoch - 1):  # .tolist() syncs a GPU: not every step
-                loss, _, recon, kl = step_terms.tolist()
-                bar.set_postfix(loss=f"{loss:.2f}", recon=f"{recon:.2f}", kl=f"{kl:.2f}", refresh=False)
-        seconds = time.perf_counter() - start
-        if rank.world_size > 1:
-            dist.all_reduce(sums)
-            sums /= rank.world_size
-        loss, neg_elbo, recon, kl = (sums / shard).tolist()
-
-        model.eval()
-        val = elbo_terms(model, val_x, seed=cfg.seed)  # every rank holds the same weights and the same val slice
-        record = {
-            "epoch": epoch + 1, "loss": loss, "neg_elbo": neg_elbo, "reconstruction": recon, "kl": kl,
-            "beta": beta, "val_neg_elbo": val["neg_elbo"].item(), "val_reconstruction": val["reconstruction"].item(),
-            "val_kl": val["kl"].item(), "seconds": seconds,
-            "images_per_s": shard * rank.world_size / seconds,
-        }  # fmt: skip
-        improved = record["val_neg_elbo"] < best
-        best = min(best, record["val_neg_elbo"])
-        if rank.main:
-            state = {
-                "model_config": model_cfg.to_dict(),
-                "model": model.state_dict(),
-                "train_config": asdict(cfg),
-                "dataset": spec,
-                "epoch": epoch + 1,
-                "optimizer": optimizer.state_dict(),
-                "rng": {"noise": noise.get_state(), "torch": torch.get_rng_state()},
-                "metrics": {"val_neg_elbo": record["val_neg_elbo"], "best_val_neg_elbo": best,
-                            "test_neg_elbo": None, "train_neg_elbo": neg_elbo},
-            }  # fmt: skip
-            save_checkpoint(out / "checkpoint.pt", state)
-            if improved:
-                save_checkpoint(out / "best.pt", state)
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {loss:8.3f}  recon {recon:8.3f}  kl {kl:7.3f}  "
-                  f"val neg-elbo {record['val_neg_elbo']:8.3f}{' *' if improved else '  '}  "
-                  f"{record['images_per_s']:7.0f} img/s", flush=True)  # fmt: skip
-
-    if not rank.main:
-        return {}
-    return finish(out, splits, cfg.report)
+        start_log(run, resume)
+    return run
 
 
-def finish(out: Path, splits: Splits, report: bool) -> dict:
+def start_log(run: Run, resume: bool) -> None:
+    """config.json, metrics.jsonl as of the start epoch, and the run's first line."""
+    run.out.mkdir(parents=True, exist_ok=True)
+    (run.out / "config.json").write_text(json.dumps(asdict(run.cfg), indent=2) + "\n")
+    # A fresh run starts a fresh log; a resumed one drops epochs logged after its checkpoint was written.
+    metrics_path = run.out / "metrics.jsonl"
+    history = [m for m in read_metrics(metrics_path) if m["epoch"] <= run.start_epoch] if resume else []
+    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+    model_cfg, splits = run.model.cfg, run.splits
+    size = sum(p.numel() for p in run.model.parameters())
+    print(f"training {model_cfg.arch} VAE (latent {model_cfg.latent_dim}, {size} parameters) on {splits.name}: "
+          f"{len(run.train_x)} train / {len(run.val_x)} val / {len(splits.test)} test images "
+          f"{list(splits.image_shape)}, {run.device}, {run.rank.world_size} process(es)",
+          file=run.log, flush=True)  # fmt: skip
+
+
+def train_epoch(run: Run, epoch: int) -> dict:
+    """One pass over this rank's shard; returns the epoch's image-weighted training figures (all ranks')."""
+    cfg, rank, steps = run.cfg, run.rank, run.steps_per_epoch
+    run.model.train()
+    run.sampler.set_epoch(epoch)
+    order = torch.tensor(list(run.sampler), device=run.device)
+    sums = torch.zeros(4, device=run.device, dtype=torch.float64)  # image-weighted loss, neg_elbo, recon, kl
+    # A bar only on a terminal: in a log file its redraws would be fragments; the epoch line says it all.
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr,
+               disable=not (rank.main and sys.stderr.isatty()), dynamic_ncols=True)  # fmt: skip
+    start = time.perf_counter()
+    for step in bar:
+        x = run.train_x[order[step * run.local_batch : (step + 1) * run.local_batch]]
+        eps = torch.randn(len(x) * rank.world_size, run.model.cfg.latent_dim, generator=run.noise, device=run.device)
+        beta = kl_weight(cfg, epoch, step, steps)
+        terms = training_loss(run.ddp_model, x, cfg.estimator, beta, cfg.free_bits, eps[rank.rank :: rank.world_size])
+        run.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        run.optimizer.step()
+        step_terms = torch.stack([terms[k].detach() for k in ("loss", "neg_elbo", "reconstruction", "kl")])
+        sums += step_terms * len(x)
+        if not bar.disable and (step % 10 == 0 or step == steps - 1):  # .tolist() syncs a GPU: not every step
+            loss, _, recon, kl = step_terms.tolist()
+            bar.set_postfix(loss=f"{loss:.2f}", recon=f"{recon:.2f}", kl=f"{kl:.2f}", refresh=False)
+    seconds = time.perf_counter() - start
+    if rank.world_size > 1:
+        dist.all_reduce(sums)
+        sums /= rank.world_size
+    loss, neg_elbo, recon, kl = (sums / run.shard).tolist()
+    return {"epoch": epoch + 1, "loss": loss, "neg_elbo": neg_elbo, "reconstruction": recon, "kl": kl, "beta": beta,
+            "seconds": seconds, "images_per_s": run.shard * rank.world_size / seconds}  # fmt: skip
+
+
+def validate_and_save(run: Run, epoch: int, record: dict) -> None:
+    """Score the validation slice, then (rank 0) write checkpoint.pt, best.pt if it improved, and the metrics."""
+    run.model.eval()
+    # Every rank holds the same weights and the same validation slice.
+    val = elbo_terms(run.model, run.val_x, seed=run.cfg.seed, sample=run.cfg.estimator != "deterministic")
+    record.update(val_neg_elbo=val["neg_elbo"].item(), val_reconstruction=val["reconstruction"].item(),
+                  val_kl=val["kl"].item())  # fmt: skip
+    improved = record["val_neg_elbo"] < run.best
+    run.best = min(run.best, record["val_neg_elbo"])
+    if not run.rank.main:
+        return
+    state = {
+        "model_config": run.model.cfg.to_dict(),
+        "model": run.model.state_dict(),
+        "train_config": asdict(run.cfg),
+        "dataset": run.spec,
+        "epoch": epoch + 1,
+        "optimizer": run.optimizer.state_dict(),
+        "rng": {"noise": run.noise.get_state(), "torch": torch.get_rng_state()},
+        "metrics": {"val_neg_elbo": record["val_neg_elbo"], "best_val_neg_elbo": run.best,
+                    "test_neg_elbo": None, "train_neg_elbo": record["neg_elbo"]},
+    }  # fmt: skip
+    save_checkpoint(run.out / "checkpoint.pt", state)
+    if improved:
+        save_checkpoint(run.out / "best.pt", state)
+    with (run.out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(f"epoch {epoch + 1:3d}/{run.cfg.epochs}  loss {record['loss']:8.3f}  recon {record['reconstruction']:8.3f}  "
+          f"kl {record['kl']:7.3f}  val neg-elbo {record['val_neg_elbo']:8.3f}{' *' if improved else '  '}  "
+          f"{record['images_per_s']:7.0f} img/s", file=run.log, flush=True)  # fmt: skip
+
+
+def finish(out: Path, splits: Splits, report: bool, log: TextIO) -> dict:
     """Score best.pt on the test split, store the figure in it (export copies it) and draw the report."""
     model, ckpt = load_model(out / "best.pt")
-    test = elbo_terms(model, splits.test, seed=ckpt["train_config"]["seed"])
+    cfg = TrainConfig.from_dict(ckpt["train_config"])
+    test = elbo_terms(model, splits.test, seed=cfg.seed, sample=cfg.estimator != "deterministic")
     ckpt["metrics"]["test_neg_elbo"] = test["neg_elbo"].item()
     save_checkpoint(out / "best.pt", ckpt)
     metrics = ckpt["metrics"]
     print(f"best epoch {ckpt['epoch']}: val neg-elbo {metrics['val_neg_elbo']:.3f}, test neg-elbo "
-          f"{metrics['test_neg_elbo']:.3f} nats/image -> {out / 'best.pt'}", flush=True)  # fmt: skip
+          f"{metrics['test_neg_elbo']:.3f} nats/image -> {out / 'best.pt'}", file=log, flush=True)  # fmt: skip
     if report:
         from .report import write_report
 
         write_report(model, splits, read_metrics(out / "metrics.jsonl"), out / "report")
-        print(f"report: {out / 'report'}", flush=True)
+        print(f"report: {out / 'report'}", file=log, flush=True)
     return metrics

@@ -1,9 +1,9 @@
 """The one console command: `vaeserve <subcommand>`.
 
-Each package registers its own subcommands (training: train, evaluate; export: export; server: serve,
-sample, encode, decode, reconstruct, info; explore: explore). Registration imports no heavy libraries, so
-`vaeserve serve` never imports torch and `vaeserve --help` is instant; each subcommand imports its
-implementation when it runs.
+Each package registers its own subcommands (training: train, evaluate, experiments; export: export; server:
+serve, sample, encode, decode, reconstruct, score, interpolate, info; explore: explore). Registration imports no
+heavy libraries, so `vaeserve serve` never imports torch and `vaeserve --help` is instant; each subcommand
+imports its implementation when it runs.
 """
 
 from __future__ import annotations

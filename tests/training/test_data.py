@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,29 @@ def test_cli_reports_a_failed_download_in_one_line(tmp_path, mirror, capsys):
     assert code == 2
     assert err.startswith("vaeserve train: error: ") and "train-images-idx3-ubyte.gz" in err and "404" in err
     assert "Traceback" not in err and list(cache.iterdir()) == []
+
+
+@pytest.fixture
+def refusing_url() -> Iterator[str]:
+    """A loopback URL whose port is bound but not listening: every connection is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+@pytest.mark.parametrize("failure", ["refused", "404"])
+def test_offline_download_error_says_what_to_do(tmp_path, mirror, refusing_url, capsys, failure):
+    url = refusing_url if failure == "refused" else mirror[0].url
+    cache = tmp_path / "cache"
+    code = vaeserve(["train", "--dataset", "mnist", "--data-dir", str(cache), "--data-url", url,
+                     "--out", str(tmp_path / "run")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"cannot download {url}train-images-idx3-ubyte.gz" in err
+    assert ("refused" if failure == "refused" else "404") in err
+    for advice in ("--data-dir", "--data-url", "--dataset npz"):
+        assert advice in err
+    assert list(cache.iterdir()) == []
 
 
 def test_cli_trains_on_idx_files(tmp_path):

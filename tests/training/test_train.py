@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,26 @@ def test_evaluate_rejects_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     bogus.write_text("not a checkpoint")
     assert vaeserve(["evaluate", "--checkpoint", str(bogus)]) == 2
     assert f"{bogus}: not a checkpoint written by `vaeserve train`" in capsys.readouterr().err
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    train(tmp_path / "run", "--epochs", "2")  # under capsys stderr is not a terminal
+    captured = capsys.readouterr()
+    assert "%|" not in captured.err and "it/s" not in captured.err and "epoch 1/2" not in captured.err
+    epoch_lines = [line for line in captured.out.splitlines() if line.startswith("epoch")]
+    assert len(epoch_lines) == 2 and all("val neg-elbo" in line and "%|" not in line for line in epoch_lines)
+
+
+def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train(tmp_path / "run", "--epochs", "1")
+    assert "epoch 1/1: " in terminal.getvalue() and "%|" in terminal.getvalue()
+    assert "%|" not in capsys.readouterr().out
