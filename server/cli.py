@@ -138,6 +138,19 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_clients(sub: argparse._SubParsersAction) -> None:
+    for register_command in (
+        _register_sample,
+        _register_encode,
+        _register_decode,
+        _register_reconstruct,
+        _register_score,
+        _register_interpolate,
+        _register_info,
+    ):
+        register_command(sub)
+
+
+def _register_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw samples from a running server and write them as a PNG grid")
     _client_flags(p)
     p.add_argument("--n", type=int, default=64, help="number of samples (default: %(default)s)")
@@ -147,6 +160,8 @@ def _register_clients(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latents-out", type=Path, default=None, help=".npy file for the latents (default: none)")
     p.set_defaults(run=run_sample)
 
+
+def _register_encode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="encode images with a running server; write the means (or all) to a file")
     _client_flags(p)
     _image_flags(p)
@@ -159,6 +174,8 @@ def _register_clients(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(run=run_encode)
 
+
+def _register_decode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode", help="decode latents with a running server and write the images as a PNG grid")
     _client_flags(p)
     p.add_argument("latents", type=Path, metavar="LATENTS.npy",
@@ -167,6 +184,8 @@ def _register_clients(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("decoded.png"), help="PNG grid to write (default: %(default)s)")
     p.set_defaults(run=run_decode)
 
+
+def _register_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", help="reconstruct images with a running server; write them under the inputs")
     _client_flags(p)
     _image_flags(p)
@@ -177,6 +196,8 @@ def _register_clients(sub: argparse._SubParsersAction) -> None:
                    help="PNG grid: rows of inputs, each above its reconstructions (default: %(default)s)")  # fmt: skip
     p.set_defaults(run=run_reconstruct)
 
+
+def _register_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="how likely each image is under the model: -log p(x) per image, for anomaly "
                        "detection")  # fmt: skip
     _client_flags(p)
@@ -199,6 +220,8 @@ def _register_clients(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(run=run_score)
 
+
+def _register_interpolate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("interpolate", help="decode the path between two images' embeddings as a PNG strip")
     _client_flags(p)
     p.add_argument("images", nargs=2, metavar="IMAGE", help="the two ends: image files or .npy arrays of one image")
@@ -209,16 +232,12 @@ def _register_clients(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="follow the great circle (slerp) instead of the straight line (default: straight)",
     )
-    p.add_argument(
-        "--no-resize",
-        dest="resize",
-        action="store_false",
-        help="refuse images of another size instead of resizing them (default: resize)",
-    )
-    p.add_argument("--invert", action="store_true", help="invert dark-on-light images (default: as they are)")
+    _conversion_flags(p)
     p.add_argument("--out", type=Path, default=Path("interpolation.png"), help="PNG strip (default: %(default)s)")
     p.set_defaults(run=run_interpolate)
 
+
+def _register_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print the served model's description as JSON")
     _client_flags(p)
     p.set_defaults(run=run_info)
@@ -228,6 +247,10 @@ def _image_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("images", nargs="+" if required else "*", metavar="IMAGE",
                    help="image files (PNG, JPEG, ...: any size or colours, converted to the model's) or .npy arrays "
                    "[N, C, H, W] in [0, 1]")  # fmt: skip
+    _conversion_flags(p)
+
+
+def _conversion_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resize", dest="resize", action="store_false",
                    help="refuse images of another size instead of resizing them (default: resize, aspect ratio kept, "
                    "padded)")  # fmt: skip

@@ -208,21 +208,10 @@ class Security:
         return cls(server_credentials(config), Tokens(config.auth_token_file) if config.auth_token_file else None)
 
 
-async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
-    """The batchers (built from the graphs' descriptions), the gRPC server and its services, admission and auth,
-    metrics, tracing."""
+def make_batchers(config: ServeConfig, loaded: Loaded, metrics: Metrics, tracing: Tracing | None) -> dict[str, Batcher]:
+    """A batcher per graph, by name (encoder, decoder, and likelihood when the decoder has a logits output), each
+    built from the graph's description and observed by the metrics (and tracing)."""
     model, sessions = loaded.model, loaded.sessions
-    metrics = Metrics()
-    metrics.set_model_info(model.name, model.version, loaded.provider, model.variant)
-    interceptors: list[grpc.aio.ServerInterceptor] = []
-    observers = {name: metrics.graph(name) for name in sessions}
-    tracing = None
-    if config.otlp_endpoint:
-        tracing = Tracing(config.otlp_endpoint)
-        interceptors.append(tracing.interceptor())
-        observers = {name: tracing.observer(name, observer) for name, observer in observers.items()}
-        log.info("tracing to %s", config.otlp_endpoint)
-
     specs = {"encoder": graphs.encoder(model.image_shape, model.latent_dim),
              "decoder": graphs.decoder(model.image_shape, model.latent_dim)}  # fmt: skip
     runners = dict(sessions)
@@ -230,22 +219,35 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
         log_sigma = model.info.get("log_sigma")
         specs["likelihood"] = graphs.likelihood(model.image_shape, model.latent_dim, model.likelihood, log_sigma)
         runners["likelihood"] = sessions["decoder"].with_outputs(["logits"])
-        observers["likelihood"] = metrics.graph("likelihood")
-        if tracing is not None:
-            observers["likelihood"] = tracing.observer("likelihood", observers["likelihood"])
     else:
         log.warning("this version's decoder has no logits output (an older export): Score answers FAILED_PRECONDITION")
     inline_s = config.inline_budget_us / 1e6
-    batchers = {
-        name: Batcher(spec, runners[name], observers[name], max_rows=config.max_batch_size,
-                      max_delay_s=config.max_batch_delay_ms / 1000, max_queue=config.max_queue,
-                      inline_rows=runners[name].inline_rows(inline_s, config.max_batch_size))
-        for name, spec in specs.items()
-    }  # fmt: skip
+    batchers = {}
+    for name, spec in specs.items():
+        observer = metrics.graph(name)
+        if tracing is not None:
+            observer = tracing.observer(name, observer)
+        batchers[name] = Batcher(spec, runners[name], observer, max_rows=config.max_batch_size,
+                                 max_delay_s=config.max_batch_delay_ms / 1000, max_queue=config.max_queue,
+                                 inline_rows=runners[name].inline_rows(inline_s, config.max_batch_size))  # fmt: skip
     log.info("batching: max %d rows, max delay %g ms, max queue %d requests per graph, max %d samples per request",
              config.max_batch_size, config.max_batch_delay_ms, config.max_queue, config.max_num_samples)  # fmt: skip
     log.info("batches run on the event loop up to %d rows (encoder) and %d rows (decoder): predicted within %g us",
              batchers["encoder"].inline_rows, batchers["decoder"].inline_rows, inline_s * 1e6)  # fmt: skip
+    return batchers
+
+
+async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
+    """The batchers (built from the graphs' descriptions), the gRPC server and its services, admission and auth,
+    metrics, tracing."""
+    model = loaded.model
+    metrics = Metrics()
+    metrics.set_model_info(model.name, model.version, loaded.provider, model.variant)
+    tracing = Tracing(config.otlp_endpoint) if config.otlp_endpoint else None
+    interceptors = [tracing.interceptor()] if tracing is not None else []
+    if tracing is not None:
+        log.info("tracing to %s", config.otlp_endpoint)
+    batchers = make_batchers(config, loaded, metrics, tracing)
 
     message_bytes = message_limit(model, config)
     # No maximum_concurrent_rpcs: gRPC would hold calls over it unanswered, then cancel them; admission refuses

@@ -20,6 +20,7 @@ import contextlib
 import math
 import random
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from tests.harness import METHOD, ServerProcess, cancel_storm, free_port, vaeser
 from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.server.client import to_tensor
 
-from .bench_serving import WORK, find_or_export
+from .bench_serving import TRAIN_EPOCHS, WORK, find_or_export
 from .report import markdown_table, write_section
 
 UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -40,9 +41,23 @@ UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_le
 
 def server(python: str, repo: Path, log: Path, *flags: str) -> ServerProcess:
     port, metrics_port = free_port(), free_port()
-    argv = [python, "-m", "vaeserve.cli", "serve", "--repo", str(repo), "--name", "vae", "--host", "127.0.0.1",
+    # The installation's own console script: `python -m vaeserve.cli` would import this checkout's package.
+    argv = [str(Path(python).parent / "vaeserve"), "serve", "--repo", str(repo), "--name", "vae", "--host", "127.0.0.1",
             "--port", str(port), "--metrics-port", str(metrics_port), *flags]  # fmt: skip
     return ServerProcess(argv, log, port, vaeserve_ready, metrics_port, name=Path(python).parent.parent.name)
+
+
+def own_repo(python: str, work: Path) -> Path:
+    """A digits MLP repository trained and exported by `python`'s own vaeserve (an older server may not read this
+    exporter's repositories), kept in `work` for the next run."""
+    repo, cli = work / "models", str(Path(python).parent / "vaeserve")
+    if not (repo / "vae").is_dir():
+        run = work / "run"
+        for argv in (["train", "--dataset", "digits", "--arch", "mlp", "--epochs", TRAIN_EPOCHS, "--seed", "0",
+                      "--no-report", "--out", str(run)],
+                     ["export", "--checkpoint", str(run / "best.pt"), "--repo", str(repo), "--name", "vae"]):  # fmt: skip
+            subprocess.run([cli, *argv], check=True, stdout=subprocess.DEVNULL)
+    return repo
 
 
 def peak_rss_mb(s: ServerProcess) -> float:
@@ -284,12 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, python in systems.items():
         work = WORK / f"hostile-{name.replace(' ', '-')}"
         work.mkdir(exist_ok=True)
+        repo = repo_mlp if python == sys.executable else own_repo(python, work)
         results[name] = {
-            "memory": memory(python, repo_mlp, work),
-            "shape bomb": shape_bomb(python, repo_mlp, work),
-            "malformed": malformed(python, repo_mlp, work),
-            "sigterm": sigterm(python, repo_mlp, work, args.sigterm_runs),
-            "cancel storm": storm(python, repo_mlp, work),
+            "memory": memory(python, repo, work),
+            "shape bomb": shape_bomb(python, repo, work),
+            "malformed": malformed(python, repo, work),
+            "sigterm": sigterm(python, repo, work, args.sigterm_runs),
+            "cancel storm": storm(python, repo, work),
         }
         print(name, results[name], flush=True)
     load = overload(repo_conv, repo_mlp, WORK, args.overload_s)
