@@ -341,9 +341,12 @@ def _read(args: argparse.Namespace, paths=None):  # -> images [N, C, H, W] conve
     travel as UINT8 (a quarter of the bytes); .npy arrays as float32."""
     import numpy as np
 
-    from .images import light_on_dark, read_images
+    from .images import ImageError, light_on_dark, read_images
 
     paths = args.images if paths is None else paths
+    for path in map(Path, paths):  # before the server is asked anything: a typo is the likelier mistake
+        if not path.is_file():
+            raise ImageError(f"{path}: no such file")
     info = _calling(args, lambda c: c.info())
     images, notes = read_images(paths, tuple(info.image_shape), resize=args.resize, invert=args.invert,
                                 hint_invert=light_on_dark(info.metadata))  # fmt: skip

@@ -86,7 +86,8 @@ class ServeConfig:
         for name, (low, high) in BOUNDS.items():
             value = getattr(self, name)
             if not (math.isfinite(value) and low <= value <= high):
-                raise VaeserveError(f"{flag(name)}: expected a number in [{low:g}, {high:g}], got {value!r}")
+                shown = int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 else value
+                raise VaeserveError(f"{flag(name)}: expected a number in [{low:g}, {high:g}], got {shown!r}")
         if self.variant not in VARIANTS:
             raise VaeserveError(f"--variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.event_loop not in EVENT_LOOPS:

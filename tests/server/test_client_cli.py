@@ -206,6 +206,10 @@ def test_client_errors_are_one_line(server: ServerProcess, tmp_path: Path, capsy
     assert err.startswith(f"vaeserve info: error: {nobody}: UNAVAILABLE: ") and "Traceback" not in err
     assert err.endswith(f" (is a server running at {nobody}? `make serve` starts one)\n")
 
+    # A missing file is named before any server is asked (none listens here)
+    assert vaeserve(["encode", "--target", nobody, str(tmp_path / "missing.png")]) == 2
+    assert capsys.readouterr().err == f"vaeserve encode: error: {tmp_path / 'missing.png'}: no such file\n"
+
 
 def test_score_prints_a_line_per_image_and_calls_anomalies(
     server: ServerProcess, tmp_path: Path, digits_png: list[Path], capsys: pytest.CaptureFixture[str]

@@ -243,6 +243,11 @@ def test_every_numeric_flag_out_of_range_is_an_error_naming_it(
                             f"vaeserve serve: error: argument {flag(name)}: invalid ")), line  # fmt: skip
 
 
+def test_a_whole_number_out_of_range_is_shown_as_given(capsys: pytest.CaptureFixture) -> None:
+    assert vaeserve(["serve", "--max-message-mb", "2048"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--max-message-mb: expected a number in [0, 2047], got 2048")
+
+
 def _tensor(shape: list[int], data: bytes, dtype: int) -> vae_pb2.Tensor:
     return vae_pb2.Tensor(shape=shape, data=data, dtype=dtype)
 
