@@ -11,6 +11,8 @@ from .config import DATASETS, ESTIMATORS, ExperimentConfig, TrainConfig
 DEFAULT_OUT = "runs/default"
 DEFAULT_EXPERIMENTS_OUT = "runs/experiments"
 
+MAX_IW_SAMPLES = 100_000  # the bound tightens little past a few thousand; this many already takes hours
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     register_train(sub)
@@ -56,7 +58,7 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
         "--iw-samples",
         type=int,
         default=1000,
-        help="importance samples K for the IWAE bound, 0 to skip it (default: %(default)s)",
+        help=f"importance samples K for the IWAE bound, at most {MAX_IW_SAMPLES:,}; 0 skips it (default: %(default)s)",
     )
     e.add_argument("--seed", type=int, default=0, help="seed of the evaluation noise (default: %(default)s)")
     e.set_defaults(run=run_evaluate)
@@ -200,8 +202,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .evaluate import evaluate
 
-    if args.iw_samples < 0:
-        raise VaeserveError(f"--iw-samples must be >= 0, got {args.iw_samples}")
+    if not 0 <= args.iw_samples <= MAX_IW_SAMPLES:
+        raise VaeserveError(f"--iw-samples must be in [0, {MAX_IW_SAMPLES}], got {args.iw_samples}")
     model, ckpt = load_model(args.checkpoint)
     if "dataset" not in ckpt:
         raise VaeserveError(f"{args.checkpoint}: checkpoint records no dataset to evaluate on")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from vaeserve.errors import VaeserveError
@@ -13,6 +14,39 @@ ESTIMATORS = ("reparameterization", "score-function", "score-function-baseline",
 
 class TrainConfigError(VaeserveError):
     """A training flag with a value the run cannot use; the message names the flag."""
+
+
+# [low, high] of each numeric flag: outside them a run cannot work, or could not finish on any machine.
+BOUNDS = {
+    "latent_dim": (1, 4096),
+    "hidden_dim": (0, 1 << 16),
+    "sigma": (0.0, 1e3),  # and > 0
+    "beta": (0.0, 1e6),
+    "kl_warmup_epochs": (0, 1_000_000),
+    "free_bits": (0.0, 1e3),
+    "epochs": (1, 1_000_000),
+    "batch_size": (1, 1 << 16),
+    "lr": (0.0, 10.0),  # and > 0
+    "seed": (0, (1 << 63) - 1),
+}
+EXPERIMENT_BOUNDS = {
+    "estimator_epochs": (1, 1_000_000),
+    "gradient_draws": (2, 100_000),
+    "samples": (1, 100_000),
+    "pairs": (1, 10_000),
+}
+
+
+def check_bounds(config: object, bounds: dict[str, tuple[float, float]]) -> None:
+    """Every numeric flag of `config` finite and within its bounds, or a TrainConfigError naming the flag."""
+    for name, (low, high) in bounds.items():
+        value, flag = getattr(config, name), "--" + name.replace("_", "-")
+        if not math.isfinite(value):
+            raise TrainConfigError(f"{flag} must be a finite number, got {value}")
+        if value < low:
+            raise TrainConfigError(f"{flag} must be >= {low:g}, got {value}")
+        if value > high:
+            raise TrainConfigError(f"{flag} must be <= {high:g}, got {value}")
 
 
 @dataclass
@@ -47,15 +81,10 @@ class TrainConfig:
     report: bool = True
 
     def check(self, world_size: int = 1) -> None:
-        for name in ("epochs", "batch_size", "latent_dim"):
-            if getattr(self, name) < 1:
-                raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_bounds(self, BOUNDS)
         for name in ("lr", "sigma"):
             if not getattr(self, name) > 0:
                 raise TrainConfigError(f"--{name} must be > 0, got {getattr(self, name)}")
-        for name in ("beta", "free_bits", "kl_warmup_epochs", "hidden_dim"):
-            if getattr(self, name) < 0:
-                raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.val_fraction < 1:
             raise TrainConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if self.estimator not in ESTIMATORS:
@@ -86,11 +115,10 @@ class ExperimentConfig:
 
     def check(self) -> None:
         self.base.check()
-        if not self.betas or min(self.betas) < 0:
-            raise TrainConfigError(f"--betas must be one or more values >= 0, got {list(self.betas)}")
+        if not self.betas or not all(math.isfinite(b) and 0 <= b <= BOUNDS["beta"][1] for b in self.betas):
+            raise TrainConfigError(f"--betas must be one or more values in [0, {BOUNDS['beta'][1]:g}], got "
+                                   f"{list(self.betas)}")  # fmt: skip
         if 1.0 not in self.betas:
             raise TrainConfigError(f"--betas must include 1 (the gradient variance is measured on that model), got "
                                    f"{list(self.betas)}")  # fmt: skip
-        for name, minimum in (("estimator_epochs", 1), ("gradient_draws", 2), ("samples", 1), ("pairs", 1)):
-            if getattr(self, name) < minimum:
-                raise TrainConfigError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(self, name)}")
+        check_bounds(self, EXPERIMENT_BOUNDS)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.conftest import run_cli
 from vaeserve.cli import main as vaeserve
+from vaeserve.training.config import BOUNDS
 
 REPORT_FILES = {"samples.png", "reconstructions.png", "interpolation.png", "latent_pca.png", "loss_curves.png"}
 
@@ -136,6 +137,28 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, flags, message):
     assert vaeserve(["train", "--out", str(tmp_path / "run"), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vaeserve train: error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDS))
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e300", "12abc"])
+def test_every_numeric_flag_out_of_range_is_an_error_naming_it(tmp_path, capsys, name, value):
+    flag = "--" + name.replace("_", "-")
+    try:
+        code = vaeserve(["train", "--out", str(tmp_path / "run"), f"{flag}={value}"])
+    except SystemExit as exc:  # argparse: not a number of the flag's type ("nan" for an integer flag)
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]  # argparse prints its usage above its own errors
+    ours, argparse_says = f"vaeserve train: error: {flag} must be ", f"vaeserve train: error: argument {flag}: "
+    assert line.startswith((ours, argparse_says)), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "100001", "99999999999"])
+def test_evaluate_bounds_its_importance_samples(tmp_path, capsys, value):
+    assert vaeserve(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--iw-samples", value]) == 2
+    assert capsys.readouterr().err == f"vaeserve evaluate: error: --iw-samples must be in [0, 100000], got {value}\n"
 
 
 def test_evaluate_rejects_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
