@@ -53,7 +53,8 @@ system-deps:
 test: install system-deps .venv-tools/.installed-stamp .venv-triton/.installed-stamp
 	$(BIN)/python -m pytest -q
 
-# Each benchmark prints its figures and rewrites its own section of BENCHMARKS.md.
+# Each benchmark prints its figures and rewrites its own section of BENCHMARKS.md. BASELINE=OTHER/.venv/bin/python
+# measures another vaeserve installation against hostile clients too.
 bench: install
 	$(BIN)/python -m tests.bench.bench_training
 	$(BIN)/python -m tests.bench.bench_default_model
@@ -61,7 +62,7 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_serving
 	$(BIN)/python -m tests.bench.bench_counting
 	$(BIN)/python -m tests.bench.bench_api
-	$(BIN)/python -m tests.bench.bench_hostile
+	$(BIN)/python -m tests.bench.bench_hostile $(if $(BASELINE),--baseline $(BASELINE))
 
 load: install
 	$(BIN)/python -m tests.load.run_local
