@@ -4,13 +4,14 @@ under the repository when an export fails."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from vaeserve.cli import main as vaeserve
-from vaeserve.export.variants import MAX_ELBO_CHANGE
+from vaeserve.export.variants import MAX_ELBO_CHANGE_PER_PIXEL
 from vaeserve.repository import sha256_file, verify_version
 from vaeserve.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -121,7 +122,7 @@ def test_unknown_variant_and_bad_name_are_flag_errors(
     assert not (tmp_path / "models").exists()
 
 
-@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("kind", ["mlp", "conv", "gaussian"])
 def test_variants_are_measured_recorded_and_verified(
     kind: str, checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -135,12 +136,15 @@ def test_variants_are_measured_recorded_and_verified(
     assert set(measured) == {"fp32", "ort", "fp16", "int8"}
     baseline = measured["fp32"]["test_neg_elbo_graphs"]
     assert baseline == pytest.approx(info["test_neg_elbo"], rel=0.05)  # one sample vs the trainer's own pass
+    pixels = math.prod(info["image_shape"])
     for variant in ("ort", "fp16", "int8"):
+        change = measured[variant]["test_neg_elbo_graphs"] - baseline
+        assert measured[variant]["elbo_change_per_pixel"] == pytest.approx(change / pixels)
         written = (folder / f"encoder.{variant}.onnx").exists()
-        assert written == (variant in info["variants"]) == (abs(measured[variant]["elbo_change"]) < MAX_ELBO_CHANGE)
+        assert written == (variant in info["variants"]) == (abs(change / pixels) < MAX_ELBO_CHANGE_PER_PIXEL)
         if written:
             entry = info["variants"][variant]
-            assert abs(entry["elbo_change"]) < MAX_ELBO_CHANGE
+            assert abs(entry["elbo_change_per_pixel"]) < MAX_ELBO_CHANGE_PER_PIXEL
             for graph in ("encoder", "decoder"):
                 assert entry[graph]["sha256"] == sha256_file(folder / f"{graph}.{variant}.onnx")
         else:

@@ -15,7 +15,7 @@ from onnx.reference import ReferenceEvaluator
 
 from vaeserve import __version__
 from vaeserve.export.graphs import OPSET, graph_modules
-from vaeserve.export.parity import BATCH_SIZES, TOLERANCE, max_abs_diff, random_inputs
+from vaeserve.export.parity import BATCH_SIZES, ParityError, check_parity, compare, random_inputs, run_both
 from vaeserve.export.variants import neg_elbo, session
 from vaeserve.repository import sha256_file
 from vaeserve.training.checkpoint import load_model
@@ -92,8 +92,8 @@ def test_onnxruntime_matches_pytorch_on_random_and_real_inputs(
         for batch in BATCH_SIZES:
             for inputs in (random_inputs(vae, graph, batch, seed=batch), real[graph][:batch]):
                 assert len(inputs) == batch
-                diff = max_abs_diff(module, sessions[graph], inputs)
-                assert diff <= TOLERANCE, f"{kind} {graph} batch {batch}: {diff}"
+                diff, share = run_both(module, sessions[graph], inputs)
+                assert share <= 1, f"{kind} {graph} batch {batch}: {diff}"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -110,8 +110,27 @@ def test_reference_evaluator_agrees_with_pytorch(
                 expected = module(torch.from_numpy(x))
             expected = expected if isinstance(expected, tuple) else (expected,)
             actual = reference.run(None, {reference.input_names[0]: x})
-            for a, e in zip(actual, expected, strict=True):
-                assert np.abs(a - e.numpy()).max() <= TOLERANCE, f"{kind} {graph} batch {batch}"
+            diff, share = compare(actual, [e.numpy() for e in expected])
+            assert share <= 1, f"{kind} {graph} batch {batch}: {diff}"
+
+
+def test_tolerance_is_relative_for_large_values_and_refuses_nan() -> None:
+    logit = np.float32(54.0)
+    two_steps = np.nextafter(np.nextafter(logit, np.float32(99)), np.float32(99))  # 7.6e-6 away
+    assert compare([np.array([two_steps]) + np.float32(4e-6)], [np.array([logit])])[1] <= 1  # 1.1e-5 at 54
+    assert compare([np.array([0.5 + 2e-5], np.float32)], [np.array([0.5], np.float32)])[1] > 1  # pixels stay tight
+    assert not compare([np.array([np.nan], np.float32)], [np.array([0.5], np.float32)])[1] <= 1
+
+
+def test_export_refuses_graphs_that_differ_from_the_model(
+    exported: dict[str, Path], checkpoints: dict[str, Path]
+) -> None:
+    vae, _ = load_model(checkpoints["mlp"])
+    with torch.no_grad():
+        next(vae.decoder.parameters()).add_(1e-3)  # the graphs on disk no longer compute this model
+    paths = {graph: exported["mlp"] / f"{graph}.onnx" for graph in ("encoder", "decoder")}
+    with pytest.raises(ParityError, match=r"decoder\.onnx: onnxruntime differs from PyTorch by .* at batch 1 "):
+        check_parity(vae, paths)
 
 
 @pytest.mark.parametrize("kind", ("mlp", "conv"))
