@@ -118,10 +118,12 @@ def as_vaeserve_model(baseline: BaselineVAE, like: VAE) -> VAE:
 
 
 def our_command(workdir: Path) -> list[str]:
-    """`vaeserve train --dataset npz` on the same split, without --epochs."""
+    """`vaeserve train --dataset npz` on the same split, without --epochs; the baseline's model and loss spelled
+    out, not left to defaults that change."""
     data = mnist.write_npz(workdir / "mnist-t10k.npz")
     return ["train", "--dataset", "npz", "--data-path", str(data), "--arch", "mlp", "--latent-dim", str(LATENT),
-            "--hidden-dim", "400", "--batch-size", str(BATCH), "--lr", str(LR), "--seed", str(SEED),
+            "--hidden-dim", "400", "--likelihood", "bernoulli", "--beta", "1", "--kl-warmup-epochs", "0",
+            "--batch-size", str(BATCH), "--lr", str(LR), "--seed", str(SEED),
             "--val-fraction", "0.01", "--no-report", "--out", str(workdir / "run")]  # fmt: skip
 
 
