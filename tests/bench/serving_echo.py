@@ -23,18 +23,18 @@ from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from .serving_model import load_graphs
 
 
-def zeros(*shape: int) -> vae_pb2.Tensor:
-    size = 4
+def zeros(*shape: int, dtype: int = vae_pb2.FLOAT32) -> vae_pb2.Tensor:
+    size = 1 if dtype == vae_pb2.UINT8 else 4
     for s in shape:
         size *= s
-    return vae_pb2.Tensor(shape=shape, data=bytes(size))
+    return vae_pb2.Tensor(shape=shape, data=bytes(size), dtype=dtype)
 
 
 class EchoVaeService(vae_pb2_grpc.VaeServiceServicer):
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int) -> None:
         self.image_shape, self.latent_dim = image_shape, latent_dim
         self.encode: dict[int, vae_pb2.EncodeResponse] = {}
-        self.sample: dict[int, vae_pb2.SampleResponse] = {}
+        self.sample: dict[tuple[int, int], vae_pb2.SampleResponse] = {}  # by (rows, image dtype)
 
     async def Encode(self, request: vae_pb2.EncodeRequest, context) -> vae_pb2.EncodeResponse:
         n = request.images.shape[0]
@@ -44,11 +44,11 @@ class EchoVaeService(vae_pb2_grpc.VaeServiceServicer):
         return self.encode[n]
 
     async def Sample(self, request: vae_pb2.SampleRequest, context) -> vae_pb2.SampleResponse:
-        n = request.num_samples
-        if n not in self.sample:
-            images, latents = zeros(n, *self.image_shape), zeros(n, self.latent_dim)
-            self.sample[n] = vae_pb2.SampleResponse(images=images, latents=latents)
-        return self.sample[n]
+        key = n, dtype = request.num_samples, request.image_dtype
+        if key not in self.sample:
+            images, latents = zeros(n, *self.image_shape, dtype=dtype), zeros(n, self.latent_dim)
+            self.sample[key] = vae_pb2.SampleResponse(images=images, latents=latents)
+        return self.sample[key]
 
     async def GetModelInfo(self, request, context) -> vae_pb2.ModelInfo:
         return vae_pb2.ModelInfo(name="echo", latent_dim=self.latent_dim, image_shape=self.image_shape)
