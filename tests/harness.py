@@ -36,6 +36,15 @@ class ServerFailed(RuntimeError):
     """A server that exited or never became ready; the message ends with its log."""
 
 
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 30.0, poll: float = 0.002) -> None:
+    """Polls `condition` until it holds; fails naming `what` after `timeout` s. Tests synchronise on the state
+    they wait for, never on fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+
+
 def free_port() -> int:
     import socket
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import ROOT, ServerProcess, serving
+from tests.harness import ROOT, ServerProcess, serving, wait_until
 from vaeserve.protos.inference import grpc_service_pb2 as pb
 from vaeserve.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from vaeserve.server.client import VaeClient
@@ -159,12 +158,16 @@ def test_an_oip_call_and_a_vae_v1_call_share_one_batch(conv_model_repo: Path, tm
             x = np.random.default_rng(3).random((big, 1, 8, 8), dtype=np.float32)
             ahead = threading.Thread(target=client.encode, args=(x,))
             ahead.start()
-            wait_until(lambda: server.metric("vaeserve_inflight_requests") == 1 and server.metric(depth) == 0)
+            wait_until(
+                lambda: server.metric("vaeserve_inflight_requests") == 1 and server.metric(depth) == 0,
+                "the big run to be in flight",
+                timeout=60,
+            )
             oip.stdin.write("go\n")
             oip.stdin.flush()
             small = threading.Thread(target=client.encode, args=(x[:5],))
             small.start()
-            wait_until(lambda: server.metric(depth) == 2)  # both queued while the big run goes on
+            wait_until(lambda: server.metric(depth) == 2, "both calls queued behind the big run", timeout=60)
             assert ahead.is_alive(), "the big run ended before both calls were queued"
             ahead.join(60)
             small.join(60)
@@ -174,13 +177,6 @@ def test_an_oip_call_and_a_vae_v1_call_share_one_batch(conv_model_repo: Path, tm
         assert np.asarray(out["mean"]).shape == (3, 8)
         # Two runs: the big one, then one that merged the OIP call's 3 rows with the vae.v1 call's 5.
         assert (server.metric(rows) - before[0], server.metric(runs) - before[1]) == (big + 8, 2)
-
-
-def wait_until(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.002)
 
 
 _names = st.sampled_from(["vae-encoder", "vae-decoder", "", "nope", "x" * 300])

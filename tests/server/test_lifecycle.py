@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import ServerProcess, free_port, serve_argv, serving
+from tests.harness import ServerProcess, free_port, serve_argv, serving, wait_until
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server.client import VaeClient, to_tensor
 
@@ -25,14 +24,6 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 BIG = 4096  # rows of one conv decoder run: tens of milliseconds on one CPU thread
 BIG_BATCHES = ("--max-batch-size", str(BIG), "--max-concurrent-rpcs", str(BIG))
-
-
-def wait_until(condition, what: str, timeout: float = 30.0) -> None:
-    """Polls `condition` until it holds: the tests synchronise on the server's state, never on fixed sleeps."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.002)
 
 
 def run_serve(repo: Path, *flags: str) -> subprocess.CompletedProcess:

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.conftest import run_cli
-from tests.harness import ROOT, ServerProcess, free_port, health_status, serve_argv, serving
+from tests.harness import ROOT, ServerProcess, free_port, health_status, serve_argv, serving, wait_until
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server.client import AsyncVaeClient, VaeClient
 
@@ -184,13 +183,6 @@ def test_the_readme_tls_example_runs_as_written(secured: ServerProcess, pki: Pki
     assert (ran.returncode, ran.stdout) == (0, "vae\n"), ran.stderr
 
 
-def wait_until(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_tokens_rotate_without_a_restart(model_repo: Path, pki: Pki, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("first\n")
@@ -205,15 +197,15 @@ def test_tokens_rotate_without_a_restart(model_repo: Path, pki: Pki, tmp_path: P
         staged = tmp_path / "tokens.new"
         staged.write_text("second\n")
         staged.replace(tokens)
-        wait_until(lambda: accepted("second"), "the rotated token to be accepted")
+        wait_until(lambda: accepted("second"), "the rotated token to be accepted", poll=0.05)
         assert not accepted("first")
         # SIGHUP re-reads at once; an empty file keeps the tokens accepted so far.
         tokens.write_text("third\n")
         server.signal(signal.SIGHUP)
-        wait_until(lambda: accepted("third"), "the token read on SIGHUP")
+        wait_until(lambda: accepted("third"), "the token read on SIGHUP", poll=0.05)
         tokens.write_text("\n")
         server.signal(signal.SIGHUP)
-        wait_until(lambda: "holds no token" in server.output(), "the empty file to be reported")
+        wait_until(lambda: "holds no token" in server.output(), "the empty file to be reported", poll=0.05)
         assert accepted("third")
     assert server.returncode == 0
 
