@@ -14,7 +14,7 @@ from vaeserve.cli import main as vaeserve
 
 FIXTURE_EPOCHS = "15"
 # The shared runs are the Bernoulli digits models the export and server tests were written against (the Gaussian
-# likelihood has its own run in tests/export/conftest.py), pinned so a change of `vaeserve train`'s defaults
+# likelihood has its own run below), pinned so a change of `vaeserve train`'s defaults
 # leaves them as they were.
 FIXTURE_FLAGS = ("--likelihood", "bernoulli", "--batch-size", "64")
 
@@ -22,6 +22,13 @@ FIXTURE_FLAGS = ("--likelihood", "bernoulli", "--batch-size", "64")
 def run_cli(*argv: str) -> None:
     code = vaeserve(list(argv))
     assert code == 0, f"vaeserve {' '.join(argv)} exited {code}"
+
+
+def _export(tmp_path_factory: pytest.TempPathFactory, run: Path, folder: str) -> Path:
+    """A model repository holding vae/1 exported from `run`'s best.pt."""
+    repo = tmp_path_factory.mktemp(folder)
+    run_cli("export", "--checkpoint", str(run / "best.pt"), "--repo", str(repo), "--name", "vae")
+    return repo
 
 
 def _train(tmp_path_factory: pytest.TempPathFactory, arch: str) -> Path:
@@ -46,31 +53,25 @@ def digits_conv_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def model_repo(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding vae/1 exported from `digits_run` (MLP)."""
-    repo = tmp_path_factory.mktemp("models")
-    run_cli("export", "--checkpoint", str(digits_run / "best.pt"), "--repo", str(repo), "--name", "vae")
-    return repo
+    return _export(tmp_path_factory, digits_run, "models")
 
 
 @pytest.fixture(scope="session")
 def conv_model_repo(digits_conv_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding vae/1 exported from `digits_conv_run` (conv)."""
-    repo = tmp_path_factory.mktemp("models-conv")
-    run_cli("export", "--checkpoint", str(digits_conv_run / "best.pt"), "--repo", str(repo), "--name", "vae")
-    return repo
+    return _export(tmp_path_factory, digits_conv_run, "models-conv")
 
 
 @pytest.fixture(scope="session")
 def gaussian_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """runs/NAME of a short Gaussian-likelihood MLP training (latent 4) on the bundled digits."""
+    """runs/NAME of a short Gaussian-likelihood conv training (latent 4) on the bundled digits."""
     out = tmp_path_factory.mktemp("runs") / "digits-gaussian"
-    run_cli("train", "--dataset", "digits", "--likelihood", "gaussian", "--latent-dim", "4", "--epochs", "5",
-            "--seed", "0", "--no-report", "--out", str(out))  # fmt: skip
+    run_cli("train", "--dataset", "digits", "--arch", "conv", "--likelihood", "gaussian", "--latent-dim", "4",
+            "--epochs", "5", "--seed", "0", "--no-report", "--out", str(out))  # fmt: skip
     return out
 
 
 @pytest.fixture(scope="session")
 def gaussian_model_repo(gaussian_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding vae/1 exported from `gaussian_run`."""
-    repo = tmp_path_factory.mktemp("models-gaussian")
-    run_cli("export", "--checkpoint", str(gaussian_run / "best.pt"), "--repo", str(repo), "--name", "vae")
-    return repo
+    return _export(tmp_path_factory, gaussian_run, "models-gaussian")
