@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         models["mnist-mlp"] = find_or_export("mnist-mlp")
     rows, share = wire(bench, models)
     anomaly_rows, aucs = [], {}
-    for label, model in (("digits MLP", "mlp"), ("default model", "default")):
-        rows_, aucs[label] = anomaly(label, find_or_export(model), args.k, WORK)
+    for label, model_dir in (("digits MLP", models["mlp"]), ("default model", find_or_export("default"))):
+        rows_, aucs[label] = anomaly(label, model_dir, args.k, WORK)
         anomaly_rows += rows_
     goals = [("MNIST-MLP Sample(1024), UINT8 replies, vs the in-process decoder", share.get(("mnist-mlp",
               "Sample(1024)", "UINT8"))), ("MNIST-MLP Encode(256), UINT8 requests, vs the in-process encoder",

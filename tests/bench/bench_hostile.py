@@ -108,6 +108,7 @@ def memory(python: str, repo: Path, work: Path) -> dict:
 
 
 PROBE_TIMEOUT_S = 10.0  # twice the liveness probe's timeout: a Check that takes longer counts as this long
+SIGTERM_CLIENTS = 32
 
 
 async def health_latency_during(target: str, attack: bytes, method: str, seconds: float) -> list[float]:
@@ -168,8 +169,11 @@ async def through_sigterm(s: ServerProcess) -> tuple[collections.Counter, float]
     async with grpc.aio.insecure_channel(s.target) as channel:
         call = channel.unary_unary(METHOD + "Encode")
 
+        answered, all_answered = 0, asyncio.Event()
+
         async def client() -> None:
-            for _ in range(100_000):
+            nonlocal answered
+            for i in range(100_000):
                 before = "before" if not signalled else "after"
                 try:
                     await call(request, timeout=30)
@@ -177,9 +181,13 @@ async def through_sigterm(s: ServerProcess) -> tuple[collections.Counter, float]
                 except grpc.aio.AioRpcError as exc:
                     results[before, exc.code().name] += 1
                     return
+                if i == 0:
+                    answered += 1
+                    if answered == SIGTERM_CLIENTS:
+                        all_answered.set()
 
-        tasks = [asyncio.create_task(client()) for _ in range(32)]
-        await asyncio.sleep(1.0)  # load running (a benchmark: no assertion rests on this)
+        tasks = [asyncio.create_task(client()) for _ in range(SIGTERM_CLIENTS)]
+        await asyncio.wait_for(all_answered.wait(), 60)  # every client connected and calling: the load is on
         signalled.append(time.monotonic())
         s.signal(signal.SIGTERM)
         await asyncio.gather(*tasks)
@@ -355,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
              f"p50 {b['health_p50_ms']:.1f} ms, max {b['health_max_ms']:.1f} ms"
              + (" (Checks timed out at 10 s)" if b["health_max_ms"] >= PROBE_TIMEOUT_S * 1e3 else "")],
             [name, "log written while one client sends garbage for 5 s", f"{g['log_bytes']:,} bytes ({g['calls']})"],
-            [name, f"SIGTERM with 32 clients, {t['runs']} runs",
+            [name, f"SIGTERM with {SIGTERM_CLIENTS} clients, {t['runs']} runs",
              f"{t['statuses']}; exit within {t['exit_s_max']:.1f} s"],
             [name, "cancel/deadline storm: normal calls", f"{c['normal']}; counted UNKNOWN {c['counted_unknown']:.0f}"],
         ]  # fmt: skip
