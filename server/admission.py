@@ -2,11 +2,21 @@
 clients retry another replica); and none beyond what the server can serve within --max-wait-ms
 (RESOURCE_EXHAUSTED at once, the load shed on arrival rather than queued without bound).
 
-How much is "what the server can serve": Little's law. A call admitted behind `inflight` others waits about
-inflight / rate, where rate is the calls per second the server has been completing; so at most rate * max_wait
-calls are admitted at once, never fewer than `floor` (a cold or idle server has no rate yet) and never more
-than `ceiling` (--max-concurrent-rpcs). The rate is re-measured every RATE_INTERVAL_S while calls complete, so
-the limit follows the load and the model.
+Two measures of "what the server can serve", and a call must pass both:
+
+- Calls. Little's law: a call admitted behind `inflight` others waits about inflight / rate, where rate is the
+  calls per second the server has been completing; so at most rate * max_wait calls are admitted at once, never
+  fewer than `floor` (a cold or idle server has no rate yet) and never more than `ceiling`
+  (--max-concurrent-rpcs). The rate is re-measured every RATE_INTERVAL_S while calls complete, so the limit
+  follows the load and the model. This is what bounds many small calls, whose cost is the Python gRPC layer.
+- Work. Calls differ in size by a factor of millions (Encode(1) is one encoder row; Score(4096, K=1000) is four
+  million decoder rows), so each call is also charged its rows on each graph it runs (`work`, read from the
+  request before anything is computed), at the seconds per row its graph took at warm-up. A call of at most one
+  batch (--max-batch-size rows) on a graph waits about a batch per call ahead of it, however big those are (the
+  batcher takes a big call's rows a batch at a time and puts its rest back behind the queue), which the call
+  limit bounds. A bigger call holds the graph for many batches, so it is admitted only while the work already
+  in flight on that graph is predicted to take at most --max-wait-ms: an idle graph takes any valid call,
+  however large, but a second huge Score is refused while the first runs, and small calls still get their turn.
 
 What this cannot see: the aio server picks one new call up per event loop turn, so tiny calls arriving faster
 than that wait inside gRPC's core before any handler runs. There they wait at most their deadline
@@ -18,19 +28,31 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+
+from .errors import Overloaded, ShuttingDown
 
 RATE_INTERVAL_S = 0.25
 RATE_SMOOTHING = 0.5  # weight of the newest interval's rate in the running estimate
 QUIET_POLL_S = 0.01
 
 
+Method = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]  # a servicer's method: parsed request -> reply
+Work = Callable[[Any], Mapping[str, int]]  # a request -> the rows it will run on each graph, by graph name
+
+
 class Admission:
-    def __init__(self, max_wait_s: float, floor: int, ceiling: int) -> None:
+    def __init__(
+        self, max_wait_s: float, floor: int, ceiling: int, batch_rows: int, row_seconds: Mapping[str, float]
+    ) -> None:
+        """batch_rows: the most rows of a batch; row_seconds: each graph's predicted seconds per row (warm-up)."""
         self.max_wait_s = max_wait_s
+        self.batch_rows = batch_rows
+        self.row_seconds = dict(row_seconds)
+        self.rows = dict.fromkeys(row_seconds, 0)  # rows of the calls in flight, per graph: integers, so exact
         self.floor, self.ceiling = floor, ceiling
         self.limit = floor
         self.inflight = 0
@@ -63,24 +85,43 @@ class Admission:
             await asyncio.sleep(QUIET_POLL_S)
         return True
 
-    def admitting(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        """`behavior` (an async unary-unary method) behind admission: refused while draining or over the limit."""
+    def admitting(self, method: Method, work: Work) -> Method:
+        """`method` (a servicer's, taking the parsed request) behind admission: refused while draining, over the
+        call limit, or, for a call of more than a batch on a graph (`work`), while that graph has more work in
+        flight than it can do within --max-wait-ms."""
 
         async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
             self._last_activity = time.monotonic()
             if self.draining:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: retry the call")
+                raise ShuttingDown("the server is shutting down: retry the call")
             if self.inflight >= self.limit:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._overloaded())
+                raise Overloaded(self._overloaded())
+            rows = {graph: n for graph, n in work(request).items() if n}
+            for graph, n in rows.items():
+                if n > self.batch_rows and self._seconds(graph) > self.max_wait_s:
+                    raise Overloaded(self._busy(graph))
             self.inflight += 1
+            for graph, n in rows.items():
+                self.rows[graph] += n
             try:
-                return await behavior(request, context)
+                return await method(request, context)
             finally:
                 self.inflight -= 1
+                for graph, n in rows.items():
+                    self.rows[graph] -= n
                 self._completed += 1
                 self._last_activity = time.monotonic()
 
         return admitted
+
+    def _seconds(self, graph: str) -> float:
+        """The predicted compute time of the rows in flight on `graph`."""
+        return self.rows[graph] * self.row_seconds[graph]
+
+    def _busy(self, graph: str) -> str:
+        return (f"server overloaded: the {graph}'s calls in flight ({self.rows[graph]:,} rows) would take about "
+                f"{self._seconds(graph) * 1e3:.0f} ms, more than --max-wait-ms {self.max_wait_s * 1e3:g}; retry "
+                f"with backoff, or send smaller calls")  # fmt: skip
 
     def _overloaded(self) -> str:
         wait_ms = self.inflight / self.rate * 1e3 if self.rate else float("inf")

@@ -1,7 +1,7 @@
-"""The errors a request can fail with, each carrying the gRPC status it becomes at the servicer boundary.
+"""The errors a request can fail with, each carrying the gRPC status it becomes at the service boundary.
 
-They are raised where the problem is detected (validation, the batcher) and translated in one place
-(`servicer.py`), so no module below the servicer needs to know about gRPC contexts.
+They are raised where the problem is detected (admission, validation, the batcher) and translated in one place
+(`rpc.py`), so no module below it needs to know about gRPC contexts.
 """
 
 from __future__ import annotations
@@ -29,6 +29,18 @@ class InvalidArgument(RequestError):
 
 class QueueFull(RequestError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Overloaded(RequestError):
+    """Refused by admission: the calls in flight would keep this one waiting longer than --max-wait-ms."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ShuttingDown(RequestError):
+    """Refused while draining: UNAVAILABLE, the status clients retry (on another replica)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 class DeadlineExpired(RequestError):

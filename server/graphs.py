@@ -5,7 +5,9 @@ back, the per-batch value checks, and how a batch's outputs are computed from on
              latents = mean + exp(0.5 * log_variance) * eps: the reparameterization, over the whole batch at
              once, each row with its own request's eps
     decoder  latents [D]                ->  images [C, H, W]
-    likelihood  latents [D], images [C, H, W]  ->  log_px [1]: log p(x|z) from the decoder's logits (Score)
+    likelihood  images [C, H, W], mean, log_variance, eps [D]  ->  log_px, log_w [1]: one posterior sample
+             z = mean + exp(0.5 * log_variance) * eps per row, log p(x|z) from the decoder's logits, and the
+             importance weight log p(x|z) + log p(z) - log q(z|x) (Score, scoring.py)
 
 The batcher joins the requests' rows into one array per input, runs `check` on them, calls `compute` with the
 session's run function and checks `check_outputs`; the servicer only names the inputs and outputs.
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vaeserve.elbo import log_likelihood, reparameterize
+from vaeserve.elbo import log_importance_weight, log_likelihood, reparameterize
 
 from . import validation
 
@@ -84,15 +86,26 @@ def decoder(image_shape: tuple[int, ...], latent_dim: int) -> GraphSpec:
 
 
 def likelihood(image_shape: tuple[int, ...], latent_dim: int, kind: str, log_sigma: float | None) -> GraphSpec:
-    """log p(x|z) per row, for a batch of (z, x) pairs, from a decoder session asked for its logits."""
+    """Per row, a posterior sample z of its image's q(z|x), log p(x|z) and the importance weight of z, from a
+    decoder session asked for its logits. All numpy work is per batch, off the servicer's per-call path."""
+    latent = (latent_dim,)
 
     def compute(run: RunFn, batch: Arrays) -> list[np.ndarray]:
-        (logits,) = run(batch["latents"])
-        return [log_likelihood(batch["images"], logits, kind, log_sigma).astype(np.float32)[:, None]]
+        mean, log_variance = batch["mean"], batch["log_variance"]
+        z = reparameterize(mean, log_variance, batch["eps"]).astype(np.float32)
+        (logits,) = run(z)
+        log_px = log_likelihood(batch["images"], logits, kind, log_sigma)
+        log_w = log_importance_weight(z, mean, log_variance, log_px)
+        return [log_px.astype(np.float32)[:, None], log_w.astype(np.float32)[:, None]]
 
     return GraphSpec(
         name="likelihood",
-        inputs=(TensorSpec("latents", (latent_dim,)), TensorSpec("images", tuple(image_shape))),
-        outputs=(TensorSpec("log_px", (1,)),),
+        inputs=(
+            TensorSpec("images", tuple(image_shape)),
+            TensorSpec("mean", latent),
+            TensorSpec("log_variance", latent),
+            TensorSpec("eps", latent),
+        ),
+        outputs=(TensorSpec("log_px", (1,)), TensorSpec("log_w", (1,))),
         compute=compute,
     )

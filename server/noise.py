@@ -14,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 
-class _Stream:
-    """Consecutive standard normal float32 draws of one generator, `block` values at a time, taken as bytes."""
+class Noise:
+    """Consecutive standard normal float32 draws of one generator, `block` values at a time, taken as bytes. Draws
+    are a stream: taking n then m values gives the bytes one take of n + m would (numpy's generators draw in
+    order), so a seeded call's noise does not depend on how it is chunked."""
 
     def __init__(self, generator: np.random.Generator, block: int = 1 << 16) -> None:
         self._generator = generator
@@ -34,11 +36,14 @@ class _Stream:
         return out
 
 
-_unseeded = _Stream(np.random.Generator(np.random.PCG64()))
+_unseeded = Noise(np.random.Generator(np.random.PCG64()))
+
+
+def noise(seed: int | None) -> Noise:
+    """The noise of one call: its own stream of PCG64(seed) (drawn as taken), or the process-wide unseeded one."""
+    return _unseeded if seed is None else Noise(np.random.Generator(np.random.PCG64(seed)), block=1)
 
 
 def draw_eps(seed: int | None, rows: int, latent_dim: int) -> bytes:
     """Standard normal noise [rows, latent_dim] as float32 bytes: from PCG64(seed), or the unseeded stream."""
-    if seed is None:
-        return _unseeded.take(rows * latent_dim)
-    return np.random.Generator(np.random.PCG64(seed)).standard_normal((rows, latent_dim), dtype=np.float32).tobytes()
+    return noise(seed).take(rows * latent_dim)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -37,6 +38,7 @@ class NotFound(RequestError):
 @dataclass(frozen=True)
 class Model:
     name: str
+    graph: str  # the batcher it runs on: "encoder" | "decoder"
     input: str  # the protocol's input tensor name
     datatypes: tuple[str, ...]  # accepted for it; the first is what the metadata states
     row_shape: tuple[int, ...]
@@ -59,15 +61,27 @@ class OipServicer:
     ) -> None:
         image, latent = tuple(image_shape), (latent_dim,)
         self.models = {
-            f"{name}-encoder": Model(f"{name}-encoder", "image", (FP32, UINT8), image,
+            f"{name}-encoder": Model(f"{name}-encoder", "encoder", "image", (FP32, UINT8), image,
                                      {"mean": latent, "log_variance": latent, "latents": latent}),
-            f"{name}-decoder": Model(f"{name}-decoder", "latent", (FP32,), latent, {"image": image}),
+            f"{name}-decoder": Model(f"{name}-decoder", "decoder", "latent", (FP32,), latent, {"image": image}),
         }  # fmt: skip
         self.version = str(version)
         self.latent_dim = latent_dim
         self.encoder, self.decoder = encoder, decoder
         self.max_rows = max_rows
         self.ready = ready
+
+    def work(self, method: str) -> Callable[[Any], dict[str, int]]:
+        """The rows a call will run on each graph, as the request states them (admission's measure; see
+        VaeServicer.work): ModelInfer's input rows on the model's graph, nothing for the other methods."""
+
+        def infer(r: pb.ModelInferRequest) -> dict[str, int]:
+            model = self.models.get(r.model_name)
+            if model is None or len(r.inputs) != 1:
+                return {}
+            return {model.graph: validation.stated_rows(r.inputs[0].shape, self.max_rows)}
+
+        return infer if method == "ModelInfer" else lambda r: {}
 
     def _model(self, name: str, version: str) -> Model:
         model = self.models.get(name)
@@ -118,9 +132,9 @@ class OipServicer:
         n, data, uint8 = self._input(request, model)
         wanted = self._outputs(request, model)
         timeout = context.time_remaining()
-        eps = draw_eps(_seed(request), n, self.latent_dim) if model.input == "image" else b""
+        eps = draw_eps(_seed(request), n, self.latent_dim) if model.graph == "encoder" else b""
         try:
-            if model.input == "image":
+            if model.graph == "encoder":
                 encoded = await self.encoder.submit({"images": data, "eps": eps}, n, timeout,
                                                     uint8_in=IMAGES if uint8 else NONE)  # fmt: skip
                 results = {"mean": encoded["mean"], "log_variance": encoded["log_variance"],
@@ -157,12 +171,18 @@ class OipServicer:
 
     @staticmethod
     def _outputs(request: pb.ModelInferRequest, model: Model) -> list[str]:
+        """The outputs asked for (all when none is named), each a known output named once: checked before anything
+        is computed, so a reply holds each output at most once and is never bigger than the message limit allows
+        (serve.message_limit counts every output of the largest call), however many names a request lists."""
         names = [o.name for o in request.outputs] or list(model.outputs)
         unknown = [name for name in names if name not in model.outputs]
         if unknown:
             raise InvalidArgument(
                 "outputs", f"{model.name} has outputs {', '.join(model.outputs)}, not {_short(unknown[0])}"
             )
+        if len(set(names)) != len(names):
+            repeated = next(name for name in names if names.count(name) > 1)
+            raise InvalidArgument("outputs", f"{_short(repeated)} is asked for more than once: name each output once")
         return names
 
 

@@ -1,10 +1,11 @@
 """The service boundary: a servicer's methods become gRPC method handlers, and request errors become statuses.
 
 Handlers are built from the service's descriptor with grpc's public constructors, not the generated
-`add_XServicer_to_server`, for one reason: the request is parsed here, inside the handler, instead of by gRPC
-before it. A malformed message is then an INVALID_ARGUMENT that names the message type, counted like any other
-call, rather than gRPC's UNKNOWN with a traceback in the log per call. `wrap` (the metrics' counting) goes
-around each handler once, at registration.
+`add_XServicer_to_server`, for two reasons: the request is parsed here, inside the handler, instead of by gRPC
+before it, so a malformed message is an INVALID_ARGUMENT that names the message type, counted like any other
+call, rather than gRPC's UNKNOWN with a traceback in the log per call; and admission then sees the parsed
+request, so it can charge a call its work. Each method is built once, at registration, outside in:
+`wrap` (counting, the token check) around the request's bytes, the parse, `admit` around the servicer's method.
 
 Below this module everything raises `RequestError`s; this is the one place they become a call's status.
 """
@@ -25,17 +26,21 @@ from .errors import RequestError
 log = logging.getLogger(__name__)
 
 Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[message.Message]]
+Method = Callable[[message.Message, grpc.aio.ServicerContext], Awaitable[message.Message]]
 Wrap = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
+Admit = Callable[[str, Method], Method]
 MALFORMED_LOG_INTERVAL_S = 60.0  # at most one warning line per interval however many malformed calls arrive
 
 
-def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object, wrap: Wrap) -> None:
+def add_service(
+    server: grpc.aio.Server, service: ServiceDescriptor, servicer: object, wrap: Wrap, admit: Admit
+) -> None:
     """Registers `servicer`'s methods (named as in the .proto, each `async (request, context) -> response`)."""
     handlers = {}
     for method in service.methods:
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
-        behavior = _answering(getattr(servicer, method.name), request_type)
+        behavior = _answering(admit(method.name, getattr(servicer, method.name)), request_type)
         # No deserializer: the handler gets the request's bytes and parses them itself (_answering).
         handler = grpc.unary_unary_rpc_method_handler(behavior, None, response_type.SerializeToString)
         handlers[method.name] = wrap(method.name, handler)
@@ -67,7 +72,7 @@ class _MalformedLog:
 _malformed = _MalformedLog()
 
 
-def _answering(method: Callable, request_type: type[message.Message]) -> Behavior:
+def _answering(method: Method, request_type: type[message.Message]) -> Behavior:
     """Parses the request, runs `method`, and turns a RequestError (or a parse failure) into the call's status."""
     type_name = request_type.DESCRIPTOR.full_name
 

@@ -59,6 +59,7 @@ class Session(Protocol):
     batcher hands to its worker thread; each returns the graph's outputs, in order."""
 
     provider: str
+    cost: Cost  # set by warm_up
 
     def run(self, x: np.ndarray) -> list[np.ndarray]: ...
 
@@ -109,8 +110,8 @@ class CpuSession:
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None:
         """`cost` of the loop's session and the rows from which batches spin, each size run once untimed first so
         that the first requests pay no allocation or kernel set-up."""
-        self.cost = _measure(self.session, self.input_name, self.output_names, row_shape, max_rows)
-        spinning = _measure(self.spinning, self.input_name, self.output_names, row_shape, max_rows)
+        self.cost = _measure(self.run, row_shape, max_rows)
+        spinning = _measure(lambda x: self.spinning.run(self.output_names, {self.input_name: x}), row_shape, max_rows)
         self.spin_rows = spinning.rows_within(SPIN_AFTER_S, max_rows) + 1
 
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
@@ -134,6 +135,7 @@ class CudaSession:
 
     def __init__(self, session: ort.InferenceSession, input_name: str, output_names: list[str]) -> None:
         self.session, self.input_name, self.output_names = session, input_name, output_names
+        self.cost = Cost(0.0, 0.0)
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return run_bound(self.session, self.input_name, self.output_names, x, "cuda")
@@ -141,15 +143,17 @@ class CudaSession:
     run_on_worker = run
 
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None:
-        """The IO-binding path at one row and at a full batch (kernel selection and the arena's first growth)."""
-        for rows in sorted({1, max_rows}):
-            self.run(np.zeros((rows, *row_shape), dtype=np.float32))
+        """`cost` of the IO-binding path, at one row and at a full batch (kernel selection and the arena's first
+        growth happen in the untimed first runs)."""
+        self.cost = _measure(self.run, row_shape, max_rows)
 
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
         return 0  # a GPU run waits on the device, which must not stall the event loop
 
     def with_outputs(self, names: list[str]) -> CudaSession:
-        return CudaSession(self.session, self.input_name, names)
+        view = copy.copy(self)
+        view.output_names = names
+        return view
 
     def describe(self) -> str:
         return "IO binding, every batch on the worker thread"
@@ -261,15 +265,13 @@ def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> float:
     return min(cpus, max(int(quota) / int(period), 1e-3))
 
 
-def _measure(
-    session: ort.InferenceSession, input_name: str, output_names: list[str], row_shape: tuple[int, ...], max_rows: int
-) -> Cost:
-    """Warms `session` up and fits its Cost to the best of three runs at one row and at max_rows."""
+def _measure(run: Callable[[np.ndarray], object], row_shape: tuple[int, ...], max_rows: int) -> Cost:
+    """Warms `run` up and fits its Cost to the best of three runs at one row and at max_rows."""
     best = {}
     for rows in sorted({1, max_rows}):
-        feed = {input_name: np.zeros((rows, *row_shape), dtype=np.float32)}
-        session.run(output_names, feed)  # allocations and kernel set-up, not timed
-        best[rows] = min(_timed(session.run, output_names, feed) for _ in range(3))
+        x = np.zeros((rows, *row_shape), dtype=np.float32)
+        run(x)  # allocations and kernel set-up, not timed
+        best[rows] = min(_timed(run, x) for _ in range(3))
     per_row = (best[max_rows] - best[1]) / (max_rows - 1) if max_rows > 1 else best[1]
     return Cost(best[1] - per_row, max(per_row, 0.0))
 

@@ -253,25 +253,33 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
     # No maximum_concurrent_rpcs: gRPC would hold calls over it unanswered, then cancel them; admission refuses
     # them at once with a status that says why.
     server = grpc.aio.server(interceptors=interceptors, options=config.grpc_options(message_bytes))
-    admission = Admission(config.max_wait_ms / 1000, config.admission_floor, config.max_concurrent_rpcs)
+    # Each graph's work is charged at the seconds per row its session took at warm-up (the likelihood graph runs
+    # the decoder's session).
+    row_seconds = {name: batcher.runner.cost.per_row_s for name, batcher in batchers.items()}
+    admission = Admission(config.max_wait_ms / 1000, config.admission_floor, config.max_concurrent_rpcs,
+                          config.max_batch_size, row_seconds)  # fmt: skip
     tokens = security.tokens
     info = model_info(model, loaded.provider, config)
     batched = Graphs(batchers["encoder"], batchers["decoder"], batchers.get("likelihood"))
     servicer = VaeServicer(model.image_shape, model.latent_dim, batched, info, metrics.images_scored.inc)
 
     def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """Innermost first: admission, then the token check, then counting (so refusals are counted too)."""
-        behavior = admission.admitting(handler.unary_unary)
+        """Innermost first: the token check, then counting (so refusals are counted too). Admission is inside the
+        request's parse (`rpc.add_service`), where it can see what the call will cost."""
+        behavior = handler.unary_unary
         if tokens is not None:
             behavior = tokens.checking(behavior)
         serializers = (handler.request_deserializer, handler.response_serializer)
         return metrics.counted(method, grpc.unary_unary_rpc_method_handler(behavior, *serializers))
 
-    rpc.add_service(server, SERVICE, servicer, wrap)
+    def admit(servicer: VaeServicer | OipServicer) -> rpc.Admit:
+        return lambda method, behavior: admission.admitting(behavior, servicer.work(method))
+
+    rpc.add_service(server, SERVICE, servicer, wrap, admit(servicer))
     oip = OipServicer(model.name, model.version, model.image_shape, model.latent_dim, batchers["encoder"],
                       batchers["decoder"], config.max_num_samples, ready=lambda: not admission.draining)  # fmt: skip
     # The second protocol's calls are counted apart: method="oip.ModelInfer", ...
-    rpc.add_service(server, OIP_SERVICE, oip, lambda method, handler: wrap(f"oip.{method}", handler))
+    rpc.add_service(server, OIP_SERVICE, oip, lambda method, handler: wrap(f"oip.{method}", handler), admit(oip))
     health_servicer = health.aio.HealthServicer()
     for service in ("", SERVICE.full_name):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -8,24 +8,26 @@ what a call costs. Errors are raised as `RequestError`s; `rpc.py` turns them int
 
 from __future__ import annotations
 
-import math
+import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
 
-from vaeserve import elbo
 from vaeserve.protos.vae.v1 import vae_pb2
 
 from . import validation
 from .batcher import NONE, Batcher
 from .errors import FailedPrecondition, InvalidArgument
-from .noise import draw_eps
+from .noise import draw_eps, noise
 from .paths import interpolate
+from .scoring import ImportanceSampler
 
 IMAGES = frozenset({"images"})
-SCORE_CHUNKS_IN_FLIGHT = 2  # a Score's decoder rows go in chunks of at most a batch: memory stays bounded
+SCORE_CHUNKS_IN_FLIGHT = 2  # a Score's chunks (of at most a batch) queued at once: one runs while the next waits
 
 
 def _fill(t: vae_pb2.Tensor, shape: tuple[int, ...], data: bytes, uint8: bool = False) -> None:
@@ -89,6 +91,29 @@ class VaeServicer:
         decoded = await self.decoder.submit({"latents": latents}, rows, context.time_remaining(), uint8_out=out)
         return decoded["images"], uint8
 
+    def work(self, method: str) -> Callable[[Any], dict[str, int]]:
+        """The rows a call of `method` will run on each graph, read from its request before it is validated
+        (admission's measure of its cost): sizes are clamped to the limits, so an invalid request is charged at
+        most what the largest valid one would be and is then refused by validation, naming its field."""
+        most, most_k = self.max_rows, self.max_samples
+
+        def score(r: vae_pb2.ScoreRequest) -> dict[str, int]:
+            n = validation.stated_rows(r.images.shape, most)
+            k = min(max(r.num_importance_samples, 1), most_k)
+            return {"encoder": n, "likelihood": n * k} if self.likelihood is not None else {}
+
+        works: dict[str, Callable[[Any], dict[str, int]]] = {
+            "Sample": lambda r: {"decoder": min(r.num_samples, most)},
+            "Encode": lambda r: {"encoder": validation.stated_rows(r.images.shape, most)},
+            "Decode": lambda r: {"decoder": validation.stated_rows(r.latents.shape, most)},
+            "Reconstruct": lambda r: dict.fromkeys(
+                ("encoder", "decoder"), validation.stated_rows(r.images.shape, most)
+            ),
+            "Score": score,
+            "Interpolate": lambda r: {"encoder": 2 * r.HasField("images"), "decoder": min(r.steps, most)},
+        }
+        return works.get(method, lambda r: {})
+
     async def Sample(self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext) -> vae_pb2.SampleResponse:
         n = validation.num_samples(request.num_samples, self.max_rows)
         temperature = validation.temperature(request.temperature)
@@ -134,8 +159,8 @@ class VaeServicer:
 
     async def Score(self, request: vae_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> vae_pb2.ScoreResponse:
         """ELBO, its two terms and the importance-weighted bound on log p(x), in nats per image, from K posterior
-        samples z_k = mean + sigma * eps_k drawn here; log p(x|z_k) comes from the decoder's logits in batches
-        shared with other callers."""
+        samples per image drawn here and scored by the likelihood graph in chunks shared with other callers
+        (scoring.py)."""
         if self.likelihood is None:
             raise FailedPrecondition(
                 "Score needs the decoder's logits output, which this model version (exported by an older vaeserve) "
@@ -147,40 +172,27 @@ class VaeServicer:
         encoded = await self._encode(images, n, bytes(4 * n * d), uint8, context)  # eps 0: only mean, log_variance
         mean = np.frombuffer(encoded["mean"], np.float32).reshape(n, d)
         log_variance = np.frombuffer(encoded["log_variance"], np.float32).reshape(n, d)
-        eps = np.frombuffer(draw_eps(_seed(request), k * n, d), np.float32).reshape(k, n, d)
-        z = elbo.reparameterize(mean, log_variance, eps).astype(np.float32)  # [k, n, d]: sample k of image i
         x = np.frombuffer(images, np.uint8 if uint8 else np.float32).reshape(n, -1)
-        log_px = (await self._log_px(z.reshape(k * n, d), x, uint8, context)).reshape(k, n)
-        log_w = log_px + elbo.log_prior(z) - elbo.log_posterior(z, mean, log_variance)  # [k, n]
-        top = log_w.max(0)
-        log_likelihood = top + np.log(np.exp(log_w - top).sum(0)) - math.log(k)
-        reconstruction = log_px.mean(0)
-        kl = elbo.kl_to_standard_normal(mean.astype(np.float64), log_variance.astype(np.float64)).sum(1)
+        sampler = ImportanceSampler(mean, log_variance, x, k, noise(_seed(request)))
+        pending: deque[tuple[int, int, asyncio.Future]] = deque()
+        try:
+            for start, stop, inputs in sampler.chunks(self.chunk):
+                future = self.likelihood.submit(inputs, stop - start, context.time_remaining(), uint8_in=uint8)
+                pending.append((start, stop, future))
+                if len(pending) == SCORE_CHUNKS_IN_FLIGHT:
+                    start, stop, future = pending.popleft()
+                    sampler.add(start, stop, await future)
+            while pending:
+                start, stop, future = pending.popleft()
+                sampler.add(start, stop, await future)
+        finally:  # cancelled, past its deadline or failed: the chunks still queued are dropped, never computed
+            for _, _, future in pending:
+                future.cancel()
         self.scored(n)
         response = vae_pb2.ScoreResponse()
-        for field, values in (("elbo", reconstruction - kl), ("log_likelihood", log_likelihood),
-                              ("reconstruction", reconstruction), ("kl", kl)):  # fmt: skip
-            _fill(getattr(response, field), (n,), values.astype(np.float32).tobytes())
+        for field, values in sampler.estimate().items():
+            _fill(getattr(response, field), (n,), values.tobytes())
         return response
-
-    async def _log_px(
-        self, z: np.ndarray, x: np.ndarray, uint8: frozenset[str], context: grpc.aio.ServicerContext
-    ) -> np.ndarray:
-        """log p(x_i|z_r) for each row r of z, whose image is x[r % n]: the rows go to the likelihood graph in
-        chunks of at most a batch, SCORE_CHUNKS_IN_FLIGHT at a time."""
-        rows, n = len(z), len(x)
-        out = np.empty(rows, np.float64)
-        starts = range(0, rows, self.chunk)
-        for group in range(0, len(starts), SCORE_CHUNKS_IN_FLIGHT):
-            pending = []
-            for start in starts[group : group + SCORE_CHUNKS_IN_FLIGHT]:
-                stop = min(start + self.chunk, rows)
-                inputs = {"latents": z[start:stop].tobytes(), "images": x[np.arange(start, stop) % n].tobytes()}
-                pending.append((start, stop, self.likelihood.submit(inputs, stop - start, context.time_remaining(),
-                                                                    uint8_in=uint8)))  # fmt: skip
-            for start, stop, future in pending:
-                out[start:stop] = np.frombuffer((await future)["log_px"], np.float32)
-        return out
 
     async def Interpolate(
         self, request: vae_pb2.InterpolateRequest, context: grpc.aio.ServicerContext

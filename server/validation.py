@@ -79,6 +79,12 @@ def shaped_rows(
     return n
 
 
+def stated_rows(shape: Sequence[int], most: int) -> int:
+    """A tensor's leading dimension as the request states it, clamped to [0, most], nothing checked yet: what
+    admission charges a call before validation refuses it or not."""
+    return min(max(shape[0], 0), most) if shape else 0
+
+
 def image_dtype(dtype: int, field: str = "image_dtype") -> bool:
     """Whether images go back as UINT8 (else FLOAT32); any other value is refused."""
     if dtype not in DTYPE_NAMES:

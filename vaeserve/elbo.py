@@ -55,3 +55,15 @@ def log_likelihood(x: np.ndarray, logits: np.ndarray, likelihood: str, log_sigma
     else:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     return log_p.reshape(len(log_p), -1).sum(1)
+
+
+def log_importance_weight(z: np.ndarray, mean: np.ndarray, log_variance: np.ndarray, log_px: np.ndarray) -> np.ndarray:
+    """log w = log p(x|z) + log p(z) - log q(z|x) per row: the term whose mean over posterior samples z_k is the
+    ELBO's reconstruction minus KL, and whose log-mean-exp is the importance-weighted bound on log p(x)."""
+    return np.asarray(log_px, np.float64) + log_prior(z) - log_posterior(z, mean, log_variance)
+
+
+def log_mean_exp(log_w: np.ndarray, axis: int = 0) -> np.ndarray:
+    """log (1/K) sum_k exp(log_w_k) along `axis`, without overflow: the importance-weighted bound from K weights."""
+    top = log_w.max(axis)
+    return top + np.log(np.exp(log_w - np.expand_dims(top, axis)).sum(axis)) - math.log(log_w.shape[axis])

@@ -31,6 +31,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.harness import METHOD, ServerProcess, cancel_storm, free_port, vaeserve_ready
+from vaeserve.protos.inference import grpc_service_pb2 as oip_pb2
 from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.server.client import to_tensor
 
@@ -193,6 +194,51 @@ async def through_sigterm(s: ServerProcess) -> tuple[collections.Counter, float]
         await asyncio.gather(*tasks)
     exit_s = await asyncio.to_thread(s.wait, 60)
     return results, time.monotonic() - signalled[0] if exit_s is not None else math.nan
+
+
+OIP_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def oip_repeated_outputs(rows: int, repeats: int) -> bytes:
+    """A ModelInfer request for vae-encoder naming `latents` `repeats` times."""
+    wanted = [oip_pb2.ModelInferRequest.InferRequestedOutputTensor(name="latents")] * repeats
+    request = oip_pb2.ModelInferRequest(model_name="vae-encoder", outputs=wanted)
+    request.inputs.add(name="image", datatype="FP32", shape=[rows, 1, 8, 8])
+    request.raw_input_contents.append(np.full((rows, 1, 8, 8), 0.5, np.float32).tobytes())
+    return request.SerializeToString()
+
+
+async def raw_call(target: str, method: str, data: bytes, timeout: float) -> str:
+    async with grpc.aio.insecure_channel(target, options=UNLIMITED) as channel:
+        try:
+            await channel.unary_unary(method)(data, timeout=timeout)
+            return "OK"
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+
+
+def costly(python: str, repo: Path, work: Path) -> dict:
+    """Issue 22's costly calls: one ModelInfer naming an output 3,000 times (peak RSS, the event loop's stall seen
+    by a Check after it); 4 clients sending the costliest Score, Score(4096, K=1000), in a loop for 10 s (health
+    Check latency meanwhile); and one such Score whose 3 s deadline passes (likelihood rows computed after it)."""
+    with server(python, repo, work / "costly.log") as s:
+        before = peak_rss_mb(s)
+        t0 = time.perf_counter()
+        repeated = asyncio.run(raw_call(s.target, OIP_INFER, oip_repeated_outputs(64, 3000), 60))
+        repeated_s = time.perf_counter() - t0
+        result = {"rss_before_mb": before, "repeated": repeated, "repeated_s": repeated_s,
+                  "rss_repeated_mb": peak_rss_mb(s)}  # fmt: skip
+        images = np.random.default_rng(0).random((4096, 1, 8, 8), dtype=np.float32)
+        score = vae_pb2.ScoreRequest(images=to_tensor(images), num_importance_samples=1000).SerializeToString()
+        latencies = asyncio.run(health_latency_during(s.target, score, "Score", 10.0))
+        result |= {"health_p50_ms": float(np.median(latencies)), "health_max_ms": max(latencies)}
+        rows = s.metric("vaeserve_score_samples_total", 0)
+        result["expired"] = asyncio.run(raw_call(s.target, METHOD + "Score", score, 3.0))
+        at_deadline = s.metric("vaeserve_score_samples_total", 0)
+        time.sleep(5.0)  # what the server still computes for the expired call in the 5 s after its deadline
+        result |= {"rows_by_deadline": at_deadline - rows,
+                   "rows_after_deadline": s.metric("vaeserve_score_samples_total", 0) - at_deadline}  # fmt: skip
+        return result
 
 
 def sigterm(python: str, repo: Path, work: Path, runs: int) -> dict:

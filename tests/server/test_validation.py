@@ -14,7 +14,7 @@ from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.server import graphs, validation
 from vaeserve.server.client import to_tensor
 from vaeserve.server.errors import InvalidArgument
-from vaeserve.server.noise import _Stream, draw_eps
+from vaeserve.server.noise import Noise, draw_eps
 
 IMAGE_SHAPE = (1, 8, 8)
 
@@ -120,7 +120,7 @@ def test_eps_is_a_pure_function_of_the_seed() -> None:
 
 def test_unseeded_noise_is_one_stream_taken_in_order_across_blocks() -> None:
     # A small block, so takes cross block boundaries (and one take is bigger than a block).
-    stream = _Stream(np.random.Generator(np.random.PCG64(5)), block=10)
+    stream = Noise(np.random.Generator(np.random.PCG64(5)), block=10)
     taken = b"".join(stream.take(n) for n in (3, 4, 5, 25, 1, 9))
     assert len(taken) == 4 * 47
     # The same values, in the same order, as one draw of the generator: nothing skipped, nothing repeated.
