@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian tools that tests drive for real: prometheus + promtool (metrics), kubectl and openssl (deploy),
-# chromium and its chromedriver (the explorer page in a headless browser, tests/explore).
+# chromium and its chromedriver (the explorer page in a headless browser, tests/client/explore).
 # Best effort: where apt-get cannot run, the tests that need a tool skip and say why.
 set -u
 need=()

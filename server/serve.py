@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vaeserve.errors import VaeserveError
+from vaeserve.flags import env_name
 from vaeserve.ports import check_free
 from vaeserve.protos.inference import grpc_service_pb2
 from vaeserve.protos.vae.v1 import vae_pb2
@@ -31,7 +32,6 @@ from . import graphs, rpc
 from .admission import Admission
 from .auth import Tokens
 from .batcher import Batcher
-from .cli import env_name
 from .config import MB, ServeConfig
 from .memory import MMAP_THRESHOLD, keep_large_buffers
 from .metrics import Metrics, MetricsHttpServer

@@ -1,4 +1,6 @@
-"""Fixtures shared across the suite: a small real digits run and the model repository exported from it.
+"""Fixtures shared across the suite: a small real digits run, the model repository exported from it, and a
+`vaeserve serve` of it with small limits (tests/harness.py starts it) with a client, for the server and client
+tests (directories with servers of other settings define their own `server`).
 
 They go through the real CLI (`vaeserve.cli.main`), so every test downstream stands on what a user runs.
 Session-scoped: trained and exported once per `pytest` run.
@@ -6,11 +8,14 @@ Session-scoped: trained and exported once per `pytest` run.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.harness import ServerProcess, serving
 from vaeserve.cli import main as vaeserve
+from vaeserve.client.api import VaeClient
 
 FIXTURE_EPOCHS = "15"
 # The shared runs are the Bernoulli digits models the export and server tests were written against (the Gaussian
@@ -75,3 +80,30 @@ def gaussian_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gaussian_model_repo(gaussian_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding vae/1 exported from `gaussian_run`."""
     return _export(tmp_path_factory, gaussian_run, "models-gaussian")
+
+
+# The shared server: small limits so the limit cases are cheap to provoke.
+MAX_NUM_SAMPLES = 512
+MAX_MESSAGE_MB = 1
+
+
+@pytest.fixture(scope="module")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    flags = (
+        "--max-batch-size",
+        "32",
+        "--max-num-samples",
+        str(MAX_NUM_SAMPLES),
+        "--max-message-mb",
+        str(MAX_MESSAGE_MB),
+    )
+    with serving(model_repo, log, *flags) as s:
+        yield s
+    assert s.returncode == 0, s.output()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[VaeClient]:
+    with VaeClient(server.target, timeout=30) as c:
+        yield c

@@ -36,7 +36,7 @@ def test_separators_are_grey_by_default_and_nan_images_leave_blank_cells() -> No
 
 
 def test_labelled_rows_carry_their_label_beside_them() -> None:
-    from vaeserve.server.client import render_grid
+    from vaeserve.client.pictures import render_grid
 
     images = np.zeros((4, 1, 8, 8), np.float32)
     images[2:] = 1.0  # row 0 black, row 1 white

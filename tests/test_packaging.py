@@ -19,12 +19,24 @@ def test_wheel_installs_only_the_vaeserve_namespace(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {n.split("/")[0] for n in names}
     assert {t for t in top_level if not t.endswith(".dist-info")} == {"vaeserve"}
-    for package in ("training", "export", "server", "explore", "protos"):
+    for package in ("training", "export", "server", "client", "client/explore", "protos"):
         assert f"vaeserve/{package}/__init__.py" in names
     assert "vaeserve/protos/vae/v1/vae.proto" in names
-    assert {"vaeserve/explore/page.html", "vaeserve/explore/digits.npz"} <= set(names)
+    assert {"vaeserve/client/explore/page.html", "vaeserve/client/explore/digits.npz"} <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "vaeserve = vaeserve.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_the_server_imports_nothing_of_the_client() -> None:
+    # The client side (library, image files, commands, explorer) lives in vaeserve.client: the server runs
+    # without it, so a change there cannot break serving.
+    code = (
+        "import sys, pkgutil, importlib, vaeserve.server as s\n"
+        "for m in pkgutil.iter_modules(s.__path__):\n"
+        "    importlib.import_module('vaeserve.server.' + m.name)\n"
+        "assert not [k for k in sys.modules if k.startswith('vaeserve.client')], sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_cli_and_server_import_without_torch() -> None:
@@ -37,6 +49,6 @@ def test_cli_and_server_import_without_torch() -> None:
         "    importlib.import_module('vaeserve.server.' + m.name)\n"
         "assert 'torch' not in sys.modules, sorted(k for k in sys.modules if k.startswith('torch'))\n"
         # The explorer's server loads only when `vaeserve explore` runs.
-        "assert 'vaeserve.explore.app' not in sys.modules\n"
+        "assert 'vaeserve.client.explore.app' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,17 +12,18 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _LAZY = {
-    "VaeClient": "vaeserve.server.client",
-    "AsyncVaeClient": "vaeserve.server.client",
-    "write_grid": "vaeserve.server.client",
-    "read_images": "vaeserve.server.images",
+    "VaeClient": "vaeserve.client.api",
+    "AsyncVaeClient": "vaeserve.client.api",
+    "write_grid": "vaeserve.client.pictures",
+    "read_images": "vaeserve.client.images",
 }
 __all__ = ["AsyncVaeClient", "VaeClient", "__version__", "read_images", "write_grid"]
 assert set(__all__) == {"__version__", *_LAZY}
 
 if TYPE_CHECKING:
-    from vaeserve.server.client import AsyncVaeClient, VaeClient, write_grid
-    from vaeserve.server.images import read_images
+    from vaeserve.client.api import AsyncVaeClient, VaeClient
+    from vaeserve.client.images import read_images
+    from vaeserve.client.pictures import write_grid
 
 
 def __getattr__(name: str) -> Any:

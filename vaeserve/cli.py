@@ -1,9 +1,9 @@
 """The one console command: `vaeserve <subcommand>`.
 
 Each package registers its own subcommands (training: train, evaluate, experiments; export: export; server:
-serve, sample, encode, decode, reconstruct, score, interpolate, info; explore: explore). Registration imports no
-heavy libraries, so `vaeserve serve` never imports torch and `vaeserve --help` is instant; each subcommand
-imports its implementation when it runs.
+serve; client: sample, encode, decode, reconstruct, score, interpolate, info; client.explore: explore).
+Registration imports no heavy libraries, so `vaeserve serve` never imports torch and `vaeserve --help` is
+instant; each subcommand imports its implementation when it runs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from vaeserve.errors import VaeserveError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vaeserve.explore import cli as explore_cli
+    from vaeserve.client import cli as client_cli
+    from vaeserve.client.explore import cli as explore_cli
     from vaeserve.export import cli as export_cli
     from vaeserve.server import cli as server_cli
     from vaeserve.training import cli as training_cli
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vaeserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (training_cli, export_cli, server_cli, explore_cli):
+    for module in (training_cli, export_cli, server_cli, client_cli, explore_cli):
         module.register(sub)
     return parser
 

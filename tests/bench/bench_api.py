@@ -18,8 +18,8 @@ import time
 import numpy as np
 
 from tests.harness import vaeserve
+from vaeserve.client.api import VaeClient, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.server.client import VaeClient, to_tensor
 
 from . import mnist
 from .bench_serving import WORK, Bench, find_or_export, graph_rate

@@ -31,7 +31,7 @@ from sklearn.model_selection import train_test_split
 
 from tests.bench.report import markdown_table, write_section
 from tests.harness import serving
-from vaeserve.server.client import VaeClient
+from vaeserve.client.api import VaeClient
 from vaeserve.training.data import DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION
 from vaeserve.training.latent_metrics import (
     class_entropy,

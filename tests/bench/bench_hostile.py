@@ -31,9 +31,9 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.harness import METHOD, ServerProcess, cancel_storm, free_port, vaeserve_ready
+from vaeserve.client.api import to_tensor
 from vaeserve.protos.inference import grpc_service_pb2 as oip_pb2
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.server.client import to_tensor
 
 from .bench_serving import TRAIN_EPOCHS, WORK, find_or_export
 from .report import markdown_table, write_section

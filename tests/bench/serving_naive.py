@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from vaeserve.client.api import to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
-from vaeserve.server.client import to_tensor
 
 from .serving_model import Graphs, load_graphs, reparameterize
 

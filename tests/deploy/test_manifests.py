@@ -15,7 +15,7 @@ import pytest
 
 from tests.deploy.conftest import KUSTOMIZATIONS, config_of, container, find, kustomize_build, mounted_volume
 from vaeserve.cli import build_parser
-from vaeserve.server.cli import env_name
+from vaeserve.flags import env_name
 
 # The oldest Kubernetes the manifests promise to fit (native gRPC probes are GA since 1.27, the preStop sleep
 # action is on by default since 1.30), and the newest schema kubernetes-validate knows.

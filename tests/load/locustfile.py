@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 from locust import User, between, tag, task  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 
+from vaeserve.client.api import to_tensor  # noqa: E402
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc  # noqa: E402
-from vaeserve.server.client import to_tensor  # noqa: E402
 
 TIMEOUT_S = 30.0
 SAMPLES = 16  # images per Sample call

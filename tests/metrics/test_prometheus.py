@@ -16,8 +16,8 @@ from tests.metrics import dashboard
 from tests.metrics.conftest import RunningServer
 from tests.metrics.exposition import parse, scrape
 from tests.metrics.prometheus import Prometheus, prometheus
+from vaeserve.client.api import to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.server.client import to_tensor
 
 REQUESTS = 'sum(vaeserve_requests_total{job="vaeserve"})'
 

@@ -11,8 +11,8 @@ import pytest
 
 from tests.metrics.conftest import RunningServer
 from tests.metrics.exposition import Samples, parse, promtool_check, scrape, value
+from vaeserve.client.api import to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
-from vaeserve.server.client import to_tensor
 
 
 def _encode(server: RunningServer, n: int, seed: int) -> None:

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.harness import ROOT, ServerProcess, serving, wait_until
+from vaeserve.client.api import VaeClient
 from vaeserve.protos.inference import grpc_service_pb2 as pb
 from vaeserve.protos.inference import grpc_service_pb2_grpc as pb_grpc
-from vaeserve.server.client import VaeClient
 
 TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
 SCRIPT = Path(__file__).with_name("triton_client.py")

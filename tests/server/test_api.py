@@ -18,9 +18,9 @@ import pytest
 
 from tests.harness import ServerProcess, serving
 from vaeserve import elbo
+from vaeserve.client.api import VaeClient, from_tensor, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.repository import sha256_file
-from vaeserve.server.client import VaeClient, from_tensor, to_tensor
 from vaeserve.training.checkpoint import load_model
 from vaeserve.training.data import load_dataset
 from vaeserve.training.evaluate import evaluate, iw_nll

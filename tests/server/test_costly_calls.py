@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from tests.harness import ServerProcess, health_status, serving, wait_until
+from vaeserve.client.api import to_tensor
 from vaeserve.protos.inference import grpc_service_pb2 as oip
 from vaeserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
-from vaeserve.server.client import to_tensor
 
 SHAPE = (1, 8, 8)
 MAX_ROWS, MAX_K = 4096, 1000  # the default --max-num-samples and --max-importance-samples

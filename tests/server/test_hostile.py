@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from tests.harness import METHOD, ServerProcess, cancel_storm, health_status, serving
 from vaeserve.cli import main as vaeserve
+from vaeserve.client.api import VaeClient, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.server.client import VaeClient, to_tensor
 from vaeserve.server.config import BOUNDS, flag
 
 GIB = 1 << 30

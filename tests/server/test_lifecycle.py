@@ -17,8 +17,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.harness import ServerProcess, free_port, serve_argv, serving, wait_until
+from vaeserve.client.api import VaeClient, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
-from vaeserve.server.client import VaeClient, to_tensor
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

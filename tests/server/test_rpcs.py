@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.harness import ServerProcess
+from vaeserve.client.api import VaeClient, from_tensor, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
-from vaeserve.server.client import VaeClient, from_tensor, to_tensor
 
 from .conftest import MAX_MESSAGE_MB, MAX_NUM_SAMPLES
 

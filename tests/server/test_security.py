@@ -22,8 +22,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.conftest import run_cli
 from tests.harness import ROOT, ServerProcess, free_port, health_status, serve_argv, serving, wait_until
+from vaeserve.client.api import AsyncVaeClient, VaeClient
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
-from vaeserve.server.client import AsyncVaeClient, VaeClient
 
 from .certs import CertificateAuthority, Pair
 
@@ -155,8 +155,8 @@ def test_the_async_client_and_the_explorer_speak_tls_and_send_the_token(
 
     # `vaeserve explore` takes the client commands' flags: its page's calls go over TLS with the token.
     from vaeserve.cli import build_parser
-    from vaeserve.explore.app import Explorer
-    from vaeserve.server.cli import connect
+    from vaeserve.client.cli import connect
+    from vaeserve.client.explore.app import Explorer
 
     token_file = tmp_path / "token"
     token_file.write_text("beta-token\n")

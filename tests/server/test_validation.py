@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vaeserve.client.api import to_tensor
 from vaeserve.elbo import reparameterize
 from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.server import graphs, validation
-from vaeserve.server.client import to_tensor
 from vaeserve.server.errors import InvalidArgument
 from vaeserve.server.noise import Noise, draw_eps
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.harness import free_port, serve_argv, serving
-from vaeserve.server.client import VaeClient
+from vaeserve.client.api import VaeClient
 
 
 @pytest.fixture(scope="module")

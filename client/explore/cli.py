@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from vaeserve.server.cli import _client_flags, bounded
+from vaeserve.flags import bounded
+
+from ..cli import client_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve a web page that draws samples, interpolates between two images and walks each latent "
         "dimension, all computed by the gRPC server at --target.",
     )
-    _client_flags(p)
+    client_flags(p)
     # Plain flags, no VAESERVE_* variables: VAESERVE_PORT and VAESERVE_HOST belong to `serve`.
     p.add_argument("--host", default="127.0.0.1", help="address the page listens on; other than loopback, anyone "
                    "who reaches it can call the server with your credentials (default: %(default)s)")  # fmt: skip

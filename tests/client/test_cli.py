@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import MAX_NUM_SAMPLES, run_cli
 from tests.harness import ServerProcess, free_port
-from tests.server.conftest import MAX_NUM_SAMPLES
 from vaeserve.cli import main as vaeserve
-from vaeserve.server.client import VaeClient
+from vaeserve.client.api import VaeClient
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import pytest
 
 import vaeserve
 from tests.harness import ROOT, ServerProcess
+from vaeserve.client.api import AsyncVaeClient, VaeClient
+from vaeserve.client.pictures import write_grid
 from vaeserve.errors import VaeserveError
-from vaeserve.server import client as client_module
-from vaeserve.server.client import AsyncVaeClient, VaeClient
 
 
 def digits(n: int, seed: int = 0) -> np.ndarray:
@@ -26,7 +26,7 @@ def digits(n: int, seed: int = 0) -> np.ndarray:
 
 def test_the_stable_import_path_loads_the_client_only_when_asked() -> None:
     assert vaeserve.VaeClient is VaeClient and vaeserve.AsyncVaeClient is AsyncVaeClient
-    assert vaeserve.write_grid is client_module.write_grid
+    assert vaeserve.write_grid is write_grid
     assert set(vaeserve.__all__) == {"VaeClient", "AsyncVaeClient", "read_images", "write_grid", "__version__"}
     with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
         vaeserve.Nope  # noqa: B018

@@ -34,8 +34,10 @@ import numpy as np
 
 from vaeserve.errors import VaeserveError
 from vaeserve.ports import port_error
-from vaeserve.server.client import VaeClient, rpc_error_message, write_grid
-from vaeserve.server.images import describe_input, fit, light_on_dark, load_image
+
+from ..api import VaeClient, rpc_error_message
+from ..images import describe_input, fit, light_on_dark, load_image
+from ..pictures import write_grid
 
 MAX_BODY = 16 << 20  # bytes of one request: an uploaded photo, base64-encoded
 MAX_SAMPLES = 256
@@ -290,7 +292,7 @@ class ExplorerServer(ThreadingHTTPServer):
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaeserve.server.cli import connect
+    from vaeserve.client.cli import connect
 
     client = connect(args)
     try:

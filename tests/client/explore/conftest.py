@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.harness import ServerProcess, serving
-from vaeserve.explore.app import Explorer, ExplorerServer
-from vaeserve.server.client import VaeClient
+from vaeserve.client.api import VaeClient
+from vaeserve.client.explore.app import Explorer, ExplorerServer
 
 SCALE = 1  # PNG pixels per image pixel in the in-process explorer: a cell is 8 + 1 pixels
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from vaeserve.server.images import ImageError, describe_input, fit, read_images
+from vaeserve.client.images import ImageError, describe_input, fit, read_images
 
 GREY_8 = (1, 8, 8)
 

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from tests.harness import ServerProcess, free_port
-from vaeserve.explore.app import MAX_BODY, Explorer, ExplorerServer
-from vaeserve.server.client import VaeClient
+from vaeserve.client.api import VaeClient
+from vaeserve.client.explore.app import MAX_BODY, Explorer, ExplorerServer
 
 
 def request(explorer: ExplorerServer, path: str, body: object = None, headers: dict | None = None,
@@ -215,7 +215,7 @@ def test_the_bundled_digits_are_test_digits_of_the_default_model() -> None:
 
     splits = load_digits()
     test, labels = splits.test.numpy(), splits.test_labels.numpy()
-    with np.load(Path(sys.modules["vaeserve.explore.app"].__file__).parent / "digits.npz") as bundled:
+    with np.load(Path(sys.modules["vaeserve.client.explore.app"].__file__).parent / "digits.npz") as bundled:
         index = [i for label in range(10) for i in np.flatnonzero(labels == label)[:2]]
         np.testing.assert_array_equal(bundled["test_index"], index)
         np.testing.assert_array_equal(bundled["images"], test[index])
