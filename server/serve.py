@@ -216,8 +216,7 @@ def make_batchers(config: ServeConfig, loaded: Loaded, metrics: Metrics, tracing
              "decoder": graphs.decoder(model.image_shape, model.latent_dim)}  # fmt: skip
     runners = dict(sessions)
     if model.has_logits:  # the decoder's session again, asked for its logits
-        log_sigma = model.info.get("log_sigma")
-        specs["likelihood"] = graphs.likelihood(model.image_shape, model.latent_dim, model.likelihood, log_sigma)
+        specs["likelihood"] = graphs.likelihood(model.image_shape, model.latent_dim, model.likelihood, model.log_sigma)
         runners["likelihood"] = sessions["decoder"].with_outputs(["logits"])
     else:
         log.warning("this version's decoder has no logits output (an older export): Score answers FAILED_PRECONDITION")

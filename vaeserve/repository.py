@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +56,21 @@ class ModelVersion:
     has_logits: bool  # the decoder also returns its logits (every export since the Score RPC)
     encoder_path: Path
     decoder_path: Path
-    info: dict[str, Any]  # model.json
+    info: dict[str, Any]  # model.json, every field checked as MODEL_JSON_TYPES says
+    log_sigma: float | None = None  # the Gaussian p(x|z)'s log standard deviation; None for Bernoulli
 
     @property
     def variants(self) -> tuple[str, ...]:
         """Every variant this version holds, "plain" first."""
         return (PLAIN, *self.info["variants"])
+
+
+# model.json's fields every reader relies on, and their JSON types (checked with type(), not isinstance: JSON true
+# and false are Python bools, which isinstance counts as ints). Export writes more (provenance, measurements);
+# `log_sigma` (a number for Gaussian models, null otherwise) is checked with the likelihood.
+MODEL_JSON_TYPES: dict[str, type] = {"name": str, "version": int, "latent_dim": int, "image_shape": list,
+                                     "likelihood": str, "metadata": dict, "graphs": dict, "variants": dict}  # fmt: skip
+MAX_LOG_SIGMA = 20.0  # e^20: far beyond any pixel scale; beyond it the likelihood's exp() overflows float64
 
 
 def graph_signatures(
@@ -205,7 +215,7 @@ def check_version(path: Path, name: str, version: int, variants: tuple[str, ...]
     return ModelVersion(path=path, name=name, version=version, latent_dim=latent_dim, image_shape=image_shape,
                         likelihood=likelihood, metadata=dict(metadata), variant=served, has_logits=has_logits,
                         encoder_path=paths[served]["encoder"], decoder_path=paths[served]["decoder"],
-                        info=info)  # fmt: skip
+                        info=info, log_sigma=info.get("log_sigma"))  # fmt: skip
 
 
 def _read_model_json(path: Path) -> dict[str, Any]:
@@ -223,10 +233,7 @@ def _read_model_json(path: Path) -> dict[str, Any]:
         raise RepositoryError(f"{where}: not a vaeserve model description (no format={FORMAT!r} marker)")
     if info.get("format_version") != FORMAT_VERSION:
         raise RepositoryError(f"{where}: format_version {info.get('format_version')!r} is not {FORMAT_VERSION}")
-    types = {"name": str, "version": int, "latent_dim": int, "image_shape": list, "likelihood": str,
-             "metadata": dict, "graphs": dict, "variants": dict}  # fmt: skip
-    for key, kind in types.items():
-        # type(), not isinstance: JSON true and false are Python bools, which isinstance counts as ints.
+    for key, kind in MODEL_JSON_TYPES.items():
         if type(info.get(key)) is not kind:
             raise RepositoryError(f"{where}: {key} is missing or not a {kind.__name__}")
     shape = info["image_shape"]
@@ -234,6 +241,14 @@ def _read_model_json(path: Path) -> dict[str, Any]:
         raise RepositoryError(f"{where}: image_shape {shape} / latent_dim {info['latent_dim']} are not valid")
     if info["likelihood"] not in LIKELIHOODS:
         raise RepositoryError(f"{where}: likelihood {info['likelihood']!r} is not one of {', '.join(LIKELIHOODS)}")
+    log_sigma = info.get("log_sigma")
+    if info["likelihood"] == "gaussian":
+        # Scoring divides by exp(2 log_sigma): a missing or non-finite value would fail every Score batch later.
+        if type(log_sigma) not in (int, float) or not math.isfinite(log_sigma) or abs(log_sigma) > MAX_LOG_SIGMA:
+            raise RepositoryError(f"{where}: log_sigma {log_sigma!r}: a Gaussian model needs a finite number in "
+                                  f"[-{MAX_LOG_SIGMA:g}, {MAX_LOG_SIGMA:g}]")  # fmt: skip
+    elif log_sigma is not None:
+        raise RepositoryError(f"{where}: log_sigma {log_sigma!r}: only a Gaussian model has one (null here)")
     for graph in GRAPHS:
         if not isinstance(info["graphs"].get(graph), dict):
             raise RepositoryError(f"{where}: graphs.{graph} is missing")

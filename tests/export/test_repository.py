@@ -186,3 +186,24 @@ def test_latest_is_the_newest_version_that_verifies(version: Path) -> None:
         RepositoryError, match=r"vae: no version verifies: .*vae/2/decoder.onnx: SHA-256.*vae/1/decoder"
     ):
         open_version(repo, "vae")
+
+
+@pytest.mark.parametrize("value", [None, "0.25", float("nan"), float("inf"), 1e9, True])
+def test_a_gaussian_model_without_a_usable_log_sigma_is_refused_on_read(
+    gaussian_model_repo: Path, tmp_path: Path, value: object
+) -> None:
+    """Scoring needs log_sigma: a Gaussian version without a finite one is refused when read, naming the field,
+    not when its first Score batch fails."""
+    version = tmp_path / "vae" / "1"
+    shutil.copytree(gaussian_model_repo / "vae" / "1", version)
+    assert verify_version(version).log_sigma == json.loads((version / "model.json").read_text())["log_sigma"]
+    edit_json(version, lambda info: info.update(log_sigma=value))
+    with pytest.raises(RepositoryError, match="model.json: log_sigma .*: a Gaussian model needs a finite number"):
+        verify_version(version)
+
+
+def test_a_bernoulli_model_with_a_log_sigma_is_refused(version: Path) -> None:
+    assert verify_version(version).log_sigma is None
+    edit_json(version, lambda info: info.update(log_sigma=0.5))
+    with pytest.raises(RepositoryError, match="model.json: log_sigma 0.5: only a Gaussian model has one"):
+        verify_version(version)
