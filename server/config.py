@@ -13,12 +13,24 @@ from pathlib import Path
 from vaeserve.errors import VaeserveError
 from vaeserve.repository import VARIANTS
 
+from .cpus import available_cpus
+
 MB = 1 << 20
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 DEVICES = ("auto", "cpu", "cuda")
 CORE_PENDING_LIMIT = 1 << 16
-ADMISSION_FLOOR = 64
-DEFAULT_INTRA_THREADS = 2  # calls always admitted at once, whatever the measured rate (admission.py)
+ADMISSION_FLOOR = 64  # calls always admitted at once, whatever the measured rate (admission.py)
+DEFAULT_INTRA_THREADS = 2
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one call may ask for: the servicers' bounds, and what GetModelInfo reports to clients."""
+
+    rows: int  # samples, images or latents in one call (--max-num-samples)
+    importance_samples: int  # Score's K per image (--max-importance-samples)
+    interpolation_steps: int  # points on an Interpolate path (--max-num-samples: each is a decoded row)
+    batch_rows: int  # rows in one onnxruntime run (--max-batch-size): also the size of Score's chunks
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,7 @@ class ServeConfig:
     max_num_samples: int = 4096
     # Score's K: `vaeserve evaluate`'s default, the importance-weighted bound it reports.
     max_importance_samples: int = 1000
-    # 0: two, or fewer where the container's CPU quota allows fewer (runtime.available_cpus). Two: heavy batches
+    # 0: two, or fewer where the container's CPU quota allows fewer (cpus.available_cpus). Two: heavy batches
     # run faster and small calls are no slower, since idle pool threads sleep except during the longest batches
     # (runtime.CpuSession; BENCHMARKS.md, "Design measurements"). More only pays for heavy batches.
     intra_op_threads: int = 0
@@ -110,9 +122,12 @@ class ServeConfig:
     @property
     def intra_threads(self) -> int:
         """--intra-op-threads, 0 resolved: two, or the whole CPUs the container may use when fewer."""
-        from .runtime import available_cpus  # onnxruntime: not at CLI start-up
-
         return self.intra_op_threads or max(1, min(DEFAULT_INTRA_THREADS, int(available_cpus())))
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(rows=self.max_num_samples, importance_samples=self.max_importance_samples,
+                      interpolation_steps=self.max_num_samples, batch_rows=self.max_batch_size)  # fmt: skip
 
     @property
     def admission_floor(self) -> int:

@@ -24,7 +24,13 @@ class InvalidArgument(RequestError):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
-        self.field = field
+        self.field = field  # a tensor's name, or name.part ("images.data")
+        self.detail = message
+
+    def renamed(self, tensor: str) -> InvalidArgument:
+        """The same error naming `tensor` (another protocol's name for it), the part of it kept."""
+        _, dot, part = self.field.partition(".")
+        return InvalidArgument(tensor + dot + part, self.detail)
 
 
 class QueueFull(RequestError):

@@ -142,7 +142,7 @@ class OipServicer:
             else:
                 results = {"image": (await self.decoder.submit({"latents": data}, n, timeout))["images"]}
         except InvalidArgument as exc:  # the batch's value checks name vae.v1's fields: name the tensor instead
-            raise InvalidArgument(model.input + exc.field[exc.field.index(".") :], str(exc).split(": ", 1)[1]) from exc
+            raise exc.renamed(model.input) from exc
         response = pb.ModelInferResponse(model_name=model.name, model_version=self.version, id=request.id)
         for name in wanted:
             response.outputs.add(name=name, datatype=FP32, shape=[n, *model.outputs[name]])

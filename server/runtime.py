@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -246,23 +245,6 @@ def _try_cuda(
         detail = f" ({missing})" if missing else ""
         return None, f"the CUDA libraries (CUDA, cuDNN) or a GPU are not available to onnxruntime{detail}"
     return session, ""
-
-
-def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> float:
-    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (v2 cpu.max, v1 cfs_quota_us), so
-    a container limited to 2 CPUs on a 64-core host sizes its thread pools for 2."""
-    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    try:
-        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        try:
-            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
-            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            return cpus
-    if quota in ("max", "-1"):
-        return cpus
-    return min(cpus, max(int(quota) / int(period), 1e-3))
 
 
 def _measure(run: Callable[[np.ndarray], object], row_shape: tuple[int, ...], max_rows: int) -> Cost:

@@ -26,18 +26,18 @@ from vaeserve.flags import env_name
 from vaeserve.ports import check_free
 from vaeserve.protos.inference import grpc_service_pb2
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.repository import ModelVersion, open_version
+from vaeserve.repository import ModelVersion, graph_signatures, open_version
 
 from . import graphs, rpc
 from .admission import Admission
 from .auth import Tokens
 from .batcher import Batcher
-from .config import MB, ServeConfig
+from .config import MB, Limits, ServeConfig
 from .memory import MMAP_THRESHOLD, keep_large_buffers
 from .metrics import Metrics, MetricsHttpServer
 from .oip import OipServicer
 from .runtime import Session, open_session
-from .servicer import Graphs, VaeServicer
+from .servicer import Batchers, VaeServicer
 from .tracing import Tracing
 
 log = logging.getLogger("vaeserve.server")
@@ -46,7 +46,7 @@ SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VaeService"]
 OIP_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
 
-def model_info(model: ModelVersion, provider: str, config: ServeConfig) -> vae_pb2.ModelInfo:
+def model_info(model: ModelVersion, provider: str, limits: Limits) -> vae_pb2.ModelInfo:
     return vae_pb2.ModelInfo(
         name=model.name,
         version=model.version,
@@ -55,11 +55,11 @@ def model_info(model: ModelVersion, provider: str, config: ServeConfig) -> vae_p
         likelihood=model.likelihood,
         execution_provider=provider,
         metadata=model.metadata,
-        max_batch_size=config.max_batch_size,
-        max_num_samples=config.max_num_samples,
+        max_batch_size=limits.batch_rows,
+        max_num_samples=limits.rows,
         variant=model.variant,
-        max_importance_samples=config.max_importance_samples,
-        max_interpolation_steps=config.max_num_samples,
+        max_importance_samples=limits.importance_samples,
+        max_interpolation_steps=limits.interpolation_steps,
         can_score=model.has_logits,
     )
 
@@ -102,12 +102,15 @@ def load(config: ServeConfig) -> Loaded:
     log.info("model %s version %d (%s graphs) from %s", model.name, model.version, model.variant, model.path)
     log.info("latent_dim %d, image_shape %s, likelihood %s", model.latent_dim, list(model.image_shape),
              model.likelihood)  # fmt: skip
-    # What each session returns by default: the decoder's logits only when asked (scoring).
-    graphs_io = {"encoder": (model.encoder_path, "image", ["mean", "log_variance"]),
-                 "decoder": (model.decoder_path, "latent", ["image"])}  # fmt: skip
+    # Each graph's one input and what its session returns by default: the repository's signatures, less the
+    # decoder's logits, computed only when asked (scoring).
+    signatures = graph_signatures(model.latent_dim, model.image_shape, logits=False)
+    paths = {"encoder": model.encoder_path, "decoder": model.decoder_path}
     threads = (config.device, config.intra_threads, config.inter_op_threads, config.cuda_mem_limit_mb)
     sessions, why_not = {}, ""
-    for name, (path, graph_input, outputs) in graphs_io.items():
+    for name, path in paths.items():
+        (graph_input,) = signatures[name]["inputs"]
+        outputs = list(signatures[name]["outputs"])
         sessions[name], why_not = open_session(path, graph_input, outputs, *threads)
     log.info("execution provider %s (--device %s%s)", sessions["decoder"].provider, config.device,
              f": {why_not}" if why_not else "")  # fmt: skip
@@ -258,9 +261,9 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
     admission = Admission(config.max_wait_ms / 1000, config.admission_floor, config.max_concurrent_rpcs,
                           config.max_batch_size, row_seconds)  # fmt: skip
     tokens = security.tokens
-    info = model_info(model, loaded.provider, config)
-    batched = Graphs(batchers["encoder"], batchers["decoder"], batchers.get("likelihood"))
-    servicer = VaeServicer(model.image_shape, model.latent_dim, batched, info, metrics.images_scored.inc)
+    info = model_info(model, loaded.provider, config.limits)
+    batched = Batchers(batchers["encoder"], batchers["decoder"], batchers.get("likelihood"))
+    servicer = VaeServicer(model.image_shape, model.latent_dim, batched, config.limits, info, metrics.images_scored.inc)
 
     def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """Innermost first: the token check, then counting (so refusals are counted too). Admission is inside the
@@ -276,7 +279,7 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
 
     rpc.add_service(server, SERVICE, servicer, wrap, admit(servicer))
     oip = OipServicer(model.name, model.version, model.image_shape, model.latent_dim, batchers["encoder"],
-                      batchers["decoder"], config.max_num_samples, ready=lambda: not admission.draining)  # fmt: skip
+                      batchers["decoder"], config.limits.rows, ready=lambda: not admission.draining)  # fmt: skip
     # The second protocol's calls are counted apart: method="oip.ModelInfer", ...
     rpc.add_service(server, OIP_SERVICE, oip, lambda method, handler: wrap(f"oip.{method}", handler), admit(oip))
     health_servicer = health.aio.HealthServicer()

@@ -21,6 +21,7 @@ from vaeserve.protos.vae.v1 import vae_pb2
 
 from . import validation
 from .batcher import NONE, Batcher
+from .config import Limits
 from .errors import FailedPrecondition, InvalidArgument
 from .noise import draw_eps, noise
 from .paths import interpolate
@@ -43,7 +44,7 @@ def _seed(request: vae_pb2.SampleRequest | vae_pb2.EncodeRequest | vae_pb2.Recon
 
 
 @dataclass
-class Graphs:
+class Batchers:
     """The batchers the RPCs use; `likelihood` is None for versions whose decoder has no logits output."""
 
     encoder: Batcher
@@ -58,22 +59,21 @@ class VaeServicer:
         self,
         image_shape: tuple[int, ...],
         latent_dim: int,
-        graphs: Graphs,
+        batchers: Batchers,
+        limits: Limits,
         info: vae_pb2.ModelInfo,
         scored: Callable[[int], None],
     ) -> None:
         self.image_shape = tuple(image_shape)
         self.latent_dim = latent_dim
-        self.encoder, self.decoder, self.likelihood = graphs.encoder, graphs.decoder, graphs.likelihood
-        self.max_rows = info.max_num_samples
-        self.max_samples = info.max_importance_samples
-        self.chunk = info.max_batch_size
+        self.encoder, self.decoder, self.likelihood = batchers.encoder, batchers.decoder, batchers.likelihood
+        self.limits = limits
         self.info = info
         self.scored = scored  # counts the images each Score call scored (metrics)
 
     def _images(self, t: vae_pb2.Tensor, exactly: int = 0) -> tuple[int, bytes, frozenset[str]]:
         """N, the bytes, and {"images"} when they are uint8."""
-        n, data = validation.rows(t, "images", self.image_shape, self.max_rows, uint8_ok=True, exactly=exactly)
+        n, data = validation.rows(t, "images", self.image_shape, self.limits.rows, uint8_ok=True, exactly=exactly)
         return n, data, IMAGES if t.dtype == vae_pb2.UINT8 else NONE
 
     async def _encode(
@@ -95,7 +95,7 @@ class VaeServicer:
         """The rows a call of `method` will run on each graph, read from its request before it is validated
         (admission's measure of its cost): sizes are clamped to the limits, so an invalid request is charged at
         most what the largest valid one would be and is then refused by validation, naming its field."""
-        most, most_k = self.max_rows, self.max_samples
+        most, most_k = self.limits.rows, self.limits.importance_samples
 
         def score(r: vae_pb2.ScoreRequest) -> dict[str, int]:
             n = validation.stated_rows(r.images.shape, most)
@@ -110,12 +110,15 @@ class VaeServicer:
                 ("encoder", "decoder"), validation.stated_rows(r.images.shape, most)
             ),
             "Score": score,
-            "Interpolate": lambda r: {"encoder": 2 * r.HasField("images"), "decoder": min(r.steps, most)},
+            "Interpolate": lambda r: {
+                "encoder": 2 * r.HasField("images"),
+                "decoder": min(r.steps, self.limits.interpolation_steps),
+            },
         }
         return works.get(method, lambda r: {})
 
     async def Sample(self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext) -> vae_pb2.SampleResponse:
-        n = validation.num_samples(request.num_samples, self.max_rows)
+        n = validation.num_samples(request.num_samples, self.limits.rows)
         temperature = validation.temperature(request.temperature)
         uint8 = validation.image_dtype(request.image_dtype)
         z = draw_eps(_seed(request), n, self.latent_dim)
@@ -138,7 +141,7 @@ class VaeServicer:
         return response
 
     async def Decode(self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> vae_pb2.DecodeResponse:
-        n, z = validation.rows(request.latents, "latents", (self.latent_dim,), self.max_rows)
+        n, z = validation.rows(request.latents, "latents", (self.latent_dim,), self.limits.rows)
         images = await self._decode(z, n, validation.image_dtype(request.image_dtype), context)
         response = vae_pb2.DecodeResponse()
         _fill(response.images, (n, *self.image_shape), *images)
@@ -167,7 +170,7 @@ class VaeServicer:
                 "lacks: export the checkpoint again to score images"
             )
         n, images, uint8 = self._images(request.images)
-        k = validation.importance_samples(request.num_importance_samples, self.max_samples)
+        k = validation.importance_samples(request.num_importance_samples, self.limits.importance_samples)
         d = self.latent_dim
         encoded = await self._encode(images, n, bytes(4 * n * d), uint8, context)  # eps 0: only mean, log_variance
         mean = np.frombuffer(encoded["mean"], np.float32).reshape(n, d)
@@ -176,7 +179,7 @@ class VaeServicer:
         sampler = ImportanceSampler(mean, log_variance, x, k, noise(_seed(request)))
         pending: deque[tuple[int, int, asyncio.Future]] = deque()
         try:
-            for start, stop, inputs in sampler.chunks(self.chunk):
+            for start, stop, inputs in sampler.chunks(self.limits.batch_rows):
                 future = self.likelihood.submit(inputs, stop - start, context.time_remaining(), uint8_in=uint8)
                 pending.append((start, stop, future))
                 if len(pending) == SCORE_CHUNKS_IN_FLIGHT:
@@ -198,7 +201,7 @@ class VaeServicer:
         self, request: vae_pb2.InterpolateRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.InterpolateResponse:
         """`steps` decoded points on the line (or arc) between two latents, or between two images' posterior means."""
-        steps = validation.steps(request.steps, self.max_rows)
+        steps = validation.steps(request.steps, self.limits.interpolation_steps)
         uint8_out = validation.image_dtype(request.image_dtype)
         given_images, given_latents = request.HasField("images"), request.HasField("latents")
         if given_images == given_latents:
@@ -209,7 +212,7 @@ class VaeServicer:
             n, images, uint8 = self._images(request.images, exactly=2)
             ends = (await self._encode(images, n, bytes(4 * n * d), uint8, context))["mean"]
         else:
-            _, ends = validation.rows(request.latents, "latents", (d,), self.max_rows, exactly=2)
+            _, ends = validation.rows(request.latents, "latents", (d,), self.limits.rows, exactly=2)
             validation.check_latents(np.frombuffer(ends, np.float32))
         a, b = np.frombuffer(ends, np.float32).reshape(2, d)
         path = interpolate(a, b, steps, request.spherical).tobytes()

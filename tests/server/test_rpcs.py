@@ -14,11 +14,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import MAX_MESSAGE_MB, MAX_NUM_SAMPLES
 from tests.harness import ServerProcess
 from vaeserve.client.api import VaeClient, from_tensor, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
-
-from .conftest import MAX_MESSAGE_MB, MAX_NUM_SAMPLES
 
 SHAPE = (1, 8, 8)
 LATENT_DIM = 8

@@ -10,12 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from vaeserve.server.cpus import available_cpus
 from vaeserve.server.runtime import (
     CPU,
     Cost,
     CpuSession,
     DeviceError,
-    available_cpus,
     cuda_options,
     open_session,
     preload_cuda,
