@@ -6,8 +6,9 @@ bytes (or, for image inputs a request marks `uint8_in`, one byte a value meaning
 bytes: the rows of each output, by name (as bytes round(value * 255) for outputs it marks `uint8_out`). The
 batch is where numpy works, once per batch: it joins the requests' bytes into one array per input, checks the
 values (request by request only if the batch fails), computes and turns each output into bytes once (per type
-asked for), which are then sliced per request. Inside a busy server every numpy call costs several times its
-isolated timing, so a call that makes none is what keeps a small model's RPCs cheap.
+asked for), which are then sliced per request. With a small model a call's cost is the Python around it, so
+numpy once per batch instead of per call saves server CPU per call (180 -> 160 us for Encode(1) at 32 clients:
+BENCHMARKS.md, "Design measurements").
 
 One task per graph takes whatever is queued when a batch is due (up to `max_rows`) and runs it; requests that
 arrive while a batch runs form the next one, so a busy server fills its batches by itself. With a batch delay,

@@ -4,8 +4,8 @@ A seeded request draws its noise from its own generator, PCG64(seed), before it 
 byte-identical whatever else shares its onnxruntime run (and z is computed row by row from it, so a row's z
 does not depend on the batch either). Unseeded requests take the next draws of one process-wide generator
 seeded from OS entropy (fresh noise per request, without an entropy read per call), drawn in blocks so that
-a call's noise is a slice of bytes, not a numpy call: inside a busy server each numpy call costs several
-times its isolated timing. Noise is float32 bytes, the form the batcher takes; it is only drawn from the
+a call's noise is a slice of bytes, not a numpy call (numpy per batch rather than per call: BENCHMARKS.md,
+"Design measurements"). Noise is float32 bytes, the form the batcher takes; it is only drawn from the
 event loop's thread.
 """
 

@@ -2,8 +2,8 @@
 
 A tensor arrives as shape + float32 bytes. Its shape and size are checked when the call arrives (`rows`), in
 plain Python; its values (`check_images`, `check_latents`) are checked on numpy arrays by the batcher, once
-per batch, and request by request only when a batch fails: inside a busy server every numpy call costs
-several times its isolated timing (cold caches between calls), so the per-call path makes none.
+per batch, and request by request only when a batch fails, so the per-call path makes no numpy call (what
+that saves: BENCHMARKS.md, "Design measurements").
 """
 
 from __future__ import annotations
