@@ -112,6 +112,12 @@ def test_an_upload_is_converted_and_said(explorer: ExplorerServer) -> None:
     ends = {"a": {"upload": png_url(sheet), "invert": True}, "b": {"digit": 2}, "steps": 2}
     assert request(explorer, "/api/interpolate", ends)[0] == 200
     assert "hint: mostly light" in request(explorer, "/api/convert", {"upload": png_url(sheet)})[1]["note"]
+    # A 4096x4096 drawing, decoded no bigger than the 8x8 model needs (tests/server/test_images.py): the note
+    # names the file's own size.
+    sheet = Image.new("RGBA", (4096, 4096), (0, 0, 0, 0))
+    sheet.paste((0, 0, 0, 255), (1900, 500, 2200, 3600))
+    status, answer = request(explorer, "/api/convert", {"upload": png_url(sheet), "invert": True})
+    assert status == 200 and "inverted, RGB -> grey, resized 4096x4096 -> 8x8 (aspect" in answer["note"]
 
 
 GOOD = {"seed": 1, "temperature": 1.0, "n": 4}

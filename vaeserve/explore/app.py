@@ -183,7 +183,8 @@ class Explorer:
         except (binascii.Error, ValueError) as exc:
             raise BadRequest(f"upload: not base64 ({exc})") from exc
         invert = switch(source, "invert")
-        image, note = fit(load_image(data, "upload"), self.image_shape, "upload", invert=invert,
+        decoded, size = load_image(data, "upload", self.image_shape)
+        image, note = fit(decoded, self.image_shape, "upload", size=size, invert=invert,
                           hint_invert=light_on_dark(self.info.metadata))  # fmt: skip
         return image[0], note
 
