@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.harness import ServerProcess, free_port, wait_until
+from tests.harness import ServerProcess, explorer_ready, free_port, wait_until
 from vaeserve.explore.app import MAX_BODY, Explorer, ExplorerServer
 from vaeserve.server.client import VaeClient
 
@@ -338,12 +338,12 @@ def raw_response(sock: socket.socket) -> bytes:
 @pytest.fixture(scope="module")
 def strict(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A `vaeserve explore` process (the real command and its flags) that gives each request 1 s to arrive."""
-    from tests.explore.test_page import page_ready
-
     port = free_port()
     argv = [sys.executable, "-m", "vaeserve.cli", "explore", "--target", server.target, "--port", str(port),
             "--request-timeout-s", "1"]  # fmt: skip
-    with ServerProcess(argv, tmp_path_factory.mktemp("strict") / "explore.log", port, page_ready, name="explore") as p:
+    with ServerProcess(
+        argv, tmp_path_factory.mktemp("strict") / "explore.log", port, explorer_ready, name="explore"
+    ) as p:
         yield p
 
 

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -126,6 +126,9 @@ class Explorer:
     digits_note: str  # how the bundled 8x8 grey digits were converted for this model ("" when they fit)
     scale: int  # PNG pixels per image pixel
     reference: np.ndarray | None = None  # -log p(x) of the bundled digits, scored on first use
+    # One upload decoded at a time: decoding is what costs memory (a 4096x4096 RGBA file is 64 MB in Pillow, twice
+    # while its alpha is premultiplied), and it is CPU-bound, so decoding several at once would only add that up.
+    decoding: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def connect(cls, client: VaeClient, scale: int) -> Explorer:
@@ -220,7 +223,8 @@ class Explorer:
         except (binascii.Error, ValueError) as exc:
             raise BadRequest(f"upload: not base64 ({exc})") from exc
         invert = switch(source, "invert")
-        decoded, size = load_image(data, "upload", self.image_shape)
+        with self.decoding:
+            decoded, size = load_image(data, "upload", self.image_shape)
         image, note = fit(decoded, self.image_shape, "upload", size=size, invert=invert,
                           hint_invert=light_on_dark(self.info.metadata))  # fmt: skip
         return image[0], note
