@@ -1,14 +1,15 @@
 """Images from users -> the served model's input [N, C, H, W] in [0, 1], converted as a user expects and said so.
 
-Any file Pillow reads (PNG, JPEG, a photo, the client's own grids) and .npy arrays, in these steps, each only when
-needed and each named in a note:
+PNG, JPEG, WebP, GIF and BMP files (a photo, a drawing, the client's own grids) and .npy arrays, in these steps,
+each only when needed and each named in a note:
   transparency  flattened onto a background that contrasts with the opaque pixels: white behind dark strokes
                 (then a dark-on-light image, for invert), black behind light ones;
   invert        1 - x, for dark strokes on a light background (the bundled datasets are light on dark);
   channels      RGB -> grey (ITU-R 601 luma, as Pillow's "L"), or grey -> RGB;
   size          scaled to fit H x W with its aspect ratio kept, centred on black: a box filter when shrinking
                 (each new pixel the mean of those it covers, which is how scikit-learn's 8x8 digits were made
-                from 32x32 bitmaps), bilinear when enlarging.
+                from 32x32 bitmaps), bilinear when enlarging. A file much bigger than that is decoded no bigger than
+                the filter needs (a JPEG at up to 1/8 scale, others reduced by whole blocks as they are decoded).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ LIGHT = 0.5  # mean pixel above which an image is "mostly light"
 # The most pixels one input image may have (4096 x 4096; a 12-megapixel photo is fewer): more is refused before
 # it is decoded, so a file's header cannot make the client allocate gigabytes.
 MAX_PIXELS = 1 << 24
+# The only decoders a file reaches: what users have. Pillow knows dozens more (EPS runs Ghostscript, some are
+# rarely exercised parsers), so anything else is refused before a decoder sees it.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+# A file decoded for a model keeps at least this many pixels per side of each pixel it is resized to, so the box
+# filter still averages over blocks: the result matches decoding the whole file to within rounding, while the
+# float32 copies the conversion makes are bounded by the model's size instead of the file's.
+MARGIN = 8
 
 
 class ImageError(VaeserveError):
@@ -57,7 +65,7 @@ def read_images(
     invert: bool = False,
     hint_invert: bool = True,
 ) -> tuple[np.ndarray, list[str]]:
-    """Image files (anything Pillow reads: one image each) and .npy arrays ([N, C, H, W], [C, H, W] or [H, W];
+    """Image files (PNG, JPEG, WebP, GIF or BMP: one image each) and .npy arrays ([N, C, H, W], [C, H, W] or [H, W];
     channels first; uint8, uint16, bool or float in [0, 1]) as one float32 batch [N, C, H, W] of the model's
     `image_shape`, and notes saying what was converted, one per kind of conversion (naming its files).
 
@@ -70,12 +78,14 @@ def read_images(
     for path in map(Path, paths):
         if path.suffix.lower() == ".npy":
             array = load_npy(path)
+            size = None
         else:
             try:
-                array = load_image(path.read_bytes(), str(path))
+                array, size = load_image(path.read_bytes(), str(path), image_shape if resize else None)
             except OSError as exc:
                 raise ImageError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
-        fitted, steps = fit(array, image_shape, str(path), resize=resize, invert=invert, hint_invert=hint_invert)
+        fitted, steps = fit(array, image_shape, str(path), size=size, resize=resize, invert=invert,
+                            hint_invert=hint_invert)  # fmt: skip
         batches.append(fitted)
         if steps:
             done.setdefault(steps, []).append(str(path))
@@ -120,28 +130,58 @@ def as_batch(a: np.ndarray, source: str) -> np.ndarray:
     return a
 
 
-def load_image(data: bytes, source: str) -> np.ndarray:
-    """An image file's bytes as float32 [1, C, H, W] in [0, 1]: C is 1 (grey), 2 (grey and alpha), 3 (RGB) or
-    4 (RGBA)."""
+def load_image(
+    data: bytes, source: str, image_shape: Sequence[int] | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image file's bytes as float32 [1, C, H, W] in [0, 1] (C: 1 grey, 2 grey and alpha, 3 RGB or 4 RGBA), and
+    the file's own (width, height). image_shape: the model's, to decode no more of a big file than `fit` needs
+    for it (MARGIN): a JPEG's decoder skips to 1/2, 1/4 or 1/8 scale, other formats are reduced by whole blocks
+    right after decoding (transparency premultiplied, so flattening it later gives the same result)."""
     from PIL import Image
 
     try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_PIXELS:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        size = image.size
+        factor = _shrink_factor(size, image_shape)
+        if factor > 1:
+            image.draft(None, (image.width // factor, image.height // factor))  # JPEG only; others ignore it
+        if image.width * image.height > MAX_PIXELS:  # after draft: a big photo decodes at a fraction of its size
             raise ImageError(f"{source}: {image.width}x{image.height} pixels is more than this client reads "
                              f"({MAX_PIXELS:,} pixels)")  # fmt: skip
         image.load()
         if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grey PNGs open as I;16 or I
-            return np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)[None, None]
-        grey = image.mode in ("1", "L", "LA", "La", "F") or (image.mode == "P" and _grey_palette(image))
-        if image.has_transparency_data:
-            image = image.convert("RGBA").convert("LA" if grey else "RGBA")
+            image, scale = image if image.mode == "I" else image.convert("I"), 65535.0
         else:
-            image = image.convert("L" if grey else "RGB")
+            image, scale = _eight_bit(image), 255.0
+        factor = _shrink_factor(image.size, image_shape)  # what draft left to do
+        if factor > 1:
+            image = image.reduce(factor)
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError(f"{source}: cannot read as an image (not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} "
+                         "file)") from exc  # fmt: skip
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{source}: cannot read as an image ({exc})") from exc
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return (pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))[None]
+    pixels = np.clip(np.asarray(image, dtype=np.float32) / scale, 0.0, 1.0)
+    return (pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))[None], size
+
+
+def _eight_bit(image):  # a PIL image -> L, LA, RGB or RGBA, converted only when it is not one already
+    grey = image.mode in ("1", "L", "LA", "La", "F") or (image.mode == "P" and _grey_palette(image))
+    if image.has_transparency_data:
+        mode = "LA" if grey else "RGBA"
+        return image if image.mode == mode else image.convert("RGBA").convert(mode)
+    mode = "L" if grey else "RGB"
+    return image if image.mode == mode else image.convert(mode)
+
+
+def _shrink_factor(size: tuple[int, int], image_shape: Sequence[int] | None) -> int:
+    """The whole factor an image of `size` (width, height) can be reduced by and still keep MARGIN pixels per side
+    of each pixel `fit` resizes it to; 1 without a shape, or when the image is not much bigger."""
+    if image_shape is None:
+        return 1
+    (iw, ih), (h, w) = size, image_shape[1:]
+    sh, sw = fitted_size(ih, iw, h, w)
+    return max(1, min(iw // (MARGIN * sw), ih // (MARGIN * sh)))
 
 
 def _grey_palette(image) -> bool:  # a PIL image
@@ -154,12 +194,14 @@ def fit(
     image_shape: Sequence[int],
     source: str,
     *,
+    size: tuple[int, int] | None = None,
     resize: bool = True,
     invert: bool = False,
     hint_invert: bool = True,
 ) -> tuple[np.ndarray, str]:
     """Images [N, K, H', W'] in [0, 1] (K: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA) -> [N, C, H, W], and in a few
-    words what was done to them ("converted: ...") and any hint ("hint: ..."); "" when neither."""
+    words what was done to them ("converted: ...") and any hint ("hint: ..."); "" when neither. size: the file's
+    own (width, height), when load_image decoded it smaller (the note names the file's size)."""
     c, h, w = image_shape
     k, ih, iw = a.shape[1:]
     steps = []
@@ -189,7 +231,9 @@ def fit(
             raise ImageError(f"{source}: expected {w}x{h} pixels (model image_shape {list(image_shape)}), got "
                              f"{iw}x{ih}; without --no-resize it would be resized")  # fmt: skip
         a = resize_padded(a, h, w)
-        steps.append(f"resized {iw}x{ih} -> {w}x{h} (aspect ratio kept, padded with black)")
+        steps.append(
+            f"resized {'x'.join(map(str, size or (iw, ih)))} -> {w}x{h} (aspect ratio kept, padded with black)"
+        )
     a = np.clip(a, 0.0, 1.0).astype(np.float32)
     said = ["converted: " + ", ".join(steps)] if steps else []
     if hint_invert and not invert and a.mean() > LIGHT:
@@ -203,9 +247,8 @@ def resize_padded(a: np.ndarray, h: int, w: int) -> np.ndarray:
     from PIL import Image
 
     n, c, ih, iw = a.shape
-    scale = min(h / ih, w / iw)
-    sh, sw = max(1, min(h, round(ih * scale))), max(1, min(w, round(iw * scale)))
-    method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    sh, sw = fitted_size(ih, iw, h, w)
+    method = Image.Resampling.BOX if sh < ih or sw < iw else Image.Resampling.BILINEAR
     top, left = (h - sh) // 2, (w - sw) // 2
     out = np.zeros((n, c, h, w), np.float32)
     for i in range(n):
@@ -213,3 +256,9 @@ def resize_padded(a: np.ndarray, h: int, w: int) -> np.ndarray:
             channel = Image.fromarray(np.ascontiguousarray(a[i, j], dtype=np.float32), mode="F")
             out[i, j, top : top + sh, left : left + sw] = np.asarray(channel.resize((sw, sh), method))
     return out
+
+
+def fitted_size(ih: int, iw: int, h: int, w: int) -> tuple[int, int]:
+    """(height, width) of an ih x iw image scaled to fit h x w with its aspect ratio kept."""
+    scale = min(h / ih, w / iw)
+    return max(1, min(h, round(ih * scale))), max(1, min(w, round(iw * scale)))

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -169,6 +170,15 @@ def vaeserve_ready(server: ServerProcess) -> bool:
     return health_status(target, timeout=2) == health_pb2.HealthCheckResponse.SERVING and bool(
         _SERVING_LINE.search(server.output())
     )
+
+
+def explorer_ready(process: ServerProcess) -> bool:
+    """A `vaeserve explore` process answers its model call."""
+    try:
+        with urllib.request.urlopen(f"http://{process.target}/api/model", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError):
+        return False
 
 
 def serve_argv(repo: Path, *flags: str, port: int, metrics_port: int, name: str = "vae") -> list[str]:

@@ -8,9 +8,15 @@ VaeClient and drawn by the client's own grid renderer as a PNG data URL.
     POST /api/traverse     {"image": SOURCE, "span": float, "steps": int}
     POST /api/convert      {"upload": data URL, "invert": bool}: what the model sees of an upload
     POST /api/score        {"image": SOURCE}: -log p(x) in nats, against the bundled test digits' (Score RPC)
-SOURCE is {"digit": index of a bundled digit} or {"upload": data URL of an image file, "invert": bool}. Answers are
-JSON: {"image": PNG data URL, ...}, or {"error": one line} with 400 (the request), 413 (too big) or 502 (the
-server). The standard library's threading HTTP server is enough for one person's page, and keeps the extra light.
+SOURCE is {"digit": index of a bundled digit} or {"upload": data URL of a PNG, JPEG, WebP, GIF or BMP file,
+"invert": bool}. Answers are JSON: {"image": PNG data URL, ...}, or {"error": one line} with 400 (the request), 408
+(sent too slowly), 413 (too big), 503 (busy: Retry-After says when to try again) or 502 (the server).
+
+The standard library's threading HTTP server is enough for one person's page, and keeps the extra light; what a
+careless or hostile client could make of it is bounded: a thread per connection up to --max-connections; at most
+--max-requests requests decode uploads and call the server at once (an upload is decoded no bigger than the model
+needs); each request must arrive whole within --request-timeout-s; and the page runs only its own script and style
+(Content-Security-Policy by their hashes) in no other site's frame.
 """
 
 from __future__ import annotations
@@ -18,12 +24,20 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
+import hashlib
 import io
 import json
 import math
+import re
+import reprlib
 import signal
+import socket
 import sys
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -38,6 +52,7 @@ from vaeserve.ports import port_error
 from ..api import VaeClient, rpc_error_message
 from ..images import describe_input, fit, light_on_dark, load_image
 from ..pictures import write_grid
+from .cli import MAX_CONNECTIONS, MAX_REQUESTS, REQUEST_TIMEOUT_S
 
 MAX_BODY = 16 << 20  # bytes of one request: an uploaded photo, base64-encoded
 MAX_SAMPLES = 256
@@ -52,9 +67,25 @@ SEED_MAX = 2**64 - 1
 class BadRequest(VaeserveError):
     """A request the page (or someone else) sent that cannot be served; the message names the field."""
 
+    status = HTTPStatus.BAD_REQUEST
+
 
 class TooLarge(BadRequest):
     """A request body over MAX_BODY."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class TooSlow(BadRequest):
+    """A request body not received within --request-timeout-s."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+
+
+class Busy(BadRequest):
+    """No turn to compute in (--max-requests) came within --request-timeout-s: the client should try again."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 def number(body: dict, name: str, kind: type, low: float, high: float, field: str = "") -> Any:
@@ -69,15 +100,20 @@ def number(body: dict, name: str, kind: type, low: float, high: float, field: st
     if not valid:
         bounds = f"[{low}, {high}]" if kind is int else f"[{low:g}, {high:g}]"
         raise BadRequest(f"{field or name}: expected {'an integer' if kind is int else 'a number'} in {bounds}, "
-                         f"got {value!r}")  # fmt: skip
+                         f"got {shown(value)}")  # fmt: skip
     return kind(value)
 
 
 def switch(body: dict, name: str) -> bool:
     value = body.get(name, False)
     if not isinstance(value, bool):
-        raise BadRequest(f"{name}: expected true or false, got {value!r}")
+        raise BadRequest(f"{name}: expected true or false, got {shown(value)}")
     return value
+
+
+def shown(value: object) -> str:
+    """A refused value as the error line shows it: a megabyte string or a deep nest in a few dozen characters."""
+    return reprlib.repr(value)
 
 
 @dataclass
@@ -91,6 +127,9 @@ class Explorer:
     digits_note: str  # how the bundled 8x8 grey digits were converted for this model ("" when they fit)
     scale: int  # PNG pixels per image pixel
     reference: np.ndarray | None = None  # -log p(x) of the bundled digits, scored on first use
+    # One upload decoded at a time: decoding is what costs memory (a 4096x4096 RGBA file is 64 MB in Pillow, twice
+    # while its alpha is premultiplied), and it is CPU-bound, so decoding several at once would only add that up.
+    decoding: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def connect(cls, client: VaeClient, scale: int) -> Explorer:
@@ -170,7 +209,7 @@ class Explorer:
         """One image [C, H, W] from a SOURCE field: a bundled digit or an upload."""
         source = body.get(name)
         if not isinstance(source, dict) or ("digit" in source) == ("upload" in source):
-            raise BadRequest(f'{name}: expected {{"digit": INDEX}} or {{"upload": DATA_URL}}, got {source!r}')
+            raise BadRequest(f'{name}: expected {{"digit": INDEX}} or {{"upload": DATA_URL}}, got {shown(source)}')
         if "upload" in source:
             return self.upload(source)[0]
         return self.digits[number(source, "digit", int, 0, len(self.digits) - 1, f"{name}.digit")]
@@ -185,7 +224,9 @@ class Explorer:
         except (binascii.Error, ValueError) as exc:
             raise BadRequest(f"upload: not base64 ({exc})") from exc
         invert = switch(source, "invert")
-        image, note = fit(load_image(data, "upload"), self.image_shape, "upload", invert=invert,
+        with self.decoding:
+            decoded, size = load_image(data, "upload", self.image_shape)
+        image, note = fit(decoded, self.image_shape, "upload", size=size, invert=invert,
                           hint_invert=light_on_dark(self.info.metadata))  # fmt: skip
         return image[0], note
 
@@ -199,15 +240,70 @@ ROUTES = {
 }
 
 
+PAGE = resources.files(__package__).joinpath("page.html").read_bytes()
+
+
+def content_security_policy(page: bytes) -> str:
+    """Only the page's own inline script and style run (named by their hashes, so an injected one would not), it
+    fetches only from this server and shows only its own or data-URL images, and no other site may frame it."""
+
+    def hashes(tag: bytes) -> str:
+        found = re.findall(rb"<%b>(.*?)</%b>" % (tag, tag), page, re.DOTALL)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(text).digest()).decode()}'" for text in found)
+
+    return (f"default-src 'none'; script-src {hashes(b'script')}; style-src {hashes(b'style')}; img-src 'self' "
+            "data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")  # fmt: skip
+
+
+CSP = content_security_policy(PAGE)
+
+
+class DeadlineReader(io.RawIOBase):
+    """A connection's bytes, every read bounded by one deadline (`restart`): a client that sends a byte now and
+    then, or half a body, is cut off when the whole has taken too long, not only when a single read stalls.
+    `received`: bytes since the restart (none: the connection was only idle)."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        super().__init__()
+        self.connection, self.deadline, self.received = connection, math.inf, 0
+
+    def restart(self, seconds: float) -> None:
+        self.deadline, self.received = time.monotonic() + seconds, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self.connection.settimeout(left)
+        count = self.connection.recv_into(buffer)
+        self.received += count
+        return count
+
+
 class Handler(BaseHTTPRequestHandler):
-    """One request; `server.explorer` answers it."""
+    """One connection's requests; `server.explorer` answers them."""
 
     server: ExplorerServer
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the plain reader's hold on the socket, which would keep it open after close()
+        self.reader = DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self) -> None:
+        # The request line and headers within --request-timeout-s, the wait for them on a kept-alive connection
+        # included: an idle or trickling connection ends instead of holding its thread.
+        self.reader.restart(self.server.request_timeout_s)
+        super().handle_one_request()
+
     def do_GET(self) -> None:
         if self.path == "/":
-            self.send(HTTPStatus.OK, resources.files(__package__).joinpath("page.html").read_bytes(), "text/html")
+            self.send(HTTPStatus.OK, PAGE, "text/html")
         elif self.path == "/api/model":
             self.answer(lambda: self.server.explorer.model())
         else:
@@ -218,34 +314,46 @@ class Handler(BaseHTTPRequestHandler):
         if route is None:
             self.send_json(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: no such call"})
             return
-        self.answer(lambda: route(self.server.explorer, self.body()))
+        # The body is read in the turn: bodies waiting for one would be --max-connections x MAX_BODY of memory.
+        self.answer(lambda: route(self.server.explorer, self.body()), turn=True)
 
     def body(self) -> dict:
         # JSON only: a page on another site cannot send it without a CORS preflight, which is never allowed.
         if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
             raise BadRequest("expected Content-Type: application/json")
         length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
-            raise BadRequest(f"Content-Length: expected a number of bytes, got {length!r}")
-        if int(length) > MAX_BODY:
-            raise TooLarge(f"request of {length} bytes; at most {MAX_BODY} (an image of a few MB)")
+        if not (length.isascii() and length.isdigit()):  # isdigit alone takes "²", which int() refuses
+            raise BadRequest(f"Content-Length: expected a number of bytes, got {shown(length)}")
+        if len(length) > len(str(MAX_BODY)) or int(length) > MAX_BODY:  # int() of thousands of digits raises
+            raise TooLarge(f"request of {shown(length)[1:-1]} bytes; at most {MAX_BODY} (an image of a few MB)")
+        timeout = self.server.request_timeout_s
+        self.reader.restart(timeout)  # the body's own time: waiting for a turn was not the client's delay
         try:
-            body = json.loads(self.rfile.read(int(length)))
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = self.rfile.read(int(length))
+        except TimeoutError:
+            raise TooSlow(
+                f"request body: {length} bytes not received within {timeout:g} s (--request-timeout-s)"
+            ) from None
+        try:
+            body = json.loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested thousands deep
             raise BadRequest(f"not JSON ({exc})") from exc
         if not isinstance(body, dict):
             raise BadRequest(f"expected a JSON object, got {type(body).__name__}")
         return body
 
-    def answer(self, call: Any) -> None:
+    def answer(self, call: Callable[[], dict], turn: bool = False) -> None:
+        """call()'s answer as JSON, or its error; turn: call it in one of the server's --max-requests turns."""
         if not self.server.trusted_host(self.headers.get("Host", "")):
             self.send_json(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
             return
         try:
-            self.send_json(HTTPStatus.OK, call())
+            with self.server.turn() if turn else contextlib.nullcontext():
+                payload = call()
+            self.send_json(HTTPStatus.OK, payload)
             return
-        except TooLarge as exc:
-            status, error = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc)
+        except BadRequest as exc:
+            status, error = exc.status, str(exc)
         except VaeserveError as exc:
             status, error = HTTPStatus.BAD_REQUEST, str(exc)
         except grpc.RpcError as exc:
@@ -257,26 +365,59 @@ class Handler(BaseHTTPRequestHandler):
         self.send(status, json.dumps(payload).encode(), "application/json")
 
     def send(self, status: HTTPStatus, data: bytes, kind: str) -> None:
+        self.connection.settimeout(self.server.request_timeout_s)  # a client that never reads its answer ends too
         self.send_response(status)
         self.send_header("Content-Type", f"{kind}; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Frame-Options", "DENY")  # frame-ancestors for browsers that predate it
+        if status == HTTPStatus.SERVICE_UNAVAILABLE:
+            self.send_header("Retry-After", "1")
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":  # an answer to HEAD has headers only (http.server refuses HEAD: 501)
+            self.wfile.write(data)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line, too many headers, an unknown method) in JSON with
+        the same headers as every other answer, instead of its HTML."""
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        self.send_json(HTTPStatus(code), {"error": message or HTTPStatus(code).phrase})
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Only failures are worth a line."""
         if int(code) >= 400:
-            sys.stderr.write(f"explore: {self.command} {self.path}: {int(code)}\n")
+            sys.stderr.write(f"explore: {self.command or '-'} {shown(getattr(self, 'path', '-'))}: {int(code)}\n")
+
+    def log_error(self, format: str, *args: Any) -> None:
+        """A kept-alive connection closed after idling is routine; a request cut off part-way is worth a line."""
+        if self.reader.received:
+            sys.stderr.write(f"explore: {format % args}\n")
 
 
 class ExplorerServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], explorer: Explorer) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        explorer: Explorer,
+        max_requests: int = MAX_REQUESTS,
+        max_connections: int = MAX_CONNECTIONS,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
         super().__init__(address, Handler)
         self.explorer = explorer
+        self.max_requests, self.max_connections = max_requests, max_connections
+        self.request_timeout_s = request_timeout_s
+        self.turns = threading.BoundedSemaphore(max_requests)
+        self.connections = threading.BoundedSemaphore(max_connections)
+        error = json.dumps({"error": f"busy: {max_connections} connections open (--max-connections); try again"})
+        self.refusal = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+                        f"Content-Length: {len(error)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+                        f"{error}").encode()  # fmt: skip
 
     @property
     def url(self) -> str:
@@ -290,6 +431,42 @@ class ExplorerServer(ThreadingHTTPServer):
             return True
         return host.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "localhost", "::1", self.server_address[0])
 
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """One of --max-requests places to decode an upload and call the server in (what costs memory): a request
+        waits up to --request-timeout-s for one, then is refused with 503."""
+        if not self.turns.acquire(timeout=self.request_timeout_s):
+            raise Busy(f"busy: {self.max_requests} requests being answered (--max-requests) and none finished within "
+                       f"{self.request_timeout_s:g} s; try again")  # fmt: skip
+        try:
+            yield
+        finally:
+            self.turns.release()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """A thread per connection, up to --max-connections; past that a connection is answered 503 at once, from
+        this (the accepting) thread without blocking, and closed: a flood of sockets cannot start unbounded threads."""
+        if self.connections.acquire(blocking=False):
+            return True
+        sys.stderr.write(f"explore: {self.max_connections} connections open (--max-connections): refused one\n")
+        request.setblocking(False)
+        with contextlib.suppress(OSError):
+            request.send(self.refusal)
+        return False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its place is free again
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
 
 def run(args: argparse.Namespace) -> int:
     from vaeserve.client.cli import connect
@@ -300,7 +477,8 @@ def run(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:
         raise VaeserveError(rpc_error_message(args.target, exc)) from None
     try:
-        server = ExplorerServer((args.host, args.port), explorer)
+        server = ExplorerServer((args.host, args.port), explorer, args.max_requests, args.max_connections,
+                                args.request_timeout_s)  # fmt: skip
     except OSError as exc:
         raise port_error("--port", args.host, args.port, exc) from exc
 

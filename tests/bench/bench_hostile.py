@@ -8,15 +8,22 @@
 5. Cancel storm: statuses of normal calls beside clients cancelling mid-batch and 1 ms deadlines.
 6. Overload: open-loop arrivals at 3x the measured capacity for 30 s (a compute-bound call), and 1,300
    closed-loop clients of Encode(1) with exponential backoff (more than one event loop can pick up).
-`--baseline PYTHON` runs sections 1-5 also against another vaeserve (e.g. an older checkout's venv), its defaults.
+7. Explorer uploads: peak RSS of `vaeserve explore` while 4 clients upload a 4096x4096 RGBA PNG at once.
+`--baseline PYTHON` runs sections 1-5 and 7 also against another vaeserve (e.g. an older checkout's venv), its
+defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
+import concurrent.futures
 import contextlib
+import http.client
+import io
+import json
 import math
 import multiprocessing
 import random
@@ -30,7 +37,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import METHOD, ServerProcess, cancel_storm, free_port, vaeserve_ready
+from tests.harness import METHOD, ServerProcess, cancel_storm, explorer_ready, free_port, vaeserve_ready
 from vaeserve.client.api import to_tensor
 from vaeserve.protos.inference import grpc_service_pb2 as oip_pb2
 from vaeserve.protos.vae.v1 import vae_pb2
@@ -374,6 +381,47 @@ def overload(repo_conv: Path, repo_mlp: Path, work: Path, seconds: float) -> dic
     return out
 
 
+UPLOADS = 4
+
+
+def big_drawing() -> bytes:
+    """A 4096x4096 RGBA PNG of one ring on transparency: 90 KB of file, 64 MB of pixels."""
+    from PIL import Image, ImageDraw
+
+    sheet = Image.new("RGBA", (4096, 4096), (0, 0, 0, 0))
+    ImageDraw.Draw(sheet).ellipse((1000, 600, 3000, 3500), outline=(0, 0, 0, 255), width=300)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def convert(port: int, body: bytes) -> str:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    try:
+        connection.request("POST", "/api/convert", body, {"Content-Type": "application/json"})
+        return str(connection.getresponse().status)
+    except OSError as exc:  # the explorer died or dropped the connection
+        return type(exc).__name__
+    finally:
+        connection.close()
+
+
+def explorer_uploads(python: str, repo: Path, work: Path) -> dict:
+    """Peak RSS of `python`'s own `vaeserve explore` (its defaults) while UPLOADS clients each convert a 4096x4096
+    RGBA PNG at once, and the statuses they got."""
+    data = big_drawing()
+    body = json.dumps({"upload": "data:image/png;base64," + base64.b64encode(data).decode()}).encode()
+    with server(python, repo, work / "explore-serve.log") as s:
+        port = free_port()
+        argv = [str(Path(python).parent / "vaeserve"), "explore", "--target", s.target, "--port", str(port)]
+        with ServerProcess(argv, work / "explore.log", port, explorer_ready, name="explore") as explorer:
+            idle = peak_rss_mb(explorer)
+            with concurrent.futures.ThreadPoolExecutor(UPLOADS) as pool:
+                statuses = collections.Counter(pool.map(lambda _: convert(port, body), range(UPLOADS)))
+            return {"file_kb": len(data) / 1024, "statuses": dict(statuses), "rss_idle_mb": idle,
+                    "rss_peak_mb": peak_rss_mb(explorer)}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", default=None, help="python of another vaeserve to measure too (default: none)")
@@ -394,13 +442,15 @@ def main(argv: list[str] | None = None) -> int:
             "malformed": malformed(python, repo, work),
             "sigterm": sigterm(python, repo, work, args.sigterm_runs),
             "cancel storm": storm(python, repo, work),
+            "explorer uploads": explorer_uploads(python, repo, work),
         }
         print(name, results[name], flush=True)
     load = overload(repo_conv, repo_mlp, WORK, args.overload_s)
     print(load, flush=True)
     rows = []
     for name, r in results.items():
-        m, b, g, t, c = (r[k] for k in ("memory", "shape bomb", "malformed", "sigterm", "cancel storm"))
+        m, b, g, t, c, e = (r[k] for k in ("memory", "shape bomb", "malformed", "sigterm", "cancel storm",
+                                           "explorer uploads"))  # fmt: skip
         rows += [
             [name, "message limit", f"{m['limit_mib']:.2f} MiB"],
             [name, "peak RSS: 8 maximal refused requests", f"{m['rss_refused_mb']:.0f} MB ({m['refused']})"],
@@ -412,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
             [name, f"SIGTERM with {SIGTERM_CLIENTS} clients, {t['runs']} runs",
              f"{t['statuses']}; exit within {t['exit_s_max']:.1f} s"],
             [name, "cancel/deadline storm: normal calls", f"{c['normal']}; counted UNKNOWN {c['counted_unknown']:.0f}"],
+            [name, f"explorer peak RSS: {UPLOADS} concurrent uploads of a 4096x4096 RGBA PNG ({e['file_kb']:.0f} KB)",
+             f"{e['rss_peak_mb']:.0f} MB (idle {e['rss_idle_mb']:.0f} MB; statuses {e['statuses']})"],
         ]  # fmt: skip
     o, w = load["open"], load["crowd"]
     body = "\n\n".join([

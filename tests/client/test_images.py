@@ -190,3 +190,37 @@ def png_header(width: int, height: int) -> bytes:
         + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
         + chunk(b"IDAT", b"")
     )
+
+
+def test_a_big_file_is_decoded_no_bigger_than_the_model_needs_and_converts_the_same(tmp_path: Path) -> None:
+    """A 4096x4096 RGBA drawing (a 90 KB PNG that decodes to 64 MB) reaches the float32 conversion as 64x64 for
+    an 8x8 model, and a 12-megapixel JPEG photo as a fraction of itself: same pixels, same note."""
+    from vaeserve.client.images import MARGIN, load_image
+
+    sheet = Image.new("RGBA", (4096, 4096), (0, 0, 0, 0))
+    ImageDraw.Draw(sheet).ellipse((1000, 600, 3000, 3500), outline=(0, 0, 0, 255), width=300)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8))
+    for path, shape in ((save(tmp_path, "big.png", sheet), GREY_8), (save(tmp_path, "photo.jpg", photo), (1, 28, 28))):
+        decoded, size = load_image(path.read_bytes(), str(path), shape)
+        assert size == Image.open(path).size and decoded.shape[2] * decoded.shape[3] <= (2 * MARGIN) ** 2 * 28 * 28
+        whole, _ = load_image(path.read_bytes(), str(path))  # every pixel decoded, as before the bound
+        images, notes = read_images([path], shape)
+        np.testing.assert_allclose(images[0], fit(whole, shape, str(path))[0][0], atol=1 / 255)
+        assert f"resized {size[0]}x{size[1]} -> {shape[2]}x{shape[1]} (aspect ratio kept" in notes[0]
+    assert load_image(save(tmp_path, "big.png", sheet).read_bytes(), "big", GREY_8)[0].shape == (1, 4, 64, 64)
+
+
+def test_only_png_jpeg_webp_gif_and_bmp_reach_a_decoder(tmp_path: Path) -> None:
+    for kind in ("PNG", "JPEG", "WEBP", "GIF", "BMP"):
+        path = tmp_path / f"ok.{kind.lower()}"
+        Image.new("RGB", (8, 8), (255, 255, 255)).save(path, format=kind)
+        assert read_images([path], GREY_8, hint_invert=False)[0].shape == (1, 1, 8, 8), kind
+    # An EPS file would run Ghostscript; TIFF and the other formats Pillow knows are parsers nobody needs here.
+    (tmp_path / "page.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "scan.tiff")
+    for name in ("page.eps", "scan.tiff"):
+        with pytest.raises(ImageError) as refused:
+            read_images([tmp_path / name], GREY_8)
+        assert str(refused.value) == (
+            f"{tmp_path / name}: cannot read as an image (not a PNG, JPEG, WEBP, GIF or BMP file)"
+        )

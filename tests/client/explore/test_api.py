@@ -4,19 +4,23 @@ bounds against hostile values (each refusal one line naming the field)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import io
 import json
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.harness import ServerProcess, free_port
+from tests.harness import ServerProcess, explorer_ready, free_port, wait_until
 from vaeserve.client.api import VaeClient
 from vaeserve.client.explore.app import MAX_BODY, Explorer, ExplorerServer
 
@@ -112,6 +116,12 @@ def test_an_upload_is_converted_and_said(explorer: ExplorerServer) -> None:
     ends = {"a": {"upload": png_url(sheet), "invert": True}, "b": {"digit": 2}, "steps": 2}
     assert request(explorer, "/api/interpolate", ends)[0] == 200
     assert "hint: mostly light" in request(explorer, "/api/convert", {"upload": png_url(sheet)})[1]["note"]
+    # A 4096x4096 drawing, decoded no bigger than the 8x8 model needs (tests/server/test_images.py): the note
+    # names the file's own size.
+    sheet = Image.new("RGBA", (4096, 4096), (0, 0, 0, 0))
+    sheet.paste((0, 0, 0, 255), (1900, 500, 2200, 3600))
+    status, answer = request(explorer, "/api/convert", {"upload": png_url(sheet), "invert": True})
+    assert status == 200 and "inverted, RGB -> grey, resized 4096x4096 -> 8x8 (aspect" in answer["note"]
 
 
 GOOD = {"seed": 1, "temperature": 1.0, "n": 4}
@@ -132,6 +142,7 @@ HOSTILE_SAMPLES = [
     ({**GOOD, "temperature": "hot"}, "temperature: expected a number in [0.01, 10], got 'hot'"),
 ]
 ENDS = {"a": {"digit": 0}, "b": {"digit": 1}, "steps": 4}
+MEGABYTE = "'xxxxxxxxxxxx...xxxxxxxxxxxxx'"  # how an error line shows a string of a million x
 HOSTILE_PATHS = [
     ("/api/interpolate", {**ENDS, "steps": 1}, "steps: expected an integer in [2, 32], got 1"),
     ("/api/interpolate", {**ENDS, "steps": 33}, "steps: expected an integer in [2, 32], got 33"),
@@ -153,6 +164,16 @@ HOSTILE_PATHS = [
     ("/api/traverse", {"image": {"digit": 0}, "span": 3, "steps": 16}, "steps: expected an integer in [2, 15], got 16"),
     ("/api/traverse", {"span": 3, "steps": 5}, "image: expected"),
     ("/api/convert", {"upload": 5}, "upload: expected a data URL"),
+    # Formats outside PNG, JPEG, WebP, GIF and BMP never reach a decoder (EPS would run Ghostscript).
+    ("/api/convert", {"upload": "data:image/eps;base64," + base64.b64encode(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: "
+     b"0 0 8 8\nshowpage\n").decode()}, "upload: cannot read as an image (not a PNG, JPEG, WEBP, GIF or BMP file)"),
+    ("/api/convert", {"upload": "data:image/tiff;base64,SUkqAAgAAAA="},
+     "upload: cannot read as an image (not a PNG, JPEG, WEBP, GIF or BMP file)"),
+    # A refused value is shown in a few dozen characters, however big it is.
+    ("/api/sample", {**GOOD, "n": "x" * 1_000_000},
+     f"n: expected an integer in [1, 256], got {MEGABYTE}"),
+    ("/api/traverse", {"image": {"upload": "x" * 1_000_000, "digit": 1}, "span": 3, "steps": 5},
+     f"""image: expected {{"digit": INDEX}} or {{"upload": DATA_URL}}, got {{'digit': 1, 'upload': {MEGABYTE}}}"""),
 ]  # fmt: skip
 
 
@@ -167,7 +188,7 @@ def test_interpolation_traversal_and_upload_fields_are_bounded(
     explorer: ExplorerServer, path: str, body: dict, error: str
 ) -> None:
     status, answer = request(explorer, path, body)
-    assert status == 400 and answer["error"].startswith(error), answer
+    assert status == 400 and answer["error"].startswith(error) and len(answer["error"]) < 200, answer
 
 
 def test_bad_requests_are_refused_whole(explorer: ExplorerServer) -> None:
@@ -181,6 +202,14 @@ def test_bad_requests_are_refused_whole(explorer: ExplorerServer) -> None:
          f"request of {MAX_BODY + 1} bytes; at most {MAX_BODY}"),
         (request(explorer, "/api/sample", raw=b"{}", headers={"Content-Length": "-5"}), 400,
          "Content-Length: expected a number of bytes, got '-5'"),
+        # A digit Python's isdigit takes but int() refuses, and more digits than int() parses: each one JSON line.
+        (request(explorer, "/api/sample", raw=b"{}", headers={"Content-Length": "\u00b2"}), 400,
+         "Content-Length: expected a number of bytes, got '\u00b2'"),
+        (request(explorer, "/api/sample", raw=b"{}", headers={"Content-Length": "9" * 5000}), 413,
+         f"request of 999999999999...9999999999999 bytes; at most {MAX_BODY}"),
+        # 100,000 nested arrays: deeper than the JSON parser recurses.
+        (request(explorer, "/api/sample", raw=b"[" * 100_000 + b"]" * 100_000), 400,
+         "not JSON (maximum recursion depth exceeded"),
         (request(explorer, "/api/nothing", GOOD), 404, "/api/nothing: no such call"),
         (request(explorer, "/etc/passwd"), 404, "/etc/passwd: no such page"),
         (request(explorer, "/api/model", headers={"Host": "attacker.example:8080"}), 403, "unexpected Host header"),
@@ -253,3 +282,167 @@ def test_explore_command_errors_are_one_line(server: ServerProcess, tmp_path: Pa
         assert result.returncode == 2 and f"argument --port: expected an integer in [0, 65535], got {value!r}" in (
             result.stderr
         )
+
+
+def test_the_page_runs_only_its_own_script_and_style_and_in_no_frame(explorer: ExplorerServer) -> None:
+    """Content-Security-Policy names the page's inline script and style by their hashes (the page test shows the
+    page still works under it in Chromium), allows fetches and images only from here (and data URLs), and no
+    framing; every answer carries it."""
+    connection = http.client.HTTPConnection("127.0.0.1", explorer.server_port, timeout=60)
+    connection.request("GET", "/")
+    response = connection.getresponse()
+    page = response.read()
+    script = page.split(b"<script>")[1].split(b"</script>")[0]
+    digest = base64.b64encode(hashlib.sha256(script).digest()).decode()
+    policy = dict(part.strip().split(" ", 1) for part in response.getheader("Content-Security-Policy").split(";"))
+    assert policy == {"default-src": "'none'", "script-src": f"'sha256-{digest}'", "style-src": policy["style-src"],
+                      "img-src": "'self' data:", "connect-src": "'self'", "base-uri": "'none'",
+                      "form-action": "'none'", "frame-ancestors": "'none'"}  # fmt: skip
+    assert policy["style-src"].startswith("'sha256-") and page.count(b"<script") == page.count(b"<style") == 1
+    for answer in (response, connection.request("GET", "/api/nothing") or connection.getresponse()):
+        assert answer.getheader("X-Frame-Options") == "DENY" and answer.getheader("X-Content-Type-Options") == "nosniff"
+        assert answer.getheader("Content-Security-Policy") == response.getheader("Content-Security-Policy")
+    connection.close()
+
+
+def test_malformed_http_is_answered_in_json_too(explorer: ExplorerServer) -> None:
+    """http.server's own refusals (an unknown method, too many headers, a request line too long, a broken one)
+    come as JSON with the usual headers, and never take the handler down."""
+    cases = [
+        (b"HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"HTTP/1.1 501 ", None),
+        (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", b"HTTP/1.1 431 ", {"error": "Too many headers"}),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", b"HTTP/1.1 414 ", {"error": "Request-URI Too Long"}),
+    ]  # fmt: skip
+    for sent, status, error in cases:
+        with socket.create_connection(("127.0.0.1", explorer.server_port), timeout=30) as sock:
+            sock.sendall(sent)
+            head, _, body = raw_response(sock).partition(b"\r\n\r\n")
+        assert head.startswith(status) and b"\r\nContent-Type: application/json; charset=utf-8\r\n" in head, head
+        assert b"\r\nContent-Security-Policy: default-src 'none';" in head
+        assert (json.loads(body) if error else body) == (error or b""), body  # HEAD: headers only
+    # A request line that is not HTTP/1.x is answered as HTTP/0.9 (the body alone), as http.server does.
+    with socket.create_connection(("127.0.0.1", explorer.server_port), timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.1 extra\r\n\r\n")
+        assert json.loads(raw_response(sock)) == {"error": "Bad request version ('extra')"}
+    assert request(explorer, "/api/model")[0] == 200
+
+
+def raw_response(sock: socket.socket) -> bytes:
+    """Everything the explorer sends on `sock` until it closes it (a bounded wait: the socket's own timeout)."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def trickled_until_closed(sock: socket.socket, attempts: int) -> bool:
+    """Sends a byte, then another each time the explorer has been quiet for the socket's timeout; whether it
+    closed the connection within `attempts` bytes."""
+    for _ in range(attempts):
+        try:
+            sock.sendall(b"G")
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:  # quiet: one more byte
+            continue
+        except ConnectionError:  # closed while a byte was on its way: a reset instead of an orderly end
+            return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def strict(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A `vaeserve explore` process (the real command and its flags) that gives each request 1 s to arrive."""
+    port = free_port()
+    argv = [sys.executable, "-m", "vaeserve.cli", "explore", "--target", server.target, "--port", str(port),
+            "--request-timeout-s", "1"]  # fmt: skip
+    with ServerProcess(
+        argv, tmp_path_factory.mktemp("strict") / "explore.log", port, explorer_ready, name="explore"
+    ) as p:
+        yield p
+
+
+def test_a_slow_or_silent_client_is_cut_off_while_others_are_answered(strict: ServerProcess) -> None:
+    explorer = SimpleNamespace(server_port=strict.port)
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=30) as half:
+        # Headers and half the body, then nothing: the request is answered 408 after the timeout and closed...
+        half.sendall(b"POST /api/sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n" + b" " * 500)  # fmt: skip
+        # ... while another client is answered meanwhile.
+        assert request(explorer, "/api/sample", GOOD)[0] == 200
+        head, _, body = raw_response(half).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and json.loads(body) == {
+        "error": "request body: 1000 bytes not received within 1 s (--request-timeout-s)"
+    }
+    # A client that connects and says nothing is disconnected.
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=30) as silent:
+        assert raw_response(silent) == b""
+    # One that trickles its request line a byte whenever the server has been quiet for 0.2 s (each read is quick,
+    # the whole is not) is disconnected too: the deadline is per request, not per read.
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=0.2) as trickle:
+        assert trickled_until_closed(trickle, attempts=200), "a client trickling its request line stayed connected"
+    assert request(explorer, "/api/sample", GOOD)[0] == 200
+    assert "Request timed out" in strict.output()
+
+
+def test_connections_past_the_bound_are_refused_at_once(explorer: ExplorerServer) -> None:
+    with ExplorerServer(("127.0.0.1", 0), explorer.explorer, max_connections=2) as bounded:
+        thread = threading.Thread(target=bounded.serve_forever, daemon=True)
+        thread.start()
+        first = socket.create_connection(("127.0.0.1", bounded.server_port), timeout=30)
+        with socket.create_connection(("127.0.0.1", bounded.server_port), timeout=30):
+            # Connections are accepted in order: the third finds both places taken and is answered without a thread.
+            with socket.create_connection(("127.0.0.1", bounded.server_port), timeout=30) as third:
+                head, _, body = raw_response(third).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in head
+            assert json.loads(body) == {"error": "busy: 2 connections open (--max-connections); try again"}
+            first.close()
+            wait_until(lambda: answered(bounded), "a request once a connection closed")
+        bounded.shutdown()
+        thread.join()
+
+
+def answered(http: ExplorerServer) -> bool:
+    try:
+        return request(http, "/api/sample", GOOD)[0] == 200
+    except ConnectionError:  # refused while the closed connection's thread is still ending
+        return False
+
+
+def test_requests_past_the_bound_wait_their_turn_then_get_503(explorer: ExplorerServer) -> None:
+    """With --max-requests 1, a request whose server call hangs (a gRPC server that accepts and never answers)
+    holds the only turn: the next waits --request-timeout-s for it, then is answered 503 with Retry-After."""
+    with socket.create_server(("127.0.0.1", 0)) as silent, VaeClient(f"127.0.0.1:{silent.getsockname()[1]}",
+                                                                       timeout=60) as hanging:  # fmt: skip
+        silent.settimeout(30)
+        with ExplorerServer(("127.0.0.1", 0), Explorer(hanging, *_the_rest(explorer.explorer)), max_requests=1,
+                            request_timeout_s=1) as bounded:  # fmt: skip
+            thread = threading.Thread(target=bounded.serve_forever, daemon=True)
+            thread.start()
+            held: list = []
+            holder = threading.Thread(target=lambda: held.append(request(bounded, "/api/sample", GOOD)))
+            holder.start()
+            connection, _ = silent.accept()  # the holder is in its server call, in the only turn
+            connection.settimeout(30)
+            status, answer = request(bounded, "/api/sample", GOOD)
+            assert (status, answer) == (503, {"error": "busy: 1 requests being answered (--max-requests) and none "
+                                                       "finished within 1 s; try again"})  # fmt: skip
+            connection.close()  # the server goes: the holder's call fails, its turn is free again
+            silent.close()
+            holder.join(60)
+            assert held and held[0][0] == 502
+            assert request(bounded, "/api/sample", GOOD)[0] == 502  # served in the turn, not refused for want of one
+            bounded.shutdown()
+            thread.join()
+
+
+@pytest.mark.parametrize(
+    ("flag", "bounds"),
+    [("--max-requests", "an integer in [1, 64]"), ("--max-connections", "an integer in [1, 1024]"),
+     ("--request-timeout-s", "a number in [0.1, 3600]")],
+)  # fmt: skip
+def test_explore_limits_are_bounded(flag: str, bounds: str) -> None:
+    for value in ("0", "-1", "nan", "inf", "1e9", "", "many", "9" * 5000):
+        argv = [sys.executable, "-m", "vaeserve.cli", "explore", "--target", "127.0.0.1:1", flag, value]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and f"argument {flag}: expected {bounds}, got {value!r}" in result.stderr, value

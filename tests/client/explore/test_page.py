@@ -9,7 +9,6 @@ import base64
 import json
 import shutil
 import sys
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.harness import ServerProcess, free_port
+from tests.harness import ServerProcess, explorer_ready, free_port
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -36,21 +35,13 @@ def api(url: str, path: str, body: dict) -> str:
         return json.loads(response.read())["image"]
 
 
-def page_ready(process: ServerProcess) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{process.target}/api/model", timeout=5) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def page(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a `vaeserve explore` process (the real command) for `server`."""
     port = free_port()
     argv = [sys.executable, "-m", "vaeserve.cli", "explore", "--target", server.target, "--port", str(port)]
     log = tmp_path_factory.mktemp("explore") / "explore.log"
-    explorer = ServerProcess(argv, log, port, page_ready, name="vaeserve explore")
+    explorer = ServerProcess(argv, log, port, explorer_ready, name="vaeserve explore")
     with explorer:
         yield f"http://127.0.0.1:{port}/"
     assert explorer.returncode == 0, explorer.output()
