@@ -168,6 +168,6 @@ def test_backoff_grows_to_its_cap_with_jitter() -> None:
     ],
 )
 def test_hostile_bulk_arguments_are_refused_by_name(argument: dict) -> None:
-    with VaeClient("127.0.0.1:1") as c:  # refused before any call
-        with pytest.raises(VaeserveError, match=next(iter(argument))):
-            c.encode_many([], **argument)
+    # Refused before any call (none would be answered there).
+    with VaeClient("127.0.0.1:1") as c, pytest.raises(VaeserveError, match=next(iter(argument))):
+        c.encode_many([], **argument)
