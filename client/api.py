@@ -11,7 +11,8 @@ Errors come back as `grpc.RpcError` (code() and details() name the status and th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ import numpy as np
 
 from vaeserve.errors import VaeserveError
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
+
+from . import bulk as engine
+from .bulk import chunk_seed
 
 MB = 1 << 20
 MAX_UINT32 = (1 << 32) - 1
@@ -98,6 +102,17 @@ def _info() -> Call:
     return "GetModelInfo", vae_pb2.GetModelInfoRequest(), lambda r: r
 
 
+def _reconstruction(
+    run: Callable[[Call], Any], images: np.ndarray, seed: int | None, mean: bool, uint8: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reconstruct through `run` (one call, or with `mean` an Encode then a Decode of the means)."""
+    call = _reconstruct(images, seed, mean, uint8)  # refuses a seed with mean
+    if mean:
+        means = run(_encode(images, None))[0]
+        return run(_decode(means, uint8)), means
+    return run(call)
+
+
 def channel_arguments(
     max_message_mb: int,
     tls_ca: str | Path | None,
@@ -106,9 +121,15 @@ def channel_arguments(
     options: Sequence[tuple[str, Any]],
 ) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
     """(TLS credentials or None for plaintext, channel options) from the clients' arguments."""
+    given = {name for name, _ in options}
+    # gRPC's reconnect backoff grows to 120 s: a client would find a restarted server long after bulk work's own
+    # retries (which back off to engine.BACKOFF_CAP_S) gave up.
+    reconnect = [("grpc.max_reconnect_backoff_ms", int(engine.BACKOFF_CAP_S * 1000))]
+    reconnect = [] if reconnect[0][0] in given else reconnect
     options = [
         ("grpc.max_receive_message_length", max_message_mb * MB),
         ("grpc.max_send_message_length", max_message_mb * MB),
+        *reconnect,
         *options,
     ]
     if bool(tls_cert) != bool(tls_key):
@@ -142,6 +163,7 @@ class _Channel:
     ) -> None:
         self.target = target
         self.timeout = timeout
+        self.max_message_bytes = max_message_mb * MB
         credentials, options = channel_arguments(max_message_mb, tls_ca, tls_cert, tls_key, options)
         if credentials is None:
             self.channel = self._channels.insecure_channel(target, options=options)
@@ -169,9 +191,11 @@ class VaeClient(_Channel):
     def close(self) -> None:
         self.channel.close()
 
-    def _run(self, call: Call) -> Any:
+    def _run(self, call: Call, timeout: float | None = None) -> Any:
+        """One call; `timeout` (seconds) replaces the client's own for it (bulk work cuts it to its deadline)."""
         method, request, read = call
-        return read(getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata))
+        timeout = self.timeout if timeout is None else timeout
+        return read(getattr(self.stub, method)(request, timeout=timeout, metadata=self.metadata))
 
     def sample(
         self, n: int, seed: int | None = None, temperature: float = 1.0, uint8: bool = False
@@ -195,11 +219,7 @@ class VaeClient(_Channel):
     ) -> tuple[np.ndarray, np.ndarray]:
         """(reconstructed images, the latents that were decoded): a posterior sample, or with `mean` the posterior
         mean (deterministic: no seed needed, and none accepted)."""
-        if mean:
-            _reconstruct(images, seed, mean, uint8)  # refuses a seed
-            means = self.encode(images)[0]
-            return self.decode(means, uint8), means
-        return self._run(_reconstruct(images, seed, mean, uint8))
+        return _reconstruction(self._run, images, seed, mean, uint8)
 
     def score(self, images: np.ndarray, k: int = 100, seed: int | None = None) -> dict[str, np.ndarray]:
         """How likely each image is under the model, in nats, from k posterior samples drawn by the server:
@@ -221,6 +241,55 @@ class VaeClient(_Channel):
     def info(self) -> vae_pb2.ModelInfo:
         """The served model: name, version, latent_dim, image_shape [C, H, W], likelihood, limits, metadata."""
         return self._run(_info())
+
+    # Bulk work (bulk.py): `items` is any iterable (a generator is read a bounded amount ahead, never held whole)
+    # of image files or .npy files (paths, converted as read_images does) and arrays ([C, H, W] one image,
+    # [N, C, H, W] N of them; uint8, or float in [0, 1]); one result per image, in input order. The work is split
+    # into calls of at most the rows the server takes (GetModelInfo), `concurrency` of them in flight; calls
+    # refused for load or while the server restarts are retried (at most `retries` times, backing off), never
+    # past `deadline` seconds for the whole run. A seed is the first call's; call i uses seed + i.
+
+    def encode_many(
+        self, items: Iterable[Any], seed: int | None = None, **bulk: Any
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(mean, log_variance, latents), each [latent_dim], per image. bulk: concurrency, retries, deadline,
+        resize, invert."""
+        return self._many(items, lambda run, i, x: run(_encode(x, chunk_seed(seed, i))), 1, **bulk)
+
+    def reconstruct_many(
+        self, items: Iterable[Any], seed: int | None = None, mean: bool = False, uint8: bool = False, **bulk: Any
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(reconstructed image [C, H, W], its latent [latent_dim]) per image."""
+        work = lambda run, i, x: _reconstruction(run, x, chunk_seed(seed, i), mean, uint8)  # noqa: E731
+        return self._many(items, work, 1, **bulk)
+
+    def score_many(
+        self, items: Iterable[Any], k: int = 100, seed: int | None = None, **bulk: Any
+    ) -> Iterator[dict[str, Any]]:
+        """{"log_likelihood", "elbo", "reconstruction", "kl"} per image (see score); calls carry at most
+        max_num_samples // k images."""
+        _score(np.zeros((1, 1, 1, 1), np.float32), k, seed)  # refuses a bad k now, not at the first chunk
+        return self._many(items, lambda run, i, x: run(_score(x, k, chunk_seed(seed, i))), k, **bulk)
+
+    def _many(
+        self,
+        items: Iterable[Any],
+        work: engine.Work,
+        k: int,
+        *,
+        concurrency: int = engine.DEFAULT_CONCURRENCY,
+        retries: int = engine.RETRIES,
+        deadline: float | None = None,
+        resize: bool = True,
+        invert: bool = False,
+    ) -> Iterator[Any]:
+        engine.check_bulk_arguments(concurrency, retries, deadline)  # now, not at the first next()
+        # Retried like the work: a run may begin while the server restarts.
+        info = engine.call_with_retry(self, _info(), retries, None if deadline is None else time.monotonic() + deadline)
+        reader = engine.Reader(tuple(info.image_shape), resize=resize, invert=invert, hint_invert=False)
+        chunked = engine.chunks(reader.rows(items), engine.rows_per_call(info, self.max_message_bytes, k))
+        pairs = engine.results(self, chunked, work, concurrency=concurrency, retries=retries, deadline=deadline)
+        return (row for chunk, result in pairs for row in engine.split_rows(result, len(chunk.sources)))
 
 
 class AsyncVaeClient(_Channel):
@@ -260,7 +329,7 @@ class AsyncVaeClient(_Channel):
         self, images: np.ndarray, seed: int | None = None, mean: bool = False, uint8: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         if mean:
-            _reconstruct(images, seed, mean, uint8)  # refuses a seed
+            _reconstruct(images, seed, mean, uint8)  # refuses a seed (the awaited twin of _reconstruction)
             means = (await self.encode(images))[0]
             return await self.decode(means, uint8), means
         return await self._run(_reconstruct(images, seed, mean, uint8))

@@ -14,6 +14,9 @@ from pathlib import Path
 from vaeserve.flags import SEED, add_flag, bounded
 
 DEFAULT_TARGET = "localhost:50051"
+# What a folder argument contributes: its files with these extensions, at any depth, in sorted order.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
+NAMED = 5  # a conversion note names its files up to this many, else counts them (--verbose names them all)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +52,8 @@ def _register_encode(sub: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         default=Path("embeddings.npy"),
-        help=".npy: the means [N, latent_dim]; .npz: mean, log_variance, latents (default: %(default)s)",
+        help=".npy: the means [N, latent_dim], with OUT.paths.txt naming each row's file; .npz: mean, "
+        "log_variance, latents and path (default: %(default)s)",
     )
     p.set_defaults(run=run_encode)
 
@@ -124,9 +128,19 @@ def _register_info(sub: argparse._SubParsersAction) -> None:
 
 def _image_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("images", nargs="+" if required else "*", metavar="IMAGE",
-                   help="image files (PNG, JPEG, ...: any size or colours, converted to the model's) or .npy arrays "
-                   "[N, C, H, W] in [0, 1]")  # fmt: skip
+                   help="image files (PNG, JPEG, ...: any size or colours, converted to the model's), .npy arrays "
+                   "[N, C, H, W] in [0, 1], or folders of them (searched recursively)")  # fmt: skip
     _conversion_flags(p)
+    from .bulk import DEFAULT_CONCURRENCY, MAX_CONCURRENCY
+
+    p.add_argument("--concurrency", type=bounded(int, 1, MAX_CONCURRENCY), default=DEFAULT_CONCURRENCY,
+                   help="calls in flight at once; the work is split by the server's limits "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when any file could not be read (default: skip them, listed in one summary, "
+                   "exit 0)")  # fmt: skip
+    p.add_argument("--verbose", action="store_true",
+                   help="name every file in the conversion notes (default: counts past a few)")  # fmt: skip
 
 
 def _conversion_flags(p: argparse.ArgumentParser) -> None:
@@ -204,14 +218,14 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(args: argparse.Namespace, paths=None):  # -> images [N, C, H, W] converted to the served model's shape
-    """The images of `paths` (default: the IMAGE arguments) as the model takes them. Image files are 8-bit: they
-    travel as UINT8 (a quarter of the bytes); .npy arrays as float32."""
+def _read(args: argparse.Namespace):  # -> images [N, C, H, W] converted to the served model's shape
+    """The IMAGE arguments as the model takes them, in one array (interpolate's two ends; bulk work goes through
+    _bulk). Image files are 8-bit: they travel as UINT8 (a quarter of the bytes); .npy arrays as float32."""
     import numpy as np
 
     from .images import ImageError, light_on_dark, read_images
 
-    paths = args.images if paths is None else paths
+    paths = args.images
     for path in map(Path, paths):  # before the server is asked anything: a typo is the likelier mistake
         if not path.is_file():
             raise ImageError(f"{path}: no such file")
@@ -225,17 +239,92 @@ def _read(args: argparse.Namespace, paths=None):  # -> images [N, C, H, W] conve
     return images
 
 
+def image_files(paths, flag: str = "IMAGE") -> list[Path]:
+    """IMAGE arguments as files: a file as given, a folder as its image files (IMAGE_SUFFIXES) at any depth,
+    sorted; checked before the server is asked anything (a typo is the likelier mistake)."""
+    from .images import ImageError
+
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise ImageError(f"{flag} {path}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ImageError(f"{path}: no such file")
+    return files
+
+
+def _bulk(args: argparse.Namespace, files: list[Path], work, k: int = 1, skipped: list | None = None):
+    """(chunk, result) pairs in input order for `files`, through bulk.py's engine (split by the server's limits,
+    --concurrency calls in flight, retried). Unreadable files are skipped and summarised at the end (added to
+    `skipped`); a failed call becomes one line naming the server and the status."""
+    import grpc
+
+    from vaeserve.errors import VaeserveError
+
+    from .api import rpc_error_message
+    from .bulk import Reader, chunks, results, rows_per_call
+    from .images import light_on_dark
+
+    with connect(args) as client:
+        try:
+            info = client.info()
+            reader = Reader(tuple(info.image_shape), resize=args.resize, invert=args.invert,
+                            hint_invert=light_on_dark(info.metadata), skip_unreadable=True)  # fmt: skip
+            chunked = chunks(reader.rows(files), rows_per_call(info, client.max_message_bytes, k))
+            yield from results(client, chunked, work, concurrency=args.concurrency)
+        except grpc.RpcError as exc:
+            raise VaeserveError(rpc_error_message(args.target, exc)) from None
+    _summarise(args, reader, len(files))
+    if skipped is not None:
+        skipped += reader.skipped
+
+
+def _summarise(args: argparse.Namespace, reader, files: int) -> None:  # reader: bulk.Reader
+    """The conversion notes (files named up to NAMED, or all with --verbose, else counted) and the unreadable
+    files, on stderr."""
+    from vaeserve.errors import VaeserveError
+
+    for note, sources in reader.notes.items():
+        named = args.verbose or len(sources) <= NAMED
+        said = ", ".join(sources) if named else f"{len(sources):,} images"
+        print(f"vaeserve {args.command}: {said}: {note}", file=sys.stderr)
+    if reader.skipped:
+        print(f"vaeserve {args.command}: skipped {len(reader.skipped):,} of {files:,} file(s) that could not be "
+              "read:\n  " + "\n  ".join(reader.skipped), file=sys.stderr)  # fmt: skip
+    if len(reader.skipped) == files:
+        raise VaeserveError(f"none of the {files:,} file(s) could be read")
+
+
+def _exit_code(args: argparse.Namespace, skipped: list) -> int:
+    return 1 if skipped and args.strict else 0
+
+
 def run_encode(args: argparse.Namespace) -> int:
     import numpy as np
 
-    images = _read(args)
-    mean, log_variance, latents = _calling(args, lambda c: c.encode(images, args.seed))
+    from .api import _encode
+    from .bulk import chunk_seed
+
+    files, skipped = image_files(args.images), []
+    sources, parts = [], []
+    for chunk, result in _bulk(args, files, lambda run, i, x: run(_encode(x, chunk_seed(args.seed, i))),
+                               skipped=skipped):  # fmt: skip
+        sources += chunk.sources
+        parts.append(result)
+    mean, log_variance, latents = (np.concatenate(a) for a in zip(*parts, strict=True))
     if args.out.suffix == ".npz":
-        np.savez(args.out, mean=mean, log_variance=log_variance, latents=latents)
+        np.savez(args.out, mean=mean, log_variance=log_variance, latents=latents, path=np.array(sources))
     else:
         np.save(args.out, mean)
-    print(f"encoded {len(images)} images to {args.out} (latent_dim {mean.shape[1]})")
-    return 0
+        paths_out = args.out.with_suffix(".paths.txt")
+        paths_out.write_text("".join(f"{s}\n" for s in sources))
+    print(f"encoded {len(mean)} images to {args.out} (latent_dim {mean.shape[1]})")
+    return _exit_code(args, skipped)
 
 
 def read_latents(path: Path, latent_dim: int):  # -> float32 [N, latent_dim]
@@ -273,20 +362,27 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from vaeserve.errors import VaeserveError
 
+    from .api import _reconstruction
+    from .bulk import chunk_seed
     from .pictures import write_grid
 
     if args.mean and args.seed is not None:
         raise VaeserveError("--seed and --mean: the posterior mean is decoded as it is, there is no noise to seed")
-    images = _read(args)
-    reconstructed, _ = _calling(args, lambda c: c.reconstruct(images, args.seed, mean=args.mean, uint8=True))
+    files, skipped = image_files(args.images), []
+    work = lambda run, i, x: _reconstruction(run, x, chunk_seed(args.seed, i), args.mean, True)  # noqa: E731
+    pairs = list(_bulk(args, files, work, skipped=skipped))
+    images = np.concatenate([chunk.images for chunk, _ in pairs])
+    reconstructed = np.concatenate([result[0] for _, result in pairs])
     images, reconstructed = (a.astype("float32") / 255 if a.dtype.kind == "u" else a for a in (images, reconstructed))
     columns = min(len(images), RECONSTRUCTION_COLUMNS)
     write_grid(input_rows(images, reconstructed, columns), args.out, columns=columns, scale=args.scale,
                row_labels=("input", "reconstruction"))  # fmt: skip
     print(f"wrote {len(images)} input(s) and their reconstructions to {args.out}")
-    return 0
+    return _exit_code(args, skipped)
 
 
 RECONSTRUCTION_COLUMNS = 8
@@ -303,25 +399,20 @@ def input_rows(inputs, outputs, columns: int):  # -> [2 * rows * columns, C, H, 
     return padded.reshape(2, rows, columns, *inputs.shape[1:]).swapaxes(0, 1).reshape(-1, *inputs.shape[1:])
 
 
-def _labels(paths) -> list[str]:  # one per image: a file's name, with [i] for the rows of a .npy file
+def _scores(args: argparse.Namespace, files: list[Path], skipped: list):  # -> (labels, -log p(x), -elbo)
+    """Each image's label (its file, file[i] for a .npy file's rows), -log p(x) and -ELBO, in input order."""
     import numpy as np
 
-    labels = []
-    for path in map(Path, paths):
-        rows = len(np.load(path, mmap_mode="r")) if path.suffix.lower() == ".npy" else 1
-        labels += [str(path)] if rows == 1 else [f"{path}[{i}]" for i in range(rows)]
-    return labels
+    from .api import _score
+    from .bulk import chunk_seed
 
-
-def _images_in(folder: Path) -> list[Path]:
-    from vaeserve.errors import VaeserveError
-
-    if not folder.is_dir():
-        raise VaeserveError(f"--fit-threshold {folder}: not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".npy"))
-    if not files:
-        raise VaeserveError(f"--fit-threshold {folder}: holds no images (.png, .jpg, .jpeg, .bmp, .npy)")
-    return files
+    work = lambda run, i, x: run(_score(x, args.k, chunk_seed(args.seed, i)))  # noqa: E731
+    labels, nll, neg_elbo = [], [], []
+    for chunk, scored in _bulk(args, files, work, k=args.k, skipped=skipped):
+        labels += chunk.sources
+        nll.append(-scored["log_likelihood"])
+        neg_elbo.append(-scored["elbo"])
+    return labels, np.concatenate(nll), np.concatenate(neg_elbo)
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -334,22 +425,20 @@ def run_score(args: argparse.Namespace) -> int:
         raise VaeserveError("give images to score, or --fit-threshold FOLDER to pick a threshold (or both)")
     if args.threshold is not None and args.fit_threshold is not None:
         raise VaeserveError("--threshold and --fit-threshold: give one")
-    threshold = args.threshold
+    threshold, skipped = args.threshold, []
     if args.fit_threshold is not None:
-        normal = _read(args, _images_in(args.fit_threshold))
-        scores = -_calling(args, lambda c: c.score(normal, args.k, args.seed))["log_likelihood"]
+        if not args.fit_threshold.is_dir():
+            raise VaeserveError(f"--fit-threshold {args.fit_threshold}: not a folder")
+        _, scores, _ = _scores(args, image_files([args.fit_threshold], "--fit-threshold"), skipped)
         # Higher than (1 - fpr) of the normal images' scores: that share of normal images is called normal.
         threshold = float(np.quantile(scores, 1 - args.fpr, method="higher"))
-        print(f"threshold {threshold:.2f} nats: -log p(x) of {len(normal)} normal image(s) in {args.fit_threshold} "
+        print(f"threshold {threshold:.2f} nats: -log p(x) of {len(scores)} normal image(s) in {args.fit_threshold} "
               f"at false-positive rate {args.fpr:g}")  # fmt: skip
     if args.images:
-        images = _read(args)
-        scored = _calling(args, lambda c: c.score(images, args.k, args.seed))
-        for label, nll, neg_elbo in zip(_labels(args.images), -scored["log_likelihood"], -scored["elbo"],
-                                        strict=True):  # fmt: skip
+        for label, nll, neg_elbo in zip(*_scores(args, image_files(args.images), skipped), strict=True):
             verdict = "" if threshold is None else ("  anomaly" if nll > threshold else "  normal")
             print(f"{label}  -log p(x) {nll:.2f} nats  -elbo {neg_elbo:.2f}{verdict}")
-    return 0
+    return _exit_code(args, skipped)
 
 
 def run_interpolate(args: argparse.Namespace) -> int:

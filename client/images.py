@@ -76,21 +76,27 @@ def read_images(
         raise ImageError("no images given")
     batches, done = [], {}
     for path in map(Path, paths):
-        if path.suffix.lower() == ".npy":
-            array = load_npy(path)
-            size = None
-        else:
-            try:
-                array, size = load_image(path.read_bytes(), str(path), image_shape if resize else None)
-            except OSError as exc:
-                raise ImageError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
-        fitted, steps = fit(array, image_shape, str(path), size=size, resize=resize, invert=invert,
-                            hint_invert=hint_invert)  # fmt: skip
+        fitted, steps = read_file(path, image_shape, resize=resize, invert=invert, hint_invert=hint_invert)
         batches.append(fitted)
         if steps:
             done.setdefault(steps, []).append(str(path))
     notes = [f"{', '.join(sources)}: {steps}" for steps, sources in done.items()]
     return np.concatenate(batches), notes
+
+
+def read_file(
+    path: Path, image_shape: Sequence[int], *, resize: bool = True, invert: bool = False, hint_invert: bool = True
+) -> tuple[np.ndarray, str]:
+    """One image file or .npy array as float32 [N, C, H, W] of `image_shape` and what was done to it ("" when
+    nothing): the step `read_images` takes per file, and bulk reading (bulk.py) per item."""
+    if path.suffix.lower() == ".npy":
+        array, size = load_npy(path), None
+    else:
+        try:
+            array, size = load_image(path.read_bytes(), str(path), image_shape if resize else None)
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    return fit(array, image_shape, str(path), size=size, resize=resize, invert=invert, hint_invert=hint_invert)
 
 
 def load_npy(path: Path) -> np.ndarray:

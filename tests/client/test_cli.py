@@ -46,11 +46,16 @@ def test_encode_reads_png_and_npy_and_writes_embeddings(
     run_cli("encode", "--target", server.target, *map(str, digits_png), str(tmp_path / "two.npy"), "--out", str(out))
     mean = np.load(out)
     assert mean.shape == (5, 8) and mean.dtype == np.float32
+    two = tmp_path / "two.npy"  # the sidecar names each row's file, a .npy file's rows by index
+    assert (tmp_path / "embeddings.paths.txt").read_text().splitlines() == [*map(str, digits_png), f"{two}[0]",
+                                                                            f"{two}[1]"]  # fmt: skip
 
     everything = tmp_path / "all.npz"
     run_cli("encode", "--target", server.target, str(digits_png[0]), "--seed", "1", "--out", str(everything))
     with np.load(everything) as f:
-        assert {k: f[k].shape for k in f.files} == {"mean": (1, 8), "log_variance": (1, 8), "latents": (1, 8)}
+        assert {k: f[k].shape for k in f.files} == {"mean": (1, 8), "log_variance": (1, 8), "latents": (1, 8),
+                                                    "path": (1,)}  # fmt: skip
+        assert f["path"].tolist() == [str(digits_png[0])]
         np.testing.assert_allclose(f["mean"], mean[:1], atol=1e-6)
 
 
@@ -277,3 +282,64 @@ def test_score_and_interpolate_flags_have_bounds(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}: expected {bounds}, got {value!r}" in err and "Traceback" not in err
+
+
+def test_encode_takes_a_folder_of_ten_thousand_images_and_skips_broken_files(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "dataset"
+    pixels = np.random.default_rng(3).integers(0, 256, (10_000, 8, 8), dtype=np.uint8)
+    for i, image in enumerate(pixels):  # nested a level deep: folders are searched recursively
+        (folder / f"{i // 1000}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i // 1000}" / f"{i:05d}.png")
+    (folder / "0" / "broken.png").write_bytes(b"not a png")
+    (folder / "notes.txt").write_text("not an image: not searched")
+    out = tmp_path / "emb.npy"
+    assert vaeserve(["encode", "--target", server.target, str(folder), "--out", str(out), "--concurrency", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 of 10,001 file(s) that could not be read:" in err and "broken.png: cannot read" in err
+    files = sorted(p for p in folder.rglob("*.png") if p.name != "broken.png")
+    assert (tmp_path / "emb.paths.txt").read_text().splitlines() == list(map(str, files))
+    with VaeClient(server.target) as client:
+        expected = np.concatenate([client.encode(pixels[i : i + MAX_NUM_SAMPLES, None])[0]
+                                   for i in range(0, 10_000, MAX_NUM_SAMPLES)])  # fmt: skip
+    order = [int(p.stem) for p in files]
+    np.testing.assert_allclose(np.load(out), expected[order], atol=1e-5)
+    # --strict: the same output, and exit 1 for the file it could not read.
+    assert vaeserve(["encode", "--target", server.target, str(folder / "0"), "--out", str(out), "--strict"]) == 1
+    assert np.load(out).shape == (1000, 8)
+
+
+def test_conversion_notes_are_counted_past_a_few_files_and_named_with_verbose(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(12):
+        Image.new("RGB", (16, 16), (i, 0, 0)).save(tmp_path / f"{i:02d}.png")
+    out = str(tmp_path / "e.npy")
+    assert vaeserve(["encode", "--target", server.target, str(tmp_path), "--out", out]) == 0
+    assert capsys.readouterr().err == ("vaeserve encode: 12 images: converted: RGB -> grey, resized 16x16 -> 8x8 "
+                                       "(aspect ratio kept, padded with black)\n")  # fmt: skip
+    assert vaeserve(["encode", "--target", server.target, str(tmp_path), "--out", out, "--verbose"]) == 0
+    assert str(tmp_path / "11.png") in capsys.readouterr().err
+
+
+def test_bulk_commands_refuse_empty_folders_unreadable_sets_and_hostile_concurrency(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.png").write_bytes(b"\x89PNG garbage")
+    cases = [
+        (["encode", str(tmp_path / "empty")], f"IMAGE {tmp_path / 'empty'}: holds no images"),
+        (["score", str(tmp_path / "broken")], "none of the 1 file(s) could be read"),
+        (["reconstruct", str(tmp_path / "broken")], "none of the 1 file(s) could be read"),
+    ]
+    for argv, message in cases:
+        assert vaeserve([*argv[:1], "--target", server.target, *argv[1:]]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    for bad in ("0", "-1", "65", "99999999999999999999", "nan", "four"):
+        with pytest.raises(SystemExit) as exited:  # argparse's usage error
+            vaeserve(["encode", "--target", server.target, str(tmp_path / "broken"), "--concurrency", bad])
+        assert exited.value.code == 2
+        assert "argument --concurrency: expected an integer in [1, 64]" in capsys.readouterr().err
