@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vaeserve.api_bounds import MAX_TEMPERATURE
 from vaeserve.protos.vae.v1 import vae_pb2
 
 from .errors import InvalidArgument
@@ -23,7 +24,6 @@ FLOAT32 = np.dtype("<f4")
 ONE_BITS = np.uint32(0x3F800000)
 
 
-MAX_TEMPERATURE = 10.0  # z ~ N(0, T^2 I): beyond this the samples are noise, and far beyond it the arithmetic overflows
 DTYPE_NAMES = {vae_pb2.FLOAT32: "FLOAT32", vae_pb2.UINT8: "UINT8"}
 MAX_SHOWN_DIMS = 8  # a message never echoes more of a shape than this: the shape list is the caller's to inflate
 

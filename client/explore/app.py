@@ -46,6 +46,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from vaeserve.api_bounds import MAX_TEMPERATURE
 from vaeserve.errors import VaeserveError
 from vaeserve.ports import port_error
 
@@ -59,7 +60,6 @@ MAX_SAMPLES = 256
 MAX_STEPS = 32  # points on an interpolation path
 MAX_TRAVERSE_STEPS = 15  # values per latent dimension
 MAX_SPAN = 10.0  # prior standard deviations either side of the image's mean
-MAX_TEMPERATURE = 10.0  # the server's own limit
 SCORE_SAMPLES = 100  # importance samples per scored image
 SEED_MAX = 2**64 - 1
 

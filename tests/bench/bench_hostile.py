@@ -231,7 +231,7 @@ def costly(python: str, repo: Path, work: Path) -> dict:
     with server(python, repo, work / "costly.log") as s:
         before = peak_rss_mb(s)
         t0 = time.perf_counter()
-        repeated = asyncio.run(raw_call(s.target, OIP_INFER, oip_repeated_outputs(64, 3000), 60))
+        repeated = asyncio.run(raw_call(s.target, OIP_INFER, oip_repeated_outputs(4096, 3000), 60))
         repeated_s = time.perf_counter() - t0
         result = {"rss_before_mb": before, "repeated": repeated, "repeated_s": repeated_s,
                   "rss_repeated_mb": peak_rss_mb(s)}  # fmt: skip
@@ -443,14 +443,15 @@ def main(argv: list[str] | None = None) -> int:
             "sigterm": sigterm(python, repo, work, args.sigterm_runs),
             "cancel storm": storm(python, repo, work),
             "explorer uploads": explorer_uploads(python, repo, work),
+            "costly": costly(python, repo, work),
         }
         print(name, results[name], flush=True)
     load = overload(repo_conv, repo_mlp, WORK, args.overload_s)
     print(load, flush=True)
     rows = []
     for name, r in results.items():
-        m, b, g, t, c, e = (r[k] for k in ("memory", "shape bomb", "malformed", "sigterm", "cancel storm",
-                                           "explorer uploads"))  # fmt: skip
+        m, b, g, t, c, e, k = (r[k] for k in ("memory", "shape bomb", "malformed", "sigterm", "cancel storm",
+                                              "explorer uploads", "costly"))  # fmt: skip
         rows += [
             [name, "message limit", f"{m['limit_mib']:.2f} MiB"],
             [name, "peak RSS: 8 maximal refused requests", f"{m['rss_refused_mb']:.0f} MB ({m['refused']})"],
@@ -464,6 +465,14 @@ def main(argv: list[str] | None = None) -> int:
             [name, "cancel/deadline storm: normal calls", f"{c['normal']}; counted UNKNOWN {c['counted_unknown']:.0f}"],
             [name, f"explorer peak RSS: {UPLOADS} concurrent uploads of a 4096x4096 RGBA PNG ({e['file_kb']:.0f} KB)",
              f"{e['rss_peak_mb']:.0f} MB (idle {e['rss_idle_mb']:.0f} MB; statuses {e['statuses']})"],
+            [name, "one OIP ModelInfer(4096 rows) naming `latents` 3,000 times",
+             f"{k['repeated']} in {k['repeated_s'] * 1e3:.0f} ms; peak RSS {k['rss_before_mb']:.0f} -> "
+             f"{k['rss_repeated_mb']:.0f} MB"],
+            [name, "health Check while 4 clients send Score(4096 images, K=1000) for 10 s",
+             f"p50 {k['health_p50_ms']:.1f} ms, max {k['health_max_ms']:.1f} ms"
+             + (" (Checks timed out at 10 s)" if k["health_max_ms"] >= PROBE_TIMEOUT_S * 1e3 else "")],
+            [name, "Score(4096, K=1000) with a 3 s deadline: likelihood rows computed by it / in the 5 s after it",
+             f"{k['expired']}; {k['rows_by_deadline']:,.0f} / {k['rows_after_deadline']:,.0f} rows"],
         ]  # fmt: skip
     o, w = load["open"], load["crowd"]
     body = "\n\n".join([

@@ -10,26 +10,15 @@ non-zero if any request failed or the server could not start.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from tests import harness
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-
-
-@contextlib.contextmanager
-def serving(repo: Path, name: str = "vae", log: Path | None = None) -> Iterator[str]:
-    """A `vaeserve serve` of REPO/NAME on free loopback ports while the block runs; yields HOST:PORT."""
-    log = log or Path(tempfile.mkdtemp(prefix="vaeserve-load-")) / "server.log"
-    with harness.serving(repo, log, name=name) as server:
-        yield server.target
 
 
 def run_locust(
@@ -76,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     log = csv_prefix.parent / "server.log"
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with serving(repo, args.name, log) as host:
-            print(f"vaeserve SERVING at {host} (log: {log}); Locust: {args.users} users for {args.run_time}")
-            code = run_locust(host, args.users, args.spawn_rate, args.run_time, csv_prefix)
+        with harness.serving(repo, log, name=args.name) as server:
+            print(f"vaeserve SERVING at {server.target} (log: {log}); Locust: {args.users} users for {args.run_time}")
+            code = run_locust(server.target, args.users, args.spawn_rate, args.run_time, csv_prefix)
     except harness.ServerFailed as exc:
         print(f"run_local: {exc}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ import pytest
 from tests import harness
 from tests.harness import free_port
 from tests.load.run_local import main as run_local
-from tests.load.run_local import run_locust, serving
+from tests.load.run_local import run_locust
 from tests.server.certs import CertificateAuthority
 
 # The request names locustfile.py reports, one per task.
@@ -25,14 +25,15 @@ def read_stats(csv_prefix: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory):
-    with serving(model_repo, log=tmp_path_factory.mktemp("load") / "server.log") as host:
-        yield host
+def target(model_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    """HOST:PORT of a `vaeserve serve` for the module's Locust runs."""
+    with harness.serving(model_repo, tmp_path_factory.mktemp("load") / "server.log") as server:
+        yield server.target
 
 
-def test_mixed_traffic_has_no_failures_and_reaches_every_rpc(server: str, tmp_path: Path) -> None:
+def test_mixed_traffic_has_no_failures_and_reaches_every_rpc(target: str, tmp_path: Path) -> None:
     csv_prefix = tmp_path / "mixed"
-    assert run_locust(server, 8, 8, "10s", csv_prefix) == 0
+    assert run_locust(target, 8, 8, "10s", csv_prefix) == 0
     stats = read_stats(csv_prefix)
     assert int(stats["Aggregated"]["Failure Count"]) == 0
     assert set(stats) - {"Aggregated"} == TASK_NAMES
@@ -40,9 +41,9 @@ def test_mixed_traffic_has_no_failures_and_reaches_every_rpc(server: str, tmp_pa
         assert int(stats[name]["Request Count"]) > 0, name
 
 
-def test_tags_focus_on_one_rpc(server: str, tmp_path: Path) -> None:
+def test_tags_focus_on_one_rpc(target: str, tmp_path: Path) -> None:
     csv_prefix = tmp_path / "encode"
-    assert run_locust(server, 4, 4, "3s", csv_prefix, "--tags", "encode") == 0
+    assert run_locust(target, 4, 4, "3s", csv_prefix, "--tags", "encode") == 0
     assert set(read_stats(csv_prefix)) - {"Aggregated"} == {"Encode(1)", "Encode(32)"}
 
 
