@@ -145,13 +145,15 @@ class Batcher:
         uint8_out: frozenset[str] = NONE,
     ) -> asyncio.Future:
         """Queues `rows` rows (per input of the spec, by name, their float32 bytes, or uint8 for those named in
-        `uint8_in`); the future resolves to {output name: bytes of those rows} (uint8 for those in `uint8_out`)."""
+        `uint8_in`; an optional input left out is zeros); the future resolves to {output name: bytes of those
+        rows} (uint8 for those in `uint8_out`)."""
         if len(self._queue) >= self.max_queue:
             raise QueueFull(f"the {self.name} queue is full ({self.max_queue} requests waiting): retry later")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         deadline = None if timeout is None else loop.time() + timeout
-        ordered = [inputs[name] for name in self._input_names]
+        ordered = [inputs[t.name] if t.name in inputs or not t.optional else bytes(rows * size)
+                   for t, size in zip(self.spec.inputs, self._row_bytes, strict=True)]  # fmt: skip
         self._queue.append(_Request(ordered, uint8_in, uint8_out, rows, future, deadline, time.perf_counter()))
         self._queued_rows += rows
         if self._enough(self._wake_at):

@@ -32,6 +32,7 @@ Arrays = Mapping[str, np.ndarray]  # a batch's inputs by name, [rows, *row_shape
 class TensorSpec:
     name: str
     row_shape: tuple[int, ...]  # one row; a batch is [rows, *row_shape] float32 (requests may send images as uint8)
+    optional: bool = False  # a request may leave it out: its rows are zeros then
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def encoder(image_shape: tuple[int, ...], latent_dim: int) -> GraphSpec:
     latent = (latent_dim,)
     return GraphSpec(
         name="encoder",
-        inputs=(TensorSpec("images", tuple(image_shape)), TensorSpec("eps", latent)),
+        # Without eps (Score and Interpolate need only the posterior), latents = mean.
+        inputs=(TensorSpec("images", tuple(image_shape)), TensorSpec("eps", latent, optional=True)),
         outputs=(TensorSpec("mean", latent), TensorSpec("log_variance", latent), TensorSpec("latents", latent)),
         compute=_encode,
         check=lambda batch: validation.check_images(batch["images"]),

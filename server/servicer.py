@@ -77,10 +77,10 @@ class VaeServicer:
         return n, data, IMAGES if t.dtype == vae_pb2.UINT8 else NONE
 
     async def _encode(
-        self, images: bytes, rows: int, eps: bytes, uint8: frozenset[str], context: grpc.aio.ServicerContext
+        self, images: bytes, rows: int, eps: bytes | None, uint8: frozenset[str], context: grpc.aio.ServicerContext
     ) -> dict:
-        """mean, log_variance, and latents = mean + exp(0.5 * log_variance) * eps."""
-        inputs = {"images": images, "eps": eps}
+        """mean, log_variance, and latents = mean + exp(0.5 * log_variance) * eps (None: only the posterior)."""
+        inputs = {"images": images} if eps is None else {"images": images, "eps": eps}
         return await self.encoder.submit(inputs, rows, context.time_remaining(), uint8_in=uint8)
 
     async def _decode(
@@ -172,7 +172,7 @@ class VaeServicer:
         n, images, uint8 = self._images(request.images)
         k = validation.importance_samples(request.num_importance_samples, self.limits.importance_samples)
         d = self.latent_dim
-        encoded = await self._encode(images, n, bytes(4 * n * d), uint8, context)  # eps 0: only mean, log_variance
+        encoded = await self._encode(images, n, None, uint8, context)
         mean = np.frombuffer(encoded["mean"], np.float32).reshape(n, d)
         log_variance = np.frombuffer(encoded["log_variance"], np.float32).reshape(n, d)
         x = np.frombuffer(images, np.uint8 if uint8 else np.float32).reshape(n, -1)
@@ -210,7 +210,7 @@ class VaeServicer:
         d = self.latent_dim
         if given_images:
             n, images, uint8 = self._images(request.images, exactly=2)
-            ends = (await self._encode(images, n, bytes(4 * n * d), uint8, context))["mean"]
+            ends = (await self._encode(images, n, None, uint8, context))["mean"]
         else:
             _, ends = validation.rows(request.latents, "latents", (d,), self.limits.rows, exactly=2)
             validation.check_latents(np.frombuffer(ends, np.float32))
