@@ -103,6 +103,11 @@ image-models: base-image model
 image-locust: base-image
 	$(call BUILD,PYTHON_IMAGE) -f deploy/docker/Dockerfile.locust -t vaeserve-locust:$(IMAGE_VERSION) .
 
+# The rendered manifests played on this machine, driven by the Locust image (tests/deploy/smoke.py says how);
+# podman as root.
+deploy-smoke: install image-cpu image-models image-locust
+	$(BIN)/python -m tests.deploy.smoke
+
 load: install
 	$(BIN)/python -m tests.load.run_local
 

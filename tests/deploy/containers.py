@@ -112,8 +112,10 @@ def volumes(pod_spec: dict[str, Any], objects: list[dict[str, Any]], workdir: Pa
             continue
         kind, source = ("Secret", volume["secret"]) if "secret" in volume else ("ConfigMap", volume["configMap"])
         obj = find(objects, kind, source.get("secretName") or source.get("name"))
-        files = {k: base64.b64decode(v) for k, v in obj.get("data", {}).items()}
-        files.update({k: v.encode() for k, v in obj.get("stringData", {}).items()})
+        # A Secret's data is base64 (stringData plain); a ConfigMap's data is plain (binaryData base64).
+        encoded, plain = ("data", "stringData") if kind == "Secret" else ("binaryData", "data")
+        files = {k: base64.b64decode(v) for k, v in obj.get(encoded, {}).items()}
+        files.update({k: v.encode() for k, v in obj.get(plain, {}).items()})
         for key, data in files.items():
             (path / key).write_bytes(data)
             os.chown(path / key, 0, group)
