@@ -177,6 +177,9 @@ class Container:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
         podman("rm", "--force", "--time", "0", "--ignore", self.name, check=False)
 
     def running(self) -> bool:
