@@ -26,7 +26,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # podman's defaults fail on these machines: crun refuses cgroups v1 in hybrid mode ("cgroups in hybrid mode not
 # supported"), and its default ulimits are above the hard limits a container here may have. A drop-in of our own
-# (only where none is set yet, so an administrator's choice stands) picks runc and limits within them.
+# (written once: an edited copy stands) picks runc and limits within them.
 conf=/etc/containers/containers.conf.d/50-vaeserve.conf
 if command -v podman >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && [ ! -e "$conf" ]; then
 	mkdir -p "$(dirname "$conf")"
