@@ -12,7 +12,8 @@ HOST    ?= 127.0.0.1
 PORT    ?= 50051
 METRICS_PORT ?= 8000
 
-.PHONY: install serve model test bench load lint proto system-deps clean
+.PHONY: install serve model test bench load lint proto system-deps clean \
+	images base-image image-cpu image-cpu-baked image-gpu image-models image-locust deploy-smoke
 
 install: $(STAMP)
 
@@ -63,6 +64,50 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_counting
 	$(BIN)/python -m tests.bench.bench_api
 	$(BIN)/python -m tests.bench.bench_hostile $(if $(BASELINE),--baseline $(BASELINE))
+	$(BIN)/python -m tests.bench.bench_deploy
+
+# Container images (deploy/README.md, section 1), tagged as deploy/k8s expects, with podman or else docker. They
+# build FROM a local Debian base (deploy/base-image.sh; bootstrapped once, then reused) since the pinned upstream
+# bases need Docker Hub; BASES=upstream builds FROM those instead. The models image holds $(REPO)/$(NAME)/$(MODEL_VERSION).
+ENGINE        ?= $(if $(shell command -v podman),podman,docker)
+BASES         ?= local
+LOCAL_BASE    ?= localhost/vaeserve-base:bookworm
+IMAGE_VERSION ?= 0.1.0
+MODEL_VERSION ?= 1
+# $(call BUILD,ARG): a build whose base is the Dockerfile's ARG (PYTHON_IMAGE, CUDA_IMAGE, BUSYBOX_IMAGE). podman
+# writes OCI images by default, which drop HEALTHCHECK; the docker format keeps it. Builds reach PyPI through the
+# host's network (and its CA bundle, for podman, which can mount it into RUN steps).
+BUILD = $(ENGINE) build $(if $(filter local,$(BASES)),--build-arg $(1)=$(LOCAL_BASE)) --network host \
+	$(if $(filter podman,$(ENGINE)),--format docker -v /etc/ssl/certs:/etc/ssl/certs:ro)
+
+images: image-cpu image-cpu-baked image-gpu image-models image-locust
+
+base-image:
+	$(if $(filter local,$(BASES)),deploy/base-image.sh $(ENGINE) $(LOCAL_BASE))
+
+image-cpu: base-image
+	$(call BUILD,PYTHON_IMAGE) -f deploy/docker/Dockerfile.cpu --target runtime -t vaeserve:$(IMAGE_VERSION)-cpu .
+
+# Baked: models/ (make model) inside the image.
+image-cpu-baked: base-image model
+	$(call BUILD,PYTHON_IMAGE) -f deploy/docker/Dockerfile.cpu -t vaeserve:$(IMAGE_VERSION)-cpu-baked .
+
+# Built only: its runtime needs an NVIDIA GPU and, from the local base, has no CUDA libraries.
+image-gpu: base-image
+	$(call BUILD,CUDA_IMAGE) -f deploy/docker/Dockerfile.gpu --target runtime -t vaeserve:$(IMAGE_VERSION)-gpu .
+
+# The build context is the model repository itself, so any REPO can go in (tests pass their own).
+image-models: base-image model
+	$(call BUILD,BUSYBOX_IMAGE) -f deploy/docker/Dockerfile.models --build-arg NAME=$(NAME) --build-arg VERSION=$(MODEL_VERSION) \
+		-t vaeserve-models:$(NAME)-$(MODEL_VERSION) $(REPO)
+
+image-locust: base-image
+	$(call BUILD,PYTHON_IMAGE) -f deploy/docker/Dockerfile.locust -t vaeserve-locust:$(IMAGE_VERSION) .
+
+# The rendered manifests played on this machine, driven by the Locust image (tests/deploy/smoke.py says how);
+# podman as root.
+deploy-smoke: install image-cpu image-models image-locust
+	$(BIN)/python -m tests.deploy.smoke
 
 load: install
 	$(BIN)/python -m tests.load.run_local

@@ -85,3 +85,22 @@ def dev_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = subprocess.run([str(DEPLOY / "dev-certs.sh"), str(out)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def podman_ok() -> None:
+    """Skips (saying why) where containers cannot run: no podman, or not root."""
+    from tests.deploy.containers import problem  # it imports this module
+
+    reason = problem()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def images(podman_ok: None, model_repo: Path) -> float:
+    """The server (runtime), models and Locust images, built once a session by `make` from the working tree (the
+    models image from the session's model repository, since a fresh clone has no models/); the build's seconds."""
+    from tests.deploy.containers import build
+
+    return build(model_repo, "image-cpu", "image-models", "image-locust")

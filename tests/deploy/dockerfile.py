@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 @dataclass
 class Stage:
     name: str
-    base: str
+    base: str  # the image or stage it is FROM, global ARG defaults filled in
+    base_as_written: str  # ${PYTHON_IMAGE}, builder, ...
     instructions: list[tuple[str, str]] = field(default_factory=list)  # (KEYWORD, arguments)
 
     def all(self, keyword: str) -> list[str]:
@@ -51,7 +53,21 @@ def logical_lines(text: str) -> list[str]:
     return lines
 
 
+def global_args(path: Path) -> dict[str, str]:
+    """The ARGs before the first FROM (the only ones a FROM can use) and their defaults."""
+    args: dict[str, str] = {}
+    for line in logical_lines(path.read_text()):
+        keyword, _, rest = line.partition(" ")
+        if keyword.upper() != "ARG":
+            break
+        key, _, default = rest.strip().partition("=")
+        args[key] = default
+    return args
+
+
 def read_stages(path: Path) -> list[Stage]:
+    """The stages, each FROM's ${ARG} replaced by that global ARG's default (what a plain `docker build` uses)."""
+    defaults = global_args(path)
     stages: list[Stage] = []
     for line in logical_lines(path.read_text()):
         keyword, _, args = line.partition(" ")
@@ -59,8 +75,9 @@ def read_stages(path: Path) -> list[Stage]:
         if keyword == "FROM":
             words = args.split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(stages))
-            stages.append(Stage(name=name, base=words[0]))
-        else:
+            base = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], words[0])
+            stages.append(Stage(name=name, base=base, base_as_written=words[0]))
+        elif stages:
             stages[-1].instructions.append((keyword, args))
     return stages
 

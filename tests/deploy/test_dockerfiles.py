@@ -12,7 +12,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
 from tests.deploy.conftest import DOCKER, ROOT, SERVER_DOCKERFILES
-from tests.deploy.dockerfile import Stage, healthcheck, read_stages
+from tests.deploy.dockerfile import Stage, global_args, healthcheck, read_stages
 
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
 # name:exact.version[-variant]@sha256:<64 hex>: a moving tag (latest, 3.12-slim) or a bare tag is not a pin.
@@ -69,6 +69,18 @@ def test_bases_are_pinned_by_version_and_digest(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_bases_are_build_args_so_a_local_base_can_stand_in(path: Path) -> None:
+    # Where the registry is out of reach, `make images` passes the local Debian base (deploy/base-image.sh).
+    stages = read_stages(path)
+    names = {s.name for s in stages}
+    args = global_args(path)
+    for stage in stages:
+        if stage.base not in names:  # (checked pinned above, through the ARG's default)
+            match = re.fullmatch(r"\$\{(\w+_IMAGE)\}", stage.base_as_written)
+            assert match and match.group(1) in args, f"{path.name}: {stage.name} FROM {stage.base_as_written}"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_final_stages_run_unprivileged_and_declare_a_healthcheck(path: Path) -> None:
     stages = read_stages(path)
     for stage in stages:
@@ -109,11 +121,19 @@ def test_build_context_holds_what_the_dockerfiles_copy() -> None:
     # .dockerignore is an allowlist ("*" then "!path"): every COPY source must be let back in.
     allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line[:1] == "!"}
     for path in DOCKERFILES:
+        if path.name == "Dockerfile.models":
+            continue  # its context is a model repository (below), not the project
         for args in (a for s in read_stages(path) for a in s.all("COPY") if not a.startswith("--from")):
             for source in args.split()[:-1]:
                 source = re.sub(r"\$\{\w+\}.*", "", source).rstrip("/")  # models/${NAME}/... -> models
                 assert any(source == a or source.startswith(a + "/") for a in allowed), f"{path.name}: {source}"
                 assert source.startswith("models") or (ROOT / source).exists(), f"{path.name}: {source} missing"
+
+
+def test_models_image_copies_one_version_from_the_repository_it_is_built_from() -> None:
+    # `make image-models REPO=...` builds with the model repository as the context: NAME/VERSION is all it copies.
+    (stage,) = read_stages(DOCKER / "Dockerfile.models")
+    assert stage.all("COPY") == ["${NAME}/${VERSION}/ /models/${NAME}/${VERSION}/"]
 
 
 def test_locust_image_runs_the_repository_locustfile() -> None:
