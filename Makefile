@@ -62,6 +62,7 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_serving
 	$(BIN)/python -m tests.bench.bench_counting
 	$(BIN)/python -m tests.bench.bench_api
+	$(BIN)/python -m tests.bench.bench_bulk
 	$(BIN)/python -m tests.bench.bench_hostile $(if $(BASELINE),--baseline $(BASELINE))
 
 load: install
