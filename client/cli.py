@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from vaeserve.flags import SEED, add_flag, bounded
+from vaeserve.progress import add_progress_flags
 
 DEFAULT_TARGET = "localhost:50051"
 # What a folder argument contributes: its files with these extensions, at any depth, in sorted order.
@@ -141,6 +142,7 @@ def _image_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
                    "exit 0)")  # fmt: skip
     p.add_argument("--verbose", action="store_true",
                    help="name every file in the conversion notes (default: counts past a few)")  # fmt: skip
+    add_progress_flags(p)
 
 
 def _conversion_flags(p: argparse.ArgumentParser) -> None:
@@ -260,25 +262,31 @@ def image_files(paths, flag: str = "IMAGE") -> list[Path]:
 
 def _bulk(args: argparse.Namespace, files: list[Path], work, k: int = 1, skipped: list | None = None):
     """(chunk, result) pairs in input order for `files`, through bulk.py's engine (split by the server's limits,
-    --concurrency calls in flight, retried). Unreadable files are skipped and summarised at the end (added to
-    `skipped`); a failed call becomes one line naming the server and the status."""
+    --concurrency calls in flight, retried), with progress on stderr (vaeserve/progress.py's policy). Unreadable
+    files are skipped and summarised at the end (added to `skipped`); a failed call becomes one line naming the
+    server and the status."""
     import grpc
 
     from vaeserve.errors import VaeserveError
+    from vaeserve.progress import Progress
 
     from .api import rpc_error_message
     from .bulk import Reader, chunks, results, rows_per_call
     from .images import light_on_dark
 
-    with connect(args) as client:
+    # A .npy file holds any number of rows: with one among the files the total is unknown (no ETA).
+    total = None if any(f.suffix.lower() == ".npy" for f in files) else len(files)
+    with connect(args) as client, Progress.from_args(args).meter(total, args.command, "images") as meter:
         try:
             info = client.info()
             reader = Reader(tuple(info.image_shape), resize=args.resize, invert=args.invert,
                             hint_invert=light_on_dark(info.metadata), skip_unreadable=True)  # fmt: skip
             chunked = chunks(reader.rows(files), rows_per_call(info, client.max_message_bytes, k))
-            yield from results(client, chunked, work, concurrency=args.concurrency)
+            yield from results(client, chunked, work, concurrency=args.concurrency, progress=meter.update)
         except grpc.RpcError as exc:
             raise VaeserveError(rpc_error_message(args.target, exc)) from None
+        if total is not None and reader.skipped:
+            meter.update(len(reader.skipped))  # skipped files are dealt with too: the bar ends at its total
     _summarise(args, reader, len(files))
     if skipped is not None:
         skipped += reader.skipped

@@ -6,6 +6,8 @@ import argparse
 import json
 from dataclasses import fields
 
+from vaeserve.progress import add_progress_flags
+
 from .config import DATASETS, ESTIMATORS, ExperimentConfig, TrainConfig
 
 DEFAULT_OUT = "runs/default"
@@ -42,6 +44,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         help="write OUT/report/*.png at the end (default: %(default)s)",
     )
+    add_progress_flags(p)
     # The defaults live in TrainConfig alone; the parser shows them.
     p.set_defaults(run=run_train, **train_defaults())
 
@@ -77,6 +80,7 @@ def register_experiments(sub: argparse._SubParsersAction) -> None:
     add_optimization_flags(x, epochs_help="epochs of each beta-sweep and autoencoder training")
     add_experiment_flags(x)
     x.add_argument("--out", default=DEFAULT_EXPERIMENTS_OUT, help="output directory (default: %(default)s)")
+    add_progress_flags(x)
     x.set_defaults(run=run_experiments, **train_defaults())
 
 
@@ -189,9 +193,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from vaeserve.progress import Progress
+
     from .train import train
 
-    train(train_config(args), args.out, resume=args.resume)
+    train(train_config(args), args.out, resume=args.resume, progress=Progress.from_args(args))
     return 0
 
 
@@ -215,11 +221,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_experiments(args: argparse.Namespace) -> int:
+    from vaeserve.progress import Progress
+
     from .experiments import run_experiments as run
 
     cfg = ExperimentConfig(
         base=train_config(args), betas=tuple(args.betas), estimator_epochs=args.estimator_epochs,
         gradient_draws=args.gradient_draws, samples=args.samples, pairs=args.pairs,
     )  # fmt: skip
-    run(cfg, args.out)
+    run(cfg, args.out, Progress.from_args(args))
     return 0

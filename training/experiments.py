@@ -14,14 +14,14 @@ with its final weights, so every model gets the same budget. OUT gets results.js
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from sklearn.linear_model import LogisticRegression
-from tqdm import tqdm
+
+from vaeserve.progress import Progress
 
 from .checkpoint import load_model
 from .config import ExperimentConfig, TrainConfig
@@ -51,15 +51,16 @@ def planned_runs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
     return runs
 
 
-def run_experiments(cfg: ExperimentConfig, out: str | Path) -> dict:
-    """Train, score, draw and write everything into `out`; returns the results.json content."""
+def run_experiments(cfg: ExperimentConfig, out: str | Path, progress: Progress | None = None) -> dict:
+    """Train, score, draw and write everything into `out`; returns the results.json content. progress: how the
+    trainings show theirs (default: Progress())."""
     cfg.check()
     out, base, started = Path(out), cfg.base, time.perf_counter()
     splits = load_dataset(dataset_spec(base.dataset, base.data_dir, base.data_url, base.data_path))
     if splits.train_labels is None or splits.test_labels is None:
         raise DataError(f"--dataset {base.dataset}: the experiments' classifier needs labels (y_train and y_test)")
     out.mkdir(parents=True, exist_ok=True)
-    models = train_all(planned_runs(cfg), out / "runs")
+    models = train_all(planned_runs(cfg), out / "runs", progress or Progress())
     classifier = fit_classifier(splits.train, splits.train_labels, base.seed)
     scores, arrays = score_models(cfg, splits, models, classifier)
     results = {
@@ -103,21 +104,24 @@ def score_models(
     return {"beta_sweep": beta_sweep, "autoencoder": autoencoder}, arrays
 
 
-def train_all(runs: dict[str, TrainConfig], folder: Path) -> dict[str, VAE]:
-    """Train each run into folder/NAME (its log in train.log) and return its final weights by name."""
+def train_all(runs: dict[str, TrainConfig], folder: Path, progress: Progress) -> dict[str, VAE]:
+    """Train each run into folder/NAME (its log in train.log) and return its final weights by name.
+
+    On a terminal a bar over the runs, each run's own bars beneath it; otherwise each run's progress lines (named
+    after the run) and one line per finished run on stdout."""
     models = {}
-    # One bar over the runs on a terminal (each run's own epoch bar shows beneath it); one line per run otherwise.
-    bar = tqdm(runs.items(), desc="experiments", unit="run", file=sys.stderr, disable=not sys.stderr.isatty())
-    for name, cfg in bar:
-        bar.set_postfix_str(name)
-        run_dir = folder / name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        with (run_dir / "train.log").open("w") as log:
-            train(cfg, run_dir, log=log)
-        if bar.disable:
-            print(f"{name}: {cfg.epochs} epochs in {time.perf_counter() - started:.0f} s -> {run_dir}", flush=True)
-        models[name], _ = load_model(run_dir / "checkpoint.pt")
+    with progress.meter(len(runs), "experiments", "runs") as bar:
+        for name, cfg in runs.items():
+            bar.set_postfix_str(name)
+            run_dir = folder / name
+            run_dir.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            with (run_dir / "train.log").open("w") as log:
+                train(cfg, run_dir, log=log, progress=progress, label=name)
+            if progress.mode() != "bar":
+                print(f"{name}: {cfg.epochs} epochs in {time.perf_counter() - started:.0f} s -> {run_dir}", flush=True)
+            bar.update()
+            models[name], _ = load_model(run_dir / "checkpoint.pt")
     return models
 
 

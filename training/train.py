@@ -18,14 +18,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
-from tqdm import tqdm
+
+from vaeserve.progress import Progress, write
 
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig, TrainConfigError
@@ -89,17 +90,30 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False, log: TextIO | None = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    log: TextIO | None = None,
+    progress: Progress | None = None,
+    label: str = "train",
+) -> dict:
     """Train into `out` (checkpoint.pt, best.pt, config.json, metrics.jsonl, report/); returns best.pt's metrics.
 
-    Progress lines go to `log` (default: stdout); the per-step bar goes to stderr when it is a terminal.
+    A line per epoch and the summary go to `log` (default: stdout). Progress (default: Progress()) goes to stderr
+    from rank 0: on a terminal a bar over the run's images (`label`) above one over the epoch's batches, otherwise
+    a `label` line every so often.
     """
     rank, device = init_distributed(cfg.device)
     try:
         run = setup(cfg, Path(out), resume, rank, device, log or sys.stdout)
-        for epoch in range(run.start_epoch, run.cfg.epochs):
-            record = train_epoch(run, epoch)
-            validate_and_save(run, epoch, record)
+        policy = (progress or Progress()) if rank.main else Progress(quiet=True)
+        images = (run.cfg.epochs - run.start_epoch) * run.shard * rank.world_size
+        with policy.meter(images, label, "images") as meter:
+            for epoch in range(run.start_epoch, run.cfg.epochs):
+                meter.set_postfix_str(f"epoch {epoch + 1} of {run.cfg.epochs}")
+                record = train_epoch(run, epoch, policy, meter)
+                validate_and_save(run, epoch, record, meter)
         return finish(run.out, run.splits, run.cfg.report, run.log) if rank.main else {}
     finally:
         if rank.world_size > 1:
@@ -195,18 +209,18 @@ def start_log(run: Run, resume: bool) -> None:
           file=run.log, flush=True)  # fmt: skip
 
 
-def train_epoch(run: Run, epoch: int) -> dict:
-    """One pass over this rank's shard; returns the epoch's image-weighted training figures (all ranks')."""
+def train_epoch(run: Run, epoch: int, policy: Progress, meter: Any) -> dict:
+    """One pass over this rank's shard, counted on `meter` (the run's) and shown on a bar of its own on a terminal;
+    returns the epoch's image-weighted training figures (all ranks')."""
     cfg, rank, steps = run.cfg, run.rank, run.steps_per_epoch
     run.model.train()
     run.sampler.set_epoch(epoch)
     order = torch.tensor(list(run.sampler), device=run.device)
     sums = torch.zeros(4, device=run.device, dtype=torch.float64)  # image-weighted loss, neg_elbo, recon, kl
-    # A bar only on a terminal: in a log file its redraws would be fragments; the epoch line says it all.
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr,
-               disable=not (rank.main and sys.stderr.isatty()), dynamic_ncols=True)  # fmt: skip
+    # detail: on a terminal only; in plain lines the run's meter says it, and the epoch line follows.
+    bar = policy.meter(steps, f"epoch {epoch + 1}/{cfg.epochs}", "batches", detail=True, leave=False)
     start = time.perf_counter()
-    for step in bar:
+    for step in range(steps):
         x = run.train_x[order[step * run.local_batch : (step + 1) * run.local_batch]]
         eps = torch.randn(len(x) * rank.world_size, run.model.cfg.latent_dim, generator=run.noise, device=run.device)
         beta = kl_weight(cfg, epoch, step, steps)
@@ -218,7 +232,10 @@ def train_epoch(run: Run, epoch: int) -> dict:
         sums += step_terms * len(x)
         if not bar.disable and (step % 10 == 0 or step == steps - 1):  # .tolist() syncs a GPU: not every step
             loss, _, recon, kl = step_terms.tolist()
-            bar.set_postfix(loss=f"{loss:.2f}", recon=f"{recon:.2f}", kl=f"{kl:.2f}", refresh=False)
+            bar.set_postfix_str(f"loss={loss:.2f}, recon={recon:.2f}, kl={kl:.2f}", refresh=False)
+        bar.update()
+        meter.update(len(x) * rank.world_size)
+    bar.close()
     seconds = time.perf_counter() - start
     if rank.world_size > 1:
         dist.all_reduce(sums)
@@ -228,7 +245,7 @@ def train_epoch(run: Run, epoch: int) -> dict:
             "seconds": seconds, "images_per_s": run.shard * rank.world_size / seconds}  # fmt: skip
 
 
-def validate_and_save(run: Run, epoch: int, record: dict) -> None:
+def validate_and_save(run: Run, epoch: int, record: dict, meter: Any) -> None:
     """Score the validation slice, then (rank 0) write checkpoint.pt, best.pt if it improved, and the metrics."""
     run.model.eval()
     # Every rank holds the same weights and the same validation slice.
@@ -255,9 +272,9 @@ def validate_and_save(run: Run, epoch: int, record: dict) -> None:
         save_checkpoint(run.out / "best.pt", state)
     with (run.out / "metrics.jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")
-    print(f"epoch {epoch + 1:3d}/{run.cfg.epochs}  loss {record['loss']:8.3f}  recon {record['reconstruction']:8.3f}  "
-          f"kl {record['kl']:7.3f}  val neg-elbo {record['val_neg_elbo']:8.3f}{' *' if improved else '  '}  "
-          f"{record['images_per_s']:7.0f} img/s", file=run.log, flush=True)  # fmt: skip
+    write(meter, f"epoch {epoch + 1:3d}/{run.cfg.epochs}  loss {record['loss']:8.3f}  recon "
+          f"{record['reconstruction']:8.3f}  kl {record['kl']:7.3f}  val neg-elbo {record['val_neg_elbo']:8.3f}"
+          f"{' *' if improved else '  '}  {record['images_per_s']:7.0f} img/s", run.log)  # fmt: skip
 
 
 def finish(out: Path, splits: Splits, report: bool, log: TextIO) -> dict:

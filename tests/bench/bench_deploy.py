@@ -38,8 +38,8 @@ from tests.deploy.containers import (
     wait_serving,
 )
 from tests.harness import METHOD, ROOT
+from vaeserve.client.api import VaeClient, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.server.client import VaeClient, to_tensor
 
 REPO = ROOT / "models"
 LOCAL_BASE = "localhost/vaeserve-base:bookworm"

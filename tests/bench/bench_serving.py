@@ -310,6 +310,7 @@ def find_or_export(model: str) -> Path:
         shutil.rmtree(repo)  # written by an older exporter: make a fresh one
     if not (repo / "vae").is_dir():
         run = WORK / f"run-{model}"
+        WORK.mkdir(parents=True, exist_ok=True)  # its callers other than main() may not have made it
         print(f"training and exporting a {model} model into {repo.relative_to(ROOT)}", flush=True)
         if model == "mnist-mlp":
             data = ["--dataset", "npz", "--data-path", str(mnist.write_npz(WORK / "mnist-t10k.npz")), "--arch", "mlp",

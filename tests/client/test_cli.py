@@ -3,7 +3,15 @@ writing real files."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +351,63 @@ def test_bulk_commands_refuse_empty_folders_unreadable_sets_and_hostile_concurre
             vaeserve(["encode", "--target", server.target, str(tmp_path / "broken"), "--concurrency", bad])
         assert exited.value.code == 2
         assert "argument --concurrency: expected an integer in [1, 64]" in capsys.readouterr().err
+
+
+@pytest.fixture
+def dark_folder(tmp_path: Path) -> Path:
+    """1,200 dark 8x8 PNGs (no conversion notes, no invert hint), a few calls' worth for the shared server."""
+    folder = tmp_path / "dark"
+    folder.mkdir()
+    for i, image in enumerate(np.random.default_rng(5).integers(0, 100, (1200, 8, 8), dtype=np.uint8)):
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    return folder
+
+
+PROGRESS_LINE = re.compile(r"^(\w+): ([\d,]+)/1,200 images \((\d+)%\), [\d.,]+ images/s, ETA \d+:\d\d$")
+
+
+@pytest.mark.parametrize("command", ["encode", "score", "reconstruct"])
+def test_bulk_commands_print_plain_progress_lines_when_stderr_is_not_a_terminal(
+    server: ServerProcess, dark_folder: Path, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / ("out.png" if command == "reconstruct" else "out.npy")
+    flags = ["--out", str(out)] if command != "score" else ["--k", "2"]
+    # --progress-every 0: a line per call handed back, so no wall-clock time decides what is printed.
+    argv = [command, "--target", server.target, str(dark_folder), *flags, "--concurrency", "2"]
+    assert vaeserve([*argv, "--progress-every", "0"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    matches = [PROGRESS_LINE.match(line) for line in lines[:-1]]
+    assert len(lines) >= 3 and all(matches), lines  # 1,200 rows are several calls: several lines, then the last
+    done = [int(m[2].replace(",", "")) for m in matches]
+    assert all(m[1] == command for m in matches) and done == sorted(set(done)) and done[-1] == 1200
+    assert re.fullmatch(rf"{command}: 1,200 images in \d+:\d\d, [\d.,]+ images/s", lines[-1]), lines[-1]
+    assert "%|" not in "".join(lines)  # no bar fragments in a log
+    # --quiet: nothing of progress (and these images need no notes: nothing at all).
+    assert vaeserve([*argv, "--progress-every", "0", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_bulk_commands_draw_a_tqdm_bar_on_a_terminal(server: ServerProcess, dark_folder: Path, tmp_path: Path) -> None:
+    """The real command in a subprocess whose stderr is a pseudo-terminal (the `pty` module)."""
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    env = {**os.environ, "VAESERVE_PROGRESS_EVERY": "0"}  # the bar from the start, not after a second's work
+    argv = [sys.executable, "-m", "vaeserve.cli", "encode", "--target", server.target, str(dark_folder),
+            "--out", str(tmp_path / "e.npy"), "--concurrency", "2"]  # fmt: skip
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary, env=env) as proc:
+        os.close(secondary)
+        shown = bytearray()
+        while True:  # until the child's end closes the terminal: EOF, or EIO on Linux
+            try:
+                data = os.read(primary, 1 << 16)
+            except OSError:
+                break
+            if not data:
+                break
+            shown += data
+        os.close(primary)
+        stdout = proc.stdout.read().decode() if proc.stdout else ""
+    assert proc.returncode == 0, shown.decode(errors="replace")
+    text = shown.decode(errors="replace")
+    assert "encode: 100%|" in text and "1200/1200" in text and "images/s" in text, text
+    assert stdout.startswith("encoded 1200 images") and "%|" not in stdout

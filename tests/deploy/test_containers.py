@@ -33,7 +33,7 @@ from tests.deploy.containers import (
     wait_serving,
 )
 from tests.harness import wait_until
-from vaeserve.server.client import AsyncVaeClient, VaeClient
+from vaeserve.client.api import AsyncVaeClient, VaeClient
 
 PORTS = ("VAESERVE_PORT", "VAESERVE_HEALTH_PORT", "VAESERVE_METRICS_PORT")
 LOAD_CLIENTS = 16

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -26,13 +27,13 @@ EVEN_STEP = 1 / 15  # 16 frames
 
 
 @pytest.fixture(scope="module")
-def experiments(tmp_path_factory) -> tuple[Path, str]:
-    """(output folder, what the command printed)."""
+def experiments(tmp_path_factory) -> tuple[Path, str, str]:
+    """(output folder, what the command printed, its progress on stderr: a line per update, --progress-every 0)."""
     out = tmp_path_factory.mktemp("experiments")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        run_cli("experiments", "--out", str(out), *TINY)
-    return out, printed.getvalue()
+    printed, progress = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(progress):
+        run_cli("experiments", "--out", str(out), *TINY, "--progress-every", "0")
+    return out, printed.getvalue(), progress.getvalue()
 
 
 def results(out: Path) -> dict:
@@ -54,7 +55,7 @@ def assert_generation_figures(entry: dict, latent_dim: int, classes: int = 10) -
 
 
 def test_results_json_holds_the_documented_figures(experiments):
-    out, _ = experiments
+    out, *_ = experiments
     r = results(out)
     latent_dim = TrainConfig().latent_dim
     assert r["dataset"] == "digits" and r["seed"] == 0 and r["train_config"]["epochs"] == 1
@@ -84,7 +85,7 @@ def test_results_json_holds_the_documented_figures(experiments):
 
 
 def test_every_run_is_kept_with_its_log(experiments):
-    out, _ = experiments
+    out, *_ = experiments
     names = {f"beta-{b:g}" for b in BETAS} | {"autoencoder"}
     names |= {f"estimator-{e}" for e in ("reparameterization", "score-function", "score-function-baseline")}
     assert {p.name for p in (out / "runs").iterdir()} == names
@@ -98,7 +99,7 @@ def test_every_run_is_kept_with_its_log(experiments):
 
 
 def test_figures_are_real_pngs(experiments):
-    out, _ = experiments
+    out, *_ = experiments
     figures = results(out)["figures"]
     assert set(figures) == FIGURES
     for name, file in figures.items():
@@ -109,7 +110,7 @@ def test_figures_are_real_pngs(experiments):
 
 
 def test_report_and_summary_state_the_run_s_numbers(experiments):
-    out, printed = experiments
+    out, printed, _ = experiments
     r = results(out)
     report = (out / "report.md").read_text()
     for heading in ("KL term regularizes", "reparameterization trick", "probabilistic latent space", "smooth"):
@@ -119,6 +120,21 @@ def test_report_and_summary_state_the_run_s_numbers(experiments):
     assert row in report and row in printed
     assert f"{r['autoencoder']['sample_confidence']:.2f}" in report
     assert str(out / "results.json") in printed
+
+
+def test_progress_is_a_line_per_update_of_the_runs_and_of_each_run_when_not_a_terminal(experiments):
+    _, printed, progress = experiments
+    names = [f"beta-{b:g}" for b in BETAS] + ["autoencoder"]
+    names += [f"estimator-{e}" for e in ("reparameterization", "score-function", "score-function-baseline")]
+    lines = progress.splitlines()
+    runs = [line for line in lines if line.startswith("experiments: ")]
+    assert [line.split(" runs")[0] for line in runs[:-1]] == [f"experiments: {i}/7" for i in range(1, 8)]
+    assert re.fullmatch(r"experiments: 7 runs in \d+:\d\d, [\d.]+ runs/s", runs[-1])
+    for name in names:  # each training's lines are named after its run and end with its closing line
+        own = [line for line in lines if line.startswith(f"{name}: ")]
+        assert len(own) > 2 and re.fullmatch(rf"{name}: [\d,]+ images in \d+:\d\d, [\d.,]+ images/s", own[-1])
+        assert f"{name}: " in printed  # and the one line per finished run on stdout, as before
+    assert "%|" not in progress
 
 
 @pytest.mark.parametrize(

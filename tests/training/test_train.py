@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -186,6 +187,25 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
 def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("VAESERVE_PROGRESS_EVERY", "0")  # bars are drawn after a second's work, or this: at once
     train(tmp_path / "run", "--epochs", "1")
     assert "epoch 1/1: " in terminal.getvalue() and "%|" in terminal.getvalue()
     assert "%|" not in capsys.readouterr().out
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal_and_none_when_quiet(tmp_path, capsys):
+    # --progress-every 0: a line per batch, so no wall-clock time decides what is printed.
+    train(tmp_path / "run", "--epochs", "2", "--progress-every", "0")
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    line = re.compile(r"train: ([\d,]+)/([\d,]+) images \(\d+%\), [\d.,]+ images/s, ETA \d+:\d\d, epoch ([12]) of 2")
+    matches = [line.fullmatch(text) for text in lines[:-1]]
+    assert len(lines) > 2 and all(matches), lines
+    done = [int(m[1].replace(",", "")) for m in matches]
+    total = int(matches[0][2].replace(",", ""))
+    assert done == sorted(done) and done[-1] == total and {m[3] for m in matches} == {"1", "2"}
+    assert re.fullmatch(rf"train: {total:,} images in \d+:\d\d, [\d.,]+ images/s", lines[-1])
+    assert len([text for text in captured.out.splitlines() if text.startswith("epoch")]) == 2  # the log as before
+    train(tmp_path / "quiet", "--epochs", "2", "--progress-every", "0", "--quiet")
+    captured = capsys.readouterr()
+    assert captured.err == "" and "best epoch" in captured.out
