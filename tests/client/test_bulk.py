@@ -171,3 +171,19 @@ def test_hostile_bulk_arguments_are_refused_by_name(argument: dict) -> None:
     # Refused before any call (none would be answered there).
     with VaeClient("127.0.0.1:1") as c, pytest.raises(VaeserveError, match=next(iter(argument))):
         c.encode_many([], **argument)
+
+
+def test_uint8_arrays_of_the_model_shape_are_sent_as_they_are() -> None:
+    """The bulk reader's fast path (no conversion for uint8 rows the model takes) gives the same rows as the
+    conversion would, and still hints at mostly light images."""
+    rng = np.random.default_rng(3)
+    dark = [rng.integers(0, 100, (1, 8, 8), dtype=np.uint8) for _ in range(20)]
+    reader = bulk.Reader((1, 8, 8))
+    rows = np.concatenate([images for images, _ in reader.rows(dark)])
+    converted = np.concatenate([images for images, _ in bulk.Reader((1, 8, 8), hint_invert=False).rows(
+        [a.astype(np.float32) / 255 for a in dark])])  # fmt: skip
+    np.testing.assert_array_equal(rows, np.stack(dark))
+    np.testing.assert_array_equal(rows, np.rint(converted * 255).astype(np.uint8))
+    light = bulk.Reader((1, 8, 8))
+    list(light.rows([np.full((1, 8, 8), 250, np.uint8)]))
+    assert any("mostly light" in note for note in light.notes)
