@@ -8,7 +8,7 @@ from dataclasses import fields
 
 from vaeserve.progress import add_progress_flags
 
-from .config import DATASETS, ESTIMATORS, ExperimentConfig, TrainConfig
+from .config import CHANNELS, DATASETS, ESTIMATORS, ExperimentConfig, TrainConfig
 
 DEFAULT_OUT = "runs/default"
 DEFAULT_EXPERIMENTS_OUT = "runs/experiments"
@@ -93,7 +93,26 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
         "downloaded into it (default: ~/.cache/vaeserve/DATASET)",
     )
     data.add_argument("--data-url", help="base URL to download missing IDX files from (default: the public mirror)")
-    data.add_argument("--data-path", help="the .npz file for --dataset npz (default: %(default)s)")
+    data.add_argument(
+        "--data-path",
+        help="the .npz file for --dataset npz, or the folder of PNG/JPEG/WebP pictures (searched recursively; "
+        "subfolder names are labels for reports) for --dataset folder (default: %(default)s)",
+    )
+    data.add_argument(
+        "--image-size",
+        type=int,
+        help="--dataset folder: pictures resized to SIZE x SIZE, aspect ratio kept, as the client does "
+        "(default: %(default)s)",
+    )
+    data.add_argument(
+        "--channels", type=int, choices=CHANNELS, help="--dataset folder: 1 grey, 3 RGB (default: %(default)s)"
+    )
+    data.add_argument(
+        "--memory-mb",
+        type=int,
+        help="--dataset folder: decoded pictures (uint8) kept in memory up to this size; a bigger folder is "
+        "memory-mapped from a temporary file and read per batch (default: %(default)s)",
+    )
     data.add_argument(
         "--val-fraction", type=float, help="share of the training split held out for validation (default: %(default)s)"
     )

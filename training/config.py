@@ -7,7 +7,11 @@ from dataclasses import dataclass, field, fields
 
 from vaeserve.errors import VaeserveError
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "npz")
+DATASETS = ("digits", "mnist", "fashion-mnist", "npz", "folder")
+CHANNELS = (1, 3)  # --dataset folder: grey or RGB
+# A folder's decoded pictures (uint8) held in memory up to this many MB; a bigger folder is memory-mapped from a
+# temporary file, so a run's own memory stays near its test and validation splits (float32) whatever its size.
+DEFAULT_MEMORY_MB = 2048
 # How the reconstruction term's gradient reaches the encoder through z ~ q(z|x): training/estimators.py.
 ESTIMATORS = ("reparameterization", "score-function", "score-function-baseline", "deterministic")
 
@@ -18,6 +22,8 @@ class TrainConfigError(VaeserveError):
 
 # [low, high] of each numeric flag: outside them a run cannot work, or could not finish on any machine.
 BOUNDS = {
+    "image_size": (4, 1024),
+    "memory_mb": (0, 1 << 20),
     "latent_dim": (1, 4096),
     "hidden_dim": (0, 1 << 16),
     "sigma": (0.0, 1e3),  # and > 0
@@ -57,6 +63,9 @@ class TrainConfig:
     data_url: str | None = None
     data_path: str | None = None
     val_fraction: float = 0.1  # held out of the training split for validation and best.pt
+    image_size: int = 64  # --dataset folder: pictures resized to image_size x image_size, aspect ratio kept
+    channels: int = 3
+    memory_mb: int = DEFAULT_MEMORY_MB
     # model: `vaeserve experiments` and tests/bench/bench_default_model.py show why these (README, BENCHMARKS.md)
     arch: str = "conv"  # its samples and midpoints look like digits far more often than the MLP's
     latent_dim: int = 8
@@ -85,6 +94,8 @@ class TrainConfig:
         for name in ("lr", "sigma"):
             if not getattr(self, name) > 0:
                 raise TrainConfigError(f"--{name} must be > 0, got {getattr(self, name)}")
+        if self.channels not in CHANNELS:
+            raise TrainConfigError(f"--channels must be one of {', '.join(map(str, CHANNELS))}, got {self.channels}")
         if not 0 < self.val_fraction < 1:
             raise TrainConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if self.estimator not in ESTIMATORS:

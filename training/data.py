@@ -6,6 +6,8 @@ export's parity checks all rebuild the same test split from it:
     {"name": "mnist" | "fashion-mnist", "data_dir": D}   the standard IDX files (gz or raw) in D; missing ones are
                                                          downloaded from "data_url" (optional) with MD5 checks
     {"name": "npz", "data_path": F}                      keras' mnist.npz layout: x_train, x_test, y_train?, y_test?
+    {"name": "folder", "data_path": D, "image_size": S,  every PNG/JPEG/WebP under D as C x S x S (training/folder.py);
+     "channels": C}                                      its training split is uint8, possibly memory-mapped
 Every problem with the data raises `DataError` naming the file.
 """
 
@@ -26,7 +28,8 @@ import torch
 
 from vaeserve.errors import VaeserveError
 
-from .config import DATASETS
+from .config import DATASETS, DEFAULT_MEMORY_MB
+from .folder import load_folder
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -70,14 +73,20 @@ class DataError(VaeserveError):
 @dataclass
 class Splits:
     name: str
-    train: torch.Tensor  # float32 [N, C, H, W] in [0, 1]
-    test: torch.Tensor
+    train: torch.Tensor  # float32 [N, C, H, W] in [0, 1], or uint8 (a folder's pictures; `as_float` converts)
+    test: torch.Tensor  # float32
     train_labels: torch.Tensor | None  # int64 [N]
     test_labels: torch.Tensor | None
+    files: dict[str, list[str]] | None = None  # a folder's split: relative paths of its "train" and "test" pictures
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.shape[1:])
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """Images as float32 in [0, 1]: uint8 pixels scaled, float ones as they are."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images
 
 
 def default_cache_dir(name: str) -> Path:
@@ -86,7 +95,12 @@ def default_cache_dir(name: str) -> Path:
 
 
 def dataset_spec(
-    name: str, data_dir: str | None = None, data_url: str | None = None, data_path: str | None = None
+    name: str,
+    data_dir: str | None = None,
+    data_url: str | None = None,
+    data_path: str | None = None,
+    image_size: int = 64,
+    channels: int = 3,
 ) -> dict:
     """The checkpoint's "dataset" entry for these flags, with absolute paths so it loads from any directory."""
     if name not in DATASETS:
@@ -97,13 +111,19 @@ def dataset_spec(
         if not data_path:
             raise DataError("--dataset npz needs --data-path FILE.npz")
         return {"name": name, "data_path": str(Path(data_path).resolve())}
+    if name == "folder":
+        if not data_path:
+            raise DataError("--dataset folder needs --data-path DIR")
+        return {"name": name, "data_path": str(Path(data_path).resolve()), "image_size": image_size,
+                "channels": channels}  # fmt: skip
     spec = {"name": name, "data_dir": str(Path(data_dir or default_cache_dir(name)).resolve())}
     if data_url:
         spec["data_url"] = data_url
     return spec
 
 
-def load_dataset(spec: dict) -> Splits:
+def load_dataset(spec: dict, memory_mb: int = DEFAULT_MEMORY_MB) -> Splits:
+    """memory_mb: how much of a folder's decoded pictures stay in memory (the rest is memory-mapped)."""
     name = spec.get("name")
     if name == "digits":
         return load_digits()
@@ -111,6 +131,8 @@ def load_dataset(spec: dict) -> Splits:
         return load_idx_dataset(name, Path(spec["data_dir"]), spec.get("data_url"), spec.get("md5"))
     if name == "npz":
         return load_npz(Path(spec["data_path"]))
+    if name == "folder":
+        return load_folder(spec, memory_mb)
     raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
 
 

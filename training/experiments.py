@@ -25,7 +25,7 @@ from vaeserve.progress import Progress
 
 from .checkpoint import load_model
 from .config import ExperimentConfig, TrainConfig
-from .data import DataError, Splits, dataset_spec, load_dataset
+from .data import DataError, Splits, as_float, dataset_spec, load_dataset
 from .estimators import SAMPLING_ESTIMATORS, gradient_variance
 from .evaluate import evaluate
 from .experiment_figures import write_figures
@@ -56,12 +56,13 @@ def run_experiments(cfg: ExperimentConfig, out: str | Path, progress: Progress |
     trainings show theirs (default: Progress())."""
     cfg.check()
     out, base, started = Path(out), cfg.base, time.perf_counter()
-    splits = load_dataset(dataset_spec(base.dataset, base.data_dir, base.data_url, base.data_path))
+    spec = dataset_spec(base.dataset, base.data_dir, base.data_url, base.data_path, base.image_size, base.channels)
+    splits = load_dataset(spec, base.memory_mb)
     if splits.train_labels is None or splits.test_labels is None:
         raise DataError(f"--dataset {base.dataset}: the experiments' classifier needs labels (y_train and y_test)")
     out.mkdir(parents=True, exist_ok=True)
     models = train_all(planned_runs(cfg), out / "runs", progress or Progress())
-    classifier = fit_classifier(splits.train, splits.train_labels, base.seed)
+    classifier = fit_classifier(as_float(splits.train), splits.train_labels, base.seed)
     scores, arrays = score_models(cfg, splits, models, classifier)
     results = {
         "dataset": splits.name,
@@ -131,7 +132,7 @@ def measure_gradients(cfg: ExperimentConfig, splits: Splits, trained: VAE, runs:
     base = cfg.base
     torch.manual_seed(base.seed)  # as train() does before building the model: the same initial weights
     initial = VAE(model_config(base, splits.image_shape))
-    batch = splits.train[: base.batch_size]
+    batch = as_float(splits.train[: base.batch_size])
     states = {"trained": gradient_variance(trained.cpu(), batch, cfg.gradient_draws, base.seed),
               "at_initialization": gradient_variance(initial, batch, cfg.gradient_draws, base.seed)}  # fmt: skip
 

@@ -124,18 +124,30 @@ class MLPDecoder(nn.Module):
         return self.net(latent).view(-1, *self.image_shape)
 
 
+def conv_widths(h: int, w: int) -> list[int]:
+    """Channels after each stride-2 stage: two stages (H/4 x W/4, as for the 8x8 digits and 28x28 MNIST), then
+    more while the map stays even and larger than 7x7, so 32 -> 4x4, 64 -> 4x4, 128 -> 4x4; widths double from 32
+    up to 256 so each stage keeps about as many activations as the last."""
+    stages = 2
+    while (h >> stages) % 2 == 0 and (w >> stages) % 2 == 0 and min(h, w) >> stages > 7:
+        stages += 1
+    return [min(256, 32 << i) for i in range(stages)]
+
+
 class ConvEncoder(nn.Module):
-    """Two stride-2 convolutions (H, W -> H/4, W/4), then a linear head to mean and log-variance."""
+    """Stride-2 convolutions down to a small map (`conv_widths`), then a linear head to mean and log-variance."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         c, h, w = cfg.image_shape
+        widths = conv_widths(h, w)
+        scale = 1 << len(widths)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([c, *widths[:-1]], widths, strict=True):
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         self.body = nn.Sequential(
-            nn.Conv2d(c, 32, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(64 * (h // 4) * (w // 4), cfg.hidden), nn.ReLU(),
-        )  # fmt: skip
+            *layers, nn.Flatten(), nn.Linear(widths[-1] * (h // scale) * (w // scale), cfg.hidden), nn.ReLU()
+        )
         self.head = nn.Linear(cfg.hidden, 2 * cfg.latent_dim)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,20 +156,23 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """The encoder mirrored: a linear layer to a 64 x H/4 x W/4 map, two stride-2 transposed convolutions."""
+    """The encoder mirrored: a linear layer to the encoder's last map, stride-2 transposed convolutions back."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         c, h, w = cfg.image_shape
-        self.grid = (64, h // 4, w // 4)
+        widths = conv_widths(h, w)
+        scale = 1 << len(widths)
+        self.grid = (widths[-1], h // scale, w // scale)
         self.fc = nn.Sequential(
             nn.Linear(cfg.latent_dim, cfg.hidden), nn.ReLU(),
-            nn.Linear(cfg.hidden, 64 * (h // 4) * (w // 4)), nn.ReLU(),
+            nn.Linear(cfg.hidden, math.prod(self.grid)), nn.ReLU(),
         )  # fmt: skip
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),
-            nn.ConvTranspose2d(32, c, 4, stride=2, padding=1),
-        )  # fmt: skip
+        outs = [*reversed(widths[:-1]), c]
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(reversed(widths), outs, strict=True):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+        self.net = nn.Sequential(*layers[:-1])  # logits: no ReLU after the last
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.net(self.fc(latent).view(-1, *self.grid))

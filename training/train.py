@@ -30,7 +30,7 @@ from vaeserve.progress import Progress, write
 
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig, TrainConfigError
-from .data import Splits, dataset_spec, load_dataset
+from .data import Splits, as_float, dataset_spec, load_dataset
 from .estimators import training_loss
 from .evaluate import elbo_terms
 from .model import VAE, ModelConfig
@@ -71,11 +71,12 @@ def model_config(cfg: TrainConfig, image_shape: tuple[int, int, int]) -> ModelCo
         raise TrainConfigError(f"invalid model flags: {exc}") from exc
 
 
-def split_validation(train: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random slice of the training split held out for validation: (train, val)."""
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, round(fraction * len(train)))
-    return train[order[n_val:]], train[order[:n_val]]
+def split_validation(count: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random slice of the training split's `count` rows held out for validation: (train rows, val rows).
+    Rows, not images: a folder's training pictures may be memory-mapped and are read per batch."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(fraction * count))
+    return order[n_val:], order[:n_val]
 
 
 def kl_weight(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -131,7 +132,7 @@ class Run:
     log: TextIO
     spec: dict  # the checkpoint's "dataset" entry
     splits: Splits
-    train_x: torch.Tensor
+    train_rows: torch.Tensor  # the rows of splits.train trained on (the rest is validation)
     val_x: torch.Tensor
     model: VAE
     ddp_model: nn.Module  # `model`, wrapped in DDP under torchrun
@@ -148,7 +149,7 @@ class Run:
     @property
     def shard(self) -> int:
         """Training images per rank and epoch."""
-        return len(self.train_x) // self.rank.world_size
+        return len(self.train_rows) // self.rank.world_size
 
     @property
     def steps_per_epoch(self) -> int:
@@ -164,13 +165,13 @@ def setup(cfg: TrainConfig, out: Path, resume: bool, rank: Rank, device: torch.d
         cfg = replace(TrainConfig.from_dict(ckpt["train_config"]), epochs=cfg.epochs, device=cfg.device)
         spec = ckpt["dataset"]
     else:
-        spec = dataset_spec(cfg.dataset, cfg.data_dir, cfg.data_url, cfg.data_path)
+        spec = dataset_spec(cfg.dataset, cfg.data_dir, cfg.data_url, cfg.data_path, cfg.image_size, cfg.channels)
     cfg.check(rank.world_size)
 
-    splits = load_dataset(spec)
-    train_x, val_x = split_validation(splits.train, cfg.val_fraction, cfg.seed)
-    if len(train_x) // rank.world_size == 0:
-        raise TrainConfigError(f"{len(train_x)} training images cannot be shared by {rank.world_size} ranks")
+    splits = load_dataset(spec, cfg.memory_mb)
+    train_rows, val_rows = split_validation(len(splits.train), cfg.val_fraction, cfg.seed)
+    if len(train_rows) // rank.world_size == 0:
+        raise TrainConfigError(f"{len(train_rows)} training images cannot be shared by {rank.world_size} ranks")
 
     torch.manual_seed(cfg.seed)
     model = VAE(model_config(cfg, splits.image_shape)).to(device)
@@ -183,14 +184,24 @@ def setup(cfg: TrainConfig, out: Path, resume: bool, rank: Rank, device: torch.d
         noise.set_state(ckpt["rng"]["noise"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         start_epoch, best = ckpt["epoch"], ckpt["metrics"]["best_val_neg_elbo"]
-    sampler = DistributedSampler(range(len(train_x)), num_replicas=rank.world_size, rank=rank.rank,
+    sampler = DistributedSampler(range(len(train_rows)), num_replicas=rank.world_size, rank=rank.rank,
                                  shuffle=True, seed=cfg.seed, drop_last=True)  # fmt: skip
-    run = Run(cfg, out, rank, device, log, spec, splits, train_x.to(device), val_x.to(device), model,
+    val_x = as_float(splits.train[val_rows]).to(device)
+    run = Run(cfg, out, rank, device, log, spec, splits, train_rows, val_x, model,
               DistributedDataParallel(model) if rank.world_size > 1 else model, optimizer, noise, sampler,
               start_epoch, best)  # fmt: skip
     if rank.main:
         start_log(run, resume)
+        if splits.files:
+            write_split(out / "split.json", splits.files, train_rows, val_rows)
     return run
+
+
+def write_split(path: Path, files: dict[str, list[str]], train_rows: torch.Tensor, val_rows: torch.Tensor) -> None:
+    """A folder's pictures by split, as paths relative to it: what was trained on, validated and tested on."""
+    split = {"train": [files["train"][i] for i in train_rows], "val": [files["train"][i] for i in val_rows],
+             "test": files["test"]}  # fmt: skip
+    path.write_text(json.dumps(split, indent=1) + "\n")
 
 
 def start_log(run: Run, resume: bool) -> None:
@@ -204,7 +215,7 @@ def start_log(run: Run, resume: bool) -> None:
     model_cfg, splits = run.model.cfg, run.splits
     size = sum(p.numel() for p in run.model.parameters())
     print(f"training {model_cfg.arch} VAE (latent {model_cfg.latent_dim}, {size} parameters) on {splits.name}: "
-          f"{len(run.train_x)} train / {len(run.val_x)} val / {len(splits.test)} test images "
+          f"{len(run.train_rows)} train / {len(run.val_x)} val / {len(splits.test)} test images "
           f"{list(splits.image_shape)}, {run.device}, {run.rank.world_size} process(es)",
           file=run.log, flush=True)  # fmt: skip
 
@@ -215,13 +226,14 @@ def train_epoch(run: Run, epoch: int, policy: Progress, meter: Any) -> dict:
     cfg, rank, steps = run.cfg, run.rank, run.steps_per_epoch
     run.model.train()
     run.sampler.set_epoch(epoch)
-    order = torch.tensor(list(run.sampler), device=run.device)
+    order = torch.tensor(list(run.sampler))
     sums = torch.zeros(4, device=run.device, dtype=torch.float64)  # image-weighted loss, neg_elbo, recon, kl
     # detail: on a terminal only; in plain lines the run's meter says it, and the epoch line follows.
     bar = policy.meter(steps, f"epoch {epoch + 1}/{cfg.epochs}", "batches", detail=True, leave=False)
     start = time.perf_counter()
     for step in range(steps):
-        x = run.train_x[order[step * run.local_batch : (step + 1) * run.local_batch]]
+        rows = run.train_rows[order[step * run.local_batch : (step + 1) * run.local_batch]]
+        x = as_float(run.splits.train[rows]).to(run.device)
         eps = torch.randn(len(x) * rank.world_size, run.model.cfg.latent_dim, generator=run.noise, device=run.device)
         beta = kl_weight(cfg, epoch, step, steps)
         terms = training_loss(run.ddp_model, x, cfg.estimator, beta, cfg.free_bits, eps[rank.rank :: rank.world_size])
