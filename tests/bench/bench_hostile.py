@@ -30,7 +30,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import METHOD, ServerProcess, cancel_storm, free_port, vaeserve_ready
+from tests.harness import METHOD, ServerProcess, cancel_storm, free_ports, vaeserve_ready
 from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.server.client import to_tensor
 
@@ -41,7 +41,7 @@ UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_le
 
 
 def server(python: str, repo: Path, log: Path, *flags: str) -> ServerProcess:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     # The installation's own console script: `python -m vaeserve.cli` would import this checkout's package.
     argv = [str(Path(python).parent / "vaeserve"), "serve", "--repo", str(repo), "--name", "vae", "--host", "127.0.0.1",
             "--port", str(port), "--metrics-port", str(metrics_port), *flags]  # fmt: skip

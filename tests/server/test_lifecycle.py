@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import ServerProcess, free_port, serve_argv, serving, wait_until
+from tests.harness import ServerProcess, free_port, free_ports, serve_argv, serving, wait_until
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server.client import VaeClient, to_tensor
 
@@ -121,7 +121,9 @@ def test_a_host_that_cannot_be_listened_on_is_one_line(model_repo: Path) -> None
         result = run_serve(model_repo, "--host", host)
         assert result.returncode == 2 and result.stderr.startswith(f"vaeserve serve: error: {message}"), host
         assert result.stderr.count("\n") == 1
-    result = run_serve(model_repo, "--metrics-host", "nonexistent.invalid", "--metrics-port", str(free_port()))
+    port, metrics_port = free_ports(2)
+    argv = serve_argv(model_repo, "--metrics-host", "nonexistent.invalid", port=port, metrics_port=metrics_port)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert result.stderr.startswith("vaeserve serve: error: --metrics-host nonexistent.invalid: cannot resolve")
 
 
