@@ -112,6 +112,8 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "auth_token_file": ("file of accepted bearer tokens, one per line, re-read when it changes or on SIGHUP; "
                         "calls need `authorization: Bearer TOKEN` (health stays open)", {}),
     "reflection": ("gRPC server reflection", {}),
+    "max_health_watches": ("most health Watch streams open at once (they need no token); more get "
+                           "RESOURCE_EXHAUSTED", {}),
     "otlp_endpoint": ("OpenTelemetry collector for a span per RPC and per batch, http://HOST:4317 (needs the "
                       "tracing extra; empty: off)", {}),
     "event_loop": ("asyncio event loop: auto (uvloop when installed), asyncio, uvloop", {"choices": EVENT_LOOPS}),
