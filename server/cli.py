@@ -105,12 +105,14 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "max_connection_age_s": ("close client connections after this many seconds, so load rebalances across "
                              "replicas (0: never)", {}),
     "max_connection_age_grace_s": ("time calls on an aged connection get to finish", {}),
-    "grace_period": ("seconds in-flight calls get to finish after SIGTERM/SIGINT", {}),
+    "grace_period": ("seconds in-flight calls get to finish after SIGTERM/SIGINT (the server exits as soon as "
+                     "they have)", {}),
     "tls_cert": ("PEM certificate chain: serve TLS on --port (with --tls-key)", {}),
     "tls_key": ("PEM private key of --tls-cert", {}),
     "tls_client_ca": ("PEM CA bundle: require client certificates it signed (mTLS)", {}),
     "auth_token_file": ("file of accepted bearer tokens, one per line, re-read when it changes or on SIGHUP; "
-                        "calls need `authorization: Bearer TOKEN` (health stays open)", {}),
+                        "calls need `authorization: Bearer TOKEN` (health stays open). Fails closed: once the file "
+                        "is deleted, unreadable or empty, no token is accepted until it holds some again", {}),
     "reflection": ("gRPC server reflection", {}),
     "max_health_watches": ("most health Watch streams open at once (they need no token); more get "
                            "RESOURCE_EXHAUSTED", {}),

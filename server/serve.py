@@ -155,7 +155,6 @@ class App:
         self.admission.start()
         if self.tokens is not None:
             self.tokens.start()
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.tokens.reload)
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
@@ -274,6 +273,8 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
     server = grpc.aio.server(interceptors=interceptors, options=config.grpc_options(message_bytes))
     admission = Admission(config.max_wait_ms / 1000, config.admission_floor, config.max_concurrent_rpcs)
     tokens = security.tokens
+    if tokens is not None:
+        metrics.watch_tokens(tokens)
     info = model_info(model, loaded.provider, config)
     batched = Graphs(batchers["encoder"], batchers["decoder"], batchers.get("likelihood"))
     servicer = VaeServicer(model.image_shape, model.latent_dim, batched, info, metrics.images_scored.inc)
@@ -377,6 +378,15 @@ def check_ports(config: ServeConfig) -> None:
             check_free(host, port, flag, env_name(flag), host_flag)
 
 
+def reload(tokens: Tokens | None) -> None:
+    """SIGHUP: re-reads what can change while serving, the bearer tokens, and says what it did."""
+    if tokens is None:
+        log.info("SIGHUP: nothing to reload (no --auth-token-file)")
+        return
+    log.info("SIGHUP: re-reading --auth-token-file %s", tokens.path)
+    tokens.reload()
+
+
 def run(config: ServeConfig) -> int:
     """Runs `serve` on the event loop --event-loop names; its exit status."""
     if config.event_loop != "asyncio":
@@ -399,6 +409,11 @@ async def serve(config: ServeConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    # Signals whose default action ends the process without a drain: none of them may.
+    loop.add_signal_handler(signal.SIGHUP, reload, security.tokens)
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        loop.add_signal_handler(sig, log.warning, "%s ignored: SIGTERM or SIGINT drains and stops, SIGHUP reloads",
+                                sig.name)  # fmt: skip
     log.info("event loop %s", type(loop).__module__.split(".")[0])  # uvloop or asyncio
     if keep_large_buffers():
         log.info("malloc: buffers up to %d MiB are reused from the heap, not mapped per call", MMAP_THRESHOLD // MB)

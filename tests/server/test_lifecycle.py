@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import ServerProcess, free_port, free_ports, serve_argv, serving, wait_until
+from tests.harness import ServerProcess, free_port, free_ports, health_status, serve_argv, serving, wait_until
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server.client import VaeClient, to_tensor
 
@@ -265,6 +265,24 @@ def test_a_drain_closes_at_once_and_exits_when_the_calls_in_flight_end(conv_mode
     assert after["UNAVAILABLE"] > 0 and set(after) <= {"OK", "UNAVAILABLE"}, after  # refused, never cancelled
     log = server.output()
     assert "draining: GOAWAY sent" in log and "grace period over" not in log and "stopped" in log
+
+
+def test_sighup_and_sigusr_neither_kill_nor_drain_the_server(model_repo: Path, tmp_path: Path) -> None:
+    """Signals whose default action ends a process: SIGHUP reloads (without --auth-token-file there is nothing
+    to), SIGUSR1 and SIGUSR2 are ignored; each says so in the log, and the server carries on serving."""
+    with serving(model_repo, tmp_path / "serve.log") as server:
+        for sig, line in ((signal.SIGHUP, "SIGHUP: nothing to reload (no --auth-token-file)"),
+                          (signal.SIGUSR1, "SIGUSR1 ignored"), (signal.SIGUSR2, "SIGUSR2 ignored"),
+                          (signal.SIGHUP, "SIGHUP: nothing to reload")):  # fmt: skip
+            seen = server.output().count(line)
+            server.signal(sig)
+            wait_until(lambda line=line, seen=seen: server.output().count(line) > seen, f"{sig.name} to be logged")
+            assert server.returncode is None, f"{sig.name} ended the server"
+        with VaeClient(server.target) as client:
+            assert client.sample(2, seed=0)[0].shape == (2, 1, 8, 8)
+        assert health_status(server.target) == SERVING
+    assert server.returncode == 0 and "draining" in server.output()  # the stop at the end drained as usual
+    assert server.output().count("draining: NOT_SERVING") == 1
 
 
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])

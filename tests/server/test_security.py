@@ -199,15 +199,25 @@ def test_tokens_rotate_without_a_restart(model_repo: Path, pki: Pki, tmp_path: P
         staged.replace(tokens)
         wait_until(lambda: accepted("second"), "the rotated token to be accepted", poll=0.05)
         assert not accepted("first")
-        # SIGHUP re-reads at once; an empty file keeps the tokens accepted so far.
+        # SIGHUP re-reads at once; an empty file revokes every token (fail closed), and so does a deleted one.
+        failures = "vaeserve_auth_reload_failures_total"
+        assert server.metric("vaeserve_auth_tokens") == 1 and server.metric(failures) == 0
         tokens.write_text("third\n")
         server.signal(signal.SIGHUP)
         wait_until(lambda: accepted("third"), "the token read on SIGHUP", poll=0.05)
         tokens.write_text("\n")
         server.signal(signal.SIGHUP)
-        wait_until(lambda: "holds no token" in server.output(), "the empty file to be reported", poll=0.05)
-        assert accepted("third")
+        wait_until(lambda: server.metric(failures) == 1, "the empty file to be reported", poll=0.05)
+        assert not accepted("third") and server.metric("vaeserve_auth_tokens") == 0
+        tokens.write_text("fourth\n")  # restored: the poll notices
+        wait_until(lambda: accepted("fourth"), "the restored file's token to be accepted", poll=0.05)
+        tokens.unlink()
+        wait_until(lambda: server.metric(failures) == 2, "the deleted file to be reported", poll=0.05)
+        assert not accepted("fourth") and server.metric("vaeserve_auth_tokens") == 0
     assert server.returncode == 0
+    log = server.output()
+    assert "SIGHUP: re-reading --auth-token-file" in log
+    assert log.count("no token is accepted until it holds one") == 2  # one ERROR line per change
 
 
 def test_client_certificates_are_required_with_a_client_ca(model_repo: Path, pki: Pki, tmp_path: Path) -> None:
