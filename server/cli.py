@@ -113,7 +113,8 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "auth_token_file": ("file of accepted bearer tokens, one per line, re-read when it changes or on SIGHUP; "
                         "calls need `authorization: Bearer TOKEN` (health stays open). Fails closed: once the file "
                         "is deleted, unreadable or empty, no token is accepted until it holds some again", {}),
-    "reflection": ("gRPC server reflection", {}),
+    "reflection": ("gRPC server reflection (with --auth-token-file it needs a token too, like the API it "
+                   "describes)", {}),
     "max_health_watches": ("most health Watch streams open at once (they need no token); more get "
                            "RESOURCE_EXHAUSTED", {}),
     "otlp_endpoint": ("OpenTelemetry collector for a span per RPC and per batch, http://HOST:4317 (needs the "

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from tests.conftest import run_cli
 from tests.harness import ROOT, ServerProcess, free_port, health_status, serve_argv, serving, wait_until
@@ -121,6 +123,30 @@ def test_reflection_can_be_turned_off(secured: ServerProcess, pki: Pki) -> None:
         with pytest.raises(grpc.RpcError) as off:
             list(stub.ServerReflectionInfo(iter([request]), timeout=10))
     assert off.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_reflection_needs_the_token_when_tokens_are_on(server: ServerProcess, model_repo: Path, pki: Pki,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    """grpc's own reflection client against a TLS server with tokens and reflection on: refused without a token,
+    answered with one; a server without tokens answers anyone."""
+    with serving(model_repo, tmp_path / "serve.log", *tls_flags(pki, pki.tokens), health_port=True) as secured:
+        credentials = grpc.ssl_channel_credentials(pki.ca.pem.read_bytes())
+        target = f"localhost:{secured.port}"
+        for token in (None, "wrong-token"):
+            creds = credentials if token is None else grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(token))  # fmt: skip
+            with grpc.secure_channel(target, creds) as channel, pytest.raises(grpc.RpcError) as refused:
+                ProtoReflectionDescriptorDatabase(channel).get_services()
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, token
+            assert "bearer token" in refused.value.details()
+        creds = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials("alpha-token"))
+        with grpc.secure_channel(target, creds) as channel:
+            database = ProtoReflectionDescriptorDatabase(channel)
+            assert "vae.v1.VaeService" in database.get_services()
+            methods = DescriptorPool(database).FindServiceByName("vae.v1.VaeService").methods_by_name
+            assert "Sample" in methods
+    with grpc.insecure_channel(server.target) as channel:  # no tokens: reflection for anyone, as before
+        assert "inference.GRPCInferenceService" in ProtoReflectionDescriptorDatabase(channel).get_services()
 
 
 def test_the_client_cli_speaks_tls_and_sends_the_token(secured: ServerProcess, pki: Pki, tmp_path: Path) -> None:
