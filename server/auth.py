@@ -117,7 +117,8 @@ class Tokens:
         return False
 
     def checking(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        """`behavior` (an async unary-unary method) refusing calls without an accepted token (UNAUTHENTICATED)."""
+        """`behavior` (an async handler: unary-unary, or a stream one that writes with context.write) refusing calls
+        without an accepted token (UNAUTHENTICATED)."""
 
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if not self.accepts(context.invocation_metadata()):

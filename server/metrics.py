@@ -157,14 +157,33 @@ class Metrics:
         self.registry.register(_TokensCollector(tokens))
 
     def serve_http(self, host: str, port: int) -> MetricsHttpServer | None:
-        """Serves http://HOST:PORT/metrics from a daemon thread; port 0 disables it (returns None)."""
+        """Serves http://HOST:PORT/metrics (and 404 for other paths) from a daemon thread; port 0 disables it
+        (returns None)."""
         if port == 0:
             return None
         try:
             server, thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
             raise VaeserveError(f"--metrics-port: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        server.set_app(_metrics_only(server.get_app()))  # before the server reports SERVING: nothing asked yet
         return MetricsHttpServer(server, thread)
+
+
+def _metrics_only(metrics_app: Callable) -> Callable:
+    """A WSGI app answering /metrics with `metrics_app`, / with a line saying where the metrics are, and 404 for
+    any other path (prometheus_client's own app answers every path with the metrics)."""
+    index = b"vaeserve: Prometheus metrics at /metrics\n"
+    not_found = b"not found: the metrics are at /metrics\n"
+
+    def app(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        status, body = ("200 OK", index) if path == "/" else ("404 Not Found", not_found)
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
 
 
 @dataclass
