@@ -79,8 +79,10 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
                 "fp16: CUDA)", {"choices": VARIANTS}),
     "host": ("address to listen on (0.0.0.0 in a container)", {}),
     "port": ("gRPC port (0: any free port, logged)", {}),
-    "reuse_port": ("let several serve processes share --port (SO_REUSEPORT; each needs its own --metrics-port); "
-                   "off: a port in use is an error", {}),
+    "reuse_port": ("let several serve processes share --port (SO_REUSEPORT; each needs its own --metrics-port). "
+                   "The kernel gives each a share of the clients, so a process whose --tls-cert, --tls-client-ca "
+                   "or --auth-token-file differ from those already on the port is refused; off: a port in use is "
+                   "an error", {}),
     "metrics_port": ("Prometheus /metrics port (0: disabled); unauthenticated, keep it off client networks", {}),
     "metrics_host": ("address /metrics listens on (empty: --host)", {}),
     "health_port": ("plaintext port serving only the gRPC health service, for probes that speak no TLS "

@@ -12,6 +12,7 @@ finish, and the process exits 0 as soon as they have.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import signal
@@ -39,6 +40,7 @@ from .metrics import Metrics, MetricsHttpServer
 from .oip import OipServicer
 from .runtime import Session, open_session
 from .servicer import Graphs, VaeServicer
+from .siblings import sharing_port
 from .streams import BoundedHealth, Streams
 from .tracing import Tracing
 
@@ -403,19 +405,22 @@ def run(config: ServeConfig) -> int:
 async def serve(config: ServeConfig) -> int:
     config.check()
     check_ports(config)
-    security = Security.read(config)
-    # Installed first, so a signal during loading and warm-up ends the start-up cleanly as well.
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    # Signals whose default action ends the process without a drain: none of them may.
-    loop.add_signal_handler(signal.SIGHUP, reload, security.tokens)
-    for sig in (signal.SIGUSR1, signal.SIGUSR2):
-        loop.add_signal_handler(sig, log.warning, "%s ignored: SIGTERM or SIGINT drains and stops, SIGHUP reloads",
-                                sig.name)  # fmt: skip
-    log.info("event loop %s", type(loop).__module__.split(".")[0])  # uvloop or asyncio
-    if keep_large_buffers():
-        log.info("malloc: buffers up to %d MiB are reused from the heap, not mapped per call", MMAP_THRESHOLD // MB)
-    app = await build(config, load(config), security)
-    return await app.run(stopping)
+    # (--port 0 is a port of its own: nothing to share.)
+    with sharing_port(config) if config.reuse_port and config.port else contextlib.nullcontext():
+        security = Security.read(config)
+        # Installed first, so a signal during loading and warm-up ends the start-up cleanly as well.
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        # Signals whose default action ends the process without a drain: none of them may.
+        loop.add_signal_handler(signal.SIGHUP, reload, security.tokens)
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            loop.add_signal_handler(sig, log.warning, "%s ignored: SIGTERM or SIGINT drains and stops, SIGHUP reloads",
+                                    sig.name)  # fmt: skip
+        log.info("event loop %s", type(loop).__module__.split(".")[0])  # uvloop or asyncio
+        if keep_large_buffers():
+            log.info("malloc: buffers up to %d MiB are reused from the heap, not mapped per call",
+                     MMAP_THRESHOLD // MB)  # fmt: skip
+        app = await build(config, load(config), security)
+        return await app.run(stopping)

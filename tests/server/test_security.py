@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from tests.conftest import run_cli
-from tests.harness import ROOT, ServerProcess, free_port, health_status, serve_argv, serving, wait_until
+from tests.harness import ROOT, ServerProcess, free_port, health_status, serve_argv, serving, vaeserve, wait_until
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server.client import AsyncVaeClient, VaeClient
 
@@ -268,6 +268,33 @@ def test_metrics_listen_on_the_metrics_host(model_repo: Path, tmp_path: Path) ->
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10)
     assert "(unauthenticated)" in server.output()
+
+
+def test_reuse_port_refuses_a_sibling_with_other_security_settings(model_repo: Path, pki: Pki, tmp_path: Path) -> None:
+    """A plaintext, token-less --reuse-port process beside a TLS one with tokens would take a share of its clients:
+    refused in one line before anything loads; once the secured one is gone (even killed), the port is free."""
+    port = free_port()
+    weaker = serve_argv(model_repo, "--reuse-port", port=port, metrics_port=0)
+    secured = vaeserve(model_repo, tmp_path / "secured.log", *tls_flags(pki, pki.tokens), "--reuse-port", port=port,
+                       health_port=True)  # fmt: skip
+    with secured:
+        result = subprocess.run(weaker, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(
+            f"vaeserve serve: error: --reuse-port: port {port} is served by vaeserve processes "
+            f"with other security settings (--tls-cert {pki.server.cert.resolve()}, "
+            f"--auth-token-file {pki.tokens.resolve()}; this one: plaintext, no tokens)"
+        ), line
+        other_tokens = tmp_path / "other-tokens"
+        other_tokens.write_text("other-token\n")
+        result = subprocess.run(serve_argv(model_repo, *tls_flags(pki, other_tokens), "--reuse-port", port=port,
+                                           metrics_port=0), capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 2 and "other security settings" in result.stderr, result.stderr
+        secured.process.kill()  # no drain, no clean-up: the kernel releases its claim on the port
+        secured.wait()
+    with serving(model_repo, tmp_path / "plain.log", "--reuse-port", port=port) as plain, VaeClient(plain.target) as c:
+        assert c.info().name == "vae"
 
 
 BAD_SECURITY_FLAGS = [
