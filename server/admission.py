@@ -1,6 +1,7 @@
 """Which calls the server's own services take: every call while serving; none once draining (UNAVAILABLE, so
-clients retry another replica); and none beyond what the server can serve within --max-wait-ms
-(RESOURCE_EXHAUSTED at once, the load shed on arrival rather than queued without bound).
+clients retry another replica: sent once the server has stopped taking calls, so the retry does go elsewhere);
+and none beyond what the server can serve within --max-wait-ms (RESOURCE_EXHAUSTED at once, the load shed on
+arrival rather than queued without bound).
 
 Two measures of "what the server can serve", and a call must pass both:
 
@@ -59,7 +60,9 @@ class Admission:
         self.rate = 0.0  # calls completed per second, smoothed
         self.draining = False
         self._completed = 0
-        self._last_activity = 0.0  # time.monotonic() when a call last arrived or finished
+        self._last_arrival = 0.0  # time.monotonic() when a call last arrived, admitted or not
+        self._closed = asyncio.Event()  # set once the server takes no new calls: refusals held until then go out
+        self._held = 0  # refusals waiting for _closed
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -71,19 +74,35 @@ class Admission:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def drain(self) -> None:
-        """From now on every new call is refused with UNAVAILABLE."""
+        """From now on every new call is refused with UNAVAILABLE, held until `closed()`: a client told at once
+        would retry at once, and calls would never stop arriving (up to `ceiling` held; more are told at once)."""
         self.draining = True
+        self._last_arrival = time.monotonic()
 
-    async def quiet(self, quiet_s: float, timeout: float) -> bool:
-        """Waits (at most `timeout` s) until no admitted call is in flight and none has arrived or finished for
-        `quiet_s` (a client whose call just finished may be sending its next one): then closing the server cancels
-        nothing a client is waiting for. Whether that happened."""
+    def closed(self) -> None:
+        """The server takes no new calls (GOAWAY sent): the held refusals go out, and clients retry elsewhere."""
+        self._closed.set()
+
+    async def settled(self, quiet_s: float, timeout: float) -> bool:
+        """Waits (at most `timeout` s) until no call has arrived for `quiet_s`: none is then left waiting inside
+        gRPC's core, where closing the server would cancel it (a bare CANCELLED) instead of refusing it. Whether
+        that happened."""
         deadline = time.monotonic() + timeout
-        while self.inflight or time.monotonic() - self._last_activity < quiet_s:
+        while time.monotonic() - self._last_arrival < quiet_s:
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(QUIET_POLL_S)
         return True
+
+    async def _held_back(self) -> None:
+        """A refusal while draining waits until the server takes no new calls (up to `ceiling` of them wait)."""
+        self._last_arrival = time.monotonic()
+        if self._held < self.ceiling:
+            self._held += 1
+            try:
+                await self._closed.wait()
+            finally:
+                self._held -= 1
 
     def admitting(self, method: Method, work: Work) -> Method:
         """`method` (a servicer's, taking the parsed request) behind admission: refused while draining, over the
@@ -91,8 +110,8 @@ class Admission:
         flight than it can do within --max-wait-ms."""
 
         async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            self._last_activity = time.monotonic()
             if self.draining:
+                await self._held_back()
                 raise ShuttingDown("the server is shutting down: retry the call")
             if self.inflight >= self.limit:
                 raise Overloaded(self._overloaded())
@@ -110,7 +129,6 @@ class Admission:
                 for graph, n in rows.items():
                     self.rows[graph] -= n
                 self._completed += 1
-                self._last_activity = time.monotonic()
 
         return admitted
 

@@ -5,6 +5,12 @@ Tokens come from a file, one per line (blank lines and `#` comments ignored), re
 effect without a restart. A presented token is hashed and compared with every accepted token's hash in
 constant time, so neither the comparison nor which token matched shows in the timing. The health service is
 not behind this: probes carry no token.
+
+Revoking fails closed: once the file is gone, unreadable, too large or holds no token, no token is accepted
+(every call is UNAUTHENTICATED) until it holds tokens again. Deleting or emptying the file is how an operator
+revokes every token, and keeping the old ones then would keep revoked tokens valid without a word. Each such
+change is one ERROR line (the file is re-read only when it changes) and counts in
+vaeserve_auth_reload_failures_total; vaeserve_auth_tokens says how many tokens are accepted now.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,18 +34,35 @@ MAX_TOKEN_FILE_BYTES = 1 << 20
 BEARER = "bearer "
 
 
+Stamp = tuple[int, int, int]  # inode, modification time, size: what changes when the file does
+
+
+def _stamp(path: Path) -> Stamp | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None  # gone, or not reachable
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
 class Tokens:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._digests: list[bytes] = []
-        self._stamp: tuple[int, int, int] | None = None
+        self.failures = 0  # reloads that left no token accepted
+        self._stamp: Stamp | None = None
         self._task: asyncio.Task | None = None
         self._digests = self._read()  # a bad file at start-up stops the server with its message
 
+    @property
+    def count(self) -> int:
+        """How many tokens are accepted now."""
+        return len(self._digests)
+
     def _read(self) -> list[bytes]:
+        # The stamp first: a bad file is then re-read (and reported) when it changes, not on every poll.
+        self._stamp = _stamp(self.path)
         try:
-            stat = self.path.stat()
-            if stat.st_size > MAX_TOKEN_FILE_BYTES:
+            if self.path.stat().st_size > MAX_TOKEN_FILE_BYTES:
                 raise VaeserveError(f"--auth-token-file {self.path}: over {MAX_TOKEN_FILE_BYTES} bytes")
             text = self.path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
@@ -49,15 +71,17 @@ class Tokens:
         tokens = [t for t in tokens if t and not t.startswith("#")]
         if not tokens:
             raise VaeserveError(f"--auth-token-file {self.path}: holds no token (one per line)")
-        self._stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         return [hashlib.sha256(t.encode()).digest() for t in tokens]
 
     def reload(self) -> None:
-        """Re-reads the file; a file that cannot be read or holds no token keeps the tokens accepted so far."""
+        """Re-reads the file. One that is gone, cannot be read or holds no token revokes every token (fail
+        closed), with one ERROR line."""
         try:
             self._digests = self._read()
         except VaeserveError as exc:
-            log.warning("%s; still accepting the %d token(s) read before", exc, len(self._digests))
+            self._digests = []
+            self.failures += 1
+            log.error("%s: no token is accepted until it holds one (every call is UNAUTHENTICATED)", exc)
             return
         log.info("auth tokens reloaded from %s: %d accepted", self.path, len(self._digests))
 
@@ -69,15 +93,17 @@ class Tokens:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def check(self) -> None:
+        """One poll: re-reads the file if it changed since it was last read. A file that went away is a change
+        too: Kubernetes swaps a Secret's files in one rename, so a missing file is a deletion, not a rotation under
+        way."""
+        if _stamp(self.path) != self._stamp:
+            self.reload()
+
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(POLL_S)
-            try:
-                stat = os.stat(self.path)
-            except OSError:
-                continue  # mid-rotation, or gone: keep what we have until a file is there again
-            if (stat.st_ino, stat.st_mtime_ns, stat.st_size) != self._stamp:
-                self.reload()
+            self.check()
 
     def accepts(self, metadata: Any) -> bool:
         """Whether the call's metadata carries `authorization: Bearer T` for an accepted T."""
@@ -91,7 +117,8 @@ class Tokens:
         return False
 
     def checking(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        """`behavior` (an async unary-unary method) refusing calls without an accepted token (UNAUTHENTICATED)."""
+        """`behavior` (an async handler: unary-unary, or a stream one that writes with context.write) refusing calls
+        without an accepted token (UNAUTHENTICATED)."""
 
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if not self.accepts(context.invocation_metadata()):

@@ -26,8 +26,10 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
                 "fp16: CUDA)", {"choices": VARIANTS}),
     "host": ("address to listen on (0.0.0.0 in a container)", {}),
     "port": ("gRPC port (0: any free port, logged)", {}),
-    "reuse_port": ("let several serve processes share --port (SO_REUSEPORT; each needs its own --metrics-port); "
-                   "off: a port in use is an error", {}),
+    "reuse_port": ("let several serve processes share --port (SO_REUSEPORT; each needs its own --metrics-port). "
+                   "The kernel gives each a share of the clients, so a process whose --tls-cert, --tls-client-ca "
+                   "or --auth-token-file differ from those already on the port is refused; off: a port in use is "
+                   "an error", {}),
     "metrics_port": ("Prometheus /metrics port (0: disabled); unauthenticated, keep it off client networks", {}),
     "metrics_host": ("address /metrics listens on (empty: --host)", {}),
     "health_port": ("plaintext port serving only the gRPC health service, for probes that speak no TLS "
@@ -52,13 +54,18 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "max_connection_age_s": ("close client connections after this many seconds, so load rebalances across "
                              "replicas (0: never)", {}),
     "max_connection_age_grace_s": ("time calls on an aged connection get to finish", {}),
-    "grace_period": ("seconds in-flight calls get to finish after SIGTERM/SIGINT", {}),
+    "grace_period": ("seconds in-flight calls get to finish after SIGTERM/SIGINT (the server exits as soon as "
+                     "they have)", {}),
     "tls_cert": ("PEM certificate chain: serve TLS on --port (with --tls-key)", {}),
     "tls_key": ("PEM private key of --tls-cert", {}),
     "tls_client_ca": ("PEM CA bundle: require client certificates it signed (mTLS)", {}),
     "auth_token_file": ("file of accepted bearer tokens, one per line, re-read when it changes or on SIGHUP; "
-                        "calls need `authorization: Bearer TOKEN` (health stays open)", {}),
-    "reflection": ("gRPC server reflection", {}),
+                        "calls need `authorization: Bearer TOKEN` (health stays open). Fails closed: once the file "
+                        "is deleted, unreadable or empty, no token is accepted until it holds some again", {}),
+    "reflection": ("gRPC server reflection (with --auth-token-file it needs a token too, like the API it "
+                   "describes)", {}),
+    "max_health_watches": ("most health Watch streams open at once (they need no token); more get "
+                           "RESOURCE_EXHAUSTED", {}),
     "otlp_endpoint": ("OpenTelemetry collector for a span per RPC and per batch, http://HOST:4317 (needs the "
                       "tracing extra; empty: off)", {}),
     "event_loop": ("asyncio event loop: auto (uvloop when installed), asyncio, uvloop", {"choices": EVENT_LOOPS}),

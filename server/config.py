@@ -88,6 +88,9 @@ class ServeConfig:
     # changes or on SIGHUP, so a rotated Kubernetes Secret takes effect without a restart.
     auth_token_file: str = ""
     reflection: bool = True  # gRPC server reflection (grpcurl, Postman): handy locally, off in a cluster
+    # Health Watch streams need no token: each open one holds memory (about 23 KB), so their number is bounded.
+    # grpc clients' own health checking opens one per connection; probes (kubelet) use Check.
+    max_health_watches: int = 1024
     otlp_endpoint: str = ""  # OpenTelemetry collector; "" disables tracing
     # uvloop where installed (the serve extra does, except on Windows): less server CPU per call than asyncio's
     # loop (BENCHMARKS.md, "Design measurements").
@@ -175,6 +178,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_connection_age_s": (0, 2_000_000),
     "max_connection_age_grace_s": (0, 2_000_000),
     "grace_period": (0, 3600),
+    "max_health_watches": (1, 100_000),
 }
 assert set(BOUNDS) <= {f.name for f in fields(ServeConfig)}
 

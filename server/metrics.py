@@ -16,20 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from threading import Thread
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc import aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from vaeserve.errors import VaeserveError
+
+if TYPE_CHECKING:
+    from .auth import Tokens
 
 # 0.5 ms (a cached small call) to 10 s (a huge Sample on CPU); roughly x2-x2.5 per step so p99 stays readable.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -149,15 +153,38 @@ class Metrics:
             return grpc.unary_stream_rpc_method_handler(_count_stream_response(m, handler.unary_stream), *serializers)
         return grpc.stream_stream_rpc_method_handler(_count_stream_response(m, handler.stream_stream), *serializers)
 
+    def watch_tokens(self, tokens: Tokens) -> None:
+        """vaeserve_auth_tokens and vaeserve_auth_reload_failures_total, read from `tokens` at scrape time."""
+        self.registry.register(_TokensCollector(tokens))
+
     def serve_http(self, host: str, port: int) -> MetricsHttpServer | None:
-        """Serves http://HOST:PORT/metrics from a daemon thread; port 0 disables it (returns None)."""
+        """Serves http://HOST:PORT/metrics (and 404 for other paths) from a daemon thread; port 0 disables it
+        (returns None)."""
         if port == 0:
             return None
         try:
             server, thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
             raise VaeserveError(f"--metrics-port: cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        server.set_app(_metrics_only(server.get_app()))  # before the server reports SERVING: nothing asked yet
         return MetricsHttpServer(server, thread)
+
+
+def _metrics_only(metrics_app: Callable) -> Callable:
+    """A WSGI app answering /metrics with `metrics_app`, / with a line saying where the metrics are, and 404 for
+    any other path (prometheus_client's own app answers every path with the metrics)."""
+    index = b"vaeserve: Prometheus metrics at /metrics\n"
+    not_found = b"not found: the metrics are at /metrics\n"
+
+    def app(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        status, body = ("200 OK", index) if path == "/" else ("404 Not Found", not_found)
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
 
 
 @dataclass
@@ -175,6 +202,19 @@ class MetricsHttpServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()
+
+
+class _TokensCollector:
+    """The bearer tokens' state (auth.py): how many are accepted, and how many reloads left none."""
+
+    def __init__(self, tokens: Tokens) -> None:
+        self.tokens = tokens
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("vaeserve_auth_tokens", "Bearer tokens accepted now (0: every call is refused).",
+                                value=self.tokens.count)  # fmt: skip
+        yield CounterMetricFamily("vaeserve_auth_reload_failures", "Token file reloads that left no token accepted "
+                                  "(the file gone, unreadable or empty).", value=self.tokens.failures)  # fmt: skip
 
 
 class GraphMetrics:

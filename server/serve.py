@@ -4,13 +4,15 @@ SIGTERM/SIGINT, then drain (`App.run`).
 Start-up order: verify the repository version (only the variant served; a bad one stops here with its
 message), create and warm both onnxruntime sessions, build the batchers from the graphs' descriptions and the
 gRPC server (VaeService, health, reflection), start the metrics endpoint, and only then report SERVING. On
-SIGTERM or SIGINT: health goes NOT_SERVING, the server stops accepting calls, in-flight calls get
-`grace_period` seconds to finish, and the process exits 0.
+SIGTERM or SIGINT: health goes NOT_SERVING, calls already on their way are still taken for DRAIN_SETTLE_S, then
+the server sends GOAWAY and takes no new call, in-flight calls get what is left of `grace_period` seconds to
+finish, and the process exits 0 as soon as they have.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import signal
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from vaeserve.errors import VaeserveError
 from vaeserve.flags import env_name
@@ -38,6 +40,8 @@ from .metrics import Metrics, MetricsHttpServer
 from .oip import OipServicer
 from .runtime import Session, open_session
 from .servicer import Batchers, VaeServicer
+from .siblings import sharing_port
+from .streams import BoundedHealth, Streams
 from .tracing import Tracing
 
 log = logging.getLogger("vaeserve.server")
@@ -123,7 +127,8 @@ def load(config: ServeConfig) -> Loaded:
 
 
 DRAIN_SETTLE_S = 0.5  # after SIGTERM, calls still start normally: those that reached gRPC before the signal
-DRAIN_QUIET_S = 0.1  # closing waits until no call has arrived for this long, so it cuts off no caller
+DRAIN_QUIET_S = 0.1  # closing waits until no call has arrived for this long: none is left inside gRPC to cut off
+DRAIN_HOLD_S = 1.0  # at most this long: calls that keep arriving however they are answered are a flood
 
 
 @dataclass
@@ -135,7 +140,8 @@ class App:
     port: int
     message_bytes: int  # the largest message either way
     health_server: grpc.aio.Server | None  # the plaintext health-only listener (--health-port)
-    health: health.aio.HealthServicer
+    health: BoundedHealth
+    streams: Streams  # health Watch and reflection streams, ended when the server closes
     admission: Admission
     tokens: Tokens | None
     batchers: list[Batcher]
@@ -144,7 +150,8 @@ class App:
 
     async def run(self, stopping: asyncio.Event) -> int:
         """Serves until `stopping` is set, then drains: every call that reached the server completes, later
-        ones get UNAVAILABLE, and the process closes once nothing is in flight (or the grace period is over)."""
+        ones get UNAVAILABLE, and the process closes as soon as nothing is in flight (or the grace period is
+        over)."""
         config = self.config
         metrics_host = config.metrics_host or config.host
         http: MetricsHttpServer | None = self.metrics.serve_http(metrics_host, config.metrics_port)
@@ -153,7 +160,6 @@ class App:
         self.admission.start()
         if self.tokens is not None:
             self.tokens.start()
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.tokens.reload)
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
@@ -176,10 +182,24 @@ class App:
         await self.health.enter_graceful_shutdown()
         await asyncio.sleep(min(DRAIN_SETTLE_S, config.grace_period))
         self.admission.drain()
-        if not await self.admission.quiet(DRAIN_QUIET_S, max(0.0, deadline - loop.time())):
-            log.warning("grace period over with %d call(s) in flight: cancelling them", self.admission.inflight)
-        # Cancels what is left: health Watch streams, reflection, calls past the grace period.
-        await self.server.stop(None)
+        # New calls are refused, held until the server closes: once none has arrived for DRAIN_QUIET_S, none waits
+        # in gRPC's core either, where closing would cancel it rather than refuse it.
+        await self.admission.settled(DRAIN_QUIET_S, min(DRAIN_HOLD_S, max(0.0, deadline - loop.time())))
+        # GOAWAY now, and the listener closes: clients take their next calls to another replica (or another
+        # --reuse-port process) instead of retrying here for the rest of the grace period. Calls in flight go on,
+        # and the stop returns once every one has ended, its response sent; Watch and reflection streams end now, or
+        # it would wait for them. Its own grace is a backstop: the deadline below comes first, says so and cancels.
+        left = max(0.0, deadline - loop.time())
+        closing = asyncio.ensure_future(self.server.stop(left + 1.0))
+        await asyncio.sleep(0)  # the stop's first step sends the GOAWAY (grpc_server_shutdown_and_notify) ...
+        self.admission.closed()  # ... before the held refusals go out, so their retries cannot land here
+        self.streams.close()
+        log.info("draining: GOAWAY sent, no new calls taken; %d in flight", self.admission.inflight)
+        done, _ = await asyncio.wait((closing,), timeout=left)
+        if not done:
+            log.warning("grace period over: cancelling the calls in flight (%d computing)", self.admission.inflight)
+            await self.server.stop(None)
+        await closing
         if self.health_server is not None:
             await self.health_server.stop(None)
         for batcher in self.batchers:
@@ -261,6 +281,8 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
     admission = Admission(config.max_wait_ms / 1000, config.admission_floor, config.max_concurrent_rpcs,
                           config.max_batch_size, row_seconds)  # fmt: skip
     tokens = security.tokens
+    if tokens is not None:
+        metrics.watch_tokens(tokens)
     info = model_info(model, loaded.provider, config.limits)
     batched = Batchers(batchers["encoder"], batchers["decoder"], batchers.get("likelihood"))
     servicer = VaeServicer(model.image_shape, model.latent_dim, batched, config.limits, info, metrics.images_scored.inc)
@@ -282,21 +304,37 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
                       batchers["decoder"], config.limits.rows, ready=lambda: not admission.draining)  # fmt: skip
     # The second protocol's calls are counted apart: method="oip.ModelInfer", ...
     rpc.add_service(server, OIP_SERVICE, oip, lambda method, handler: wrap(f"oip.{method}", handler), admit(oip))
-    health_servicer = health.aio.HealthServicer()
+    streams = Streams()
+    health_servicer = BoundedHealth(config.max_health_watches, streams)
     for service in ("", SERVICE.full_name):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
-        names = (SERVICE.full_name, OIP_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server)
+        add_reflection(server, streams, tokens)
     port = listen(server, config.host, config.port, "--port", security.credentials)
     health_server = None
     if config.health_port:
         health_server = grpc.aio.server()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         listen(health_server, config.host, config.health_port, "--health-port", None)
-    return App(config, server, port, message_bytes, health_server, health_servicer, admission, tokens,
+    return App(config, server, port, message_bytes, health_server, health_servicer, streams, admission, tokens,
                list(batchers.values()), metrics, tracing)  # fmt: skip
+
+
+def add_reflection(server: grpc.aio.Server, streams: Streams, tokens: Tokens | None) -> None:
+    """Server reflection (what `enable_server_reflection` registers), its stream ending when the server closes and
+    behind the token check when tokens are on: the API's description is for the same callers as the API."""
+    names = (SERVICE.full_name, OIP_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    behavior = streams.ending(reflection.aio.ReflectionServicer(names).ServerReflectionInfo)
+    if tokens is not None:
+        behavior = tokens.checking(behavior)
+    messages = (
+        reflection_pb2.ServerReflectionRequest.FromString,
+        reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    handler = grpc.stream_stream_rpc_method_handler(behavior, *messages)
+    methods = {"ServerReflectionInfo": handler}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(reflection.SERVICE_NAME, methods),))
 
 
 def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
@@ -352,6 +390,15 @@ def check_ports(config: ServeConfig) -> None:
             check_free(host, port, flag, env_name(flag), host_flag)
 
 
+def reload(tokens: Tokens | None) -> None:
+    """SIGHUP: re-reads what can change while serving, the bearer tokens, and says what it did."""
+    if tokens is None:
+        log.info("SIGHUP: nothing to reload (no --auth-token-file)")
+        return
+    log.info("SIGHUP: re-reading --auth-token-file %s", tokens.path)
+    tokens.reload()
+
+
 def run(config: ServeConfig) -> int:
     """Runs `serve` on the event loop --event-loop names; its exit status."""
     if config.event_loop != "asyncio":
@@ -368,14 +415,22 @@ def run(config: ServeConfig) -> int:
 async def serve(config: ServeConfig) -> int:
     config.check()
     check_ports(config)
-    security = Security.read(config)
-    # Installed first, so a signal during loading and warm-up ends the start-up cleanly as well.
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    log.info("event loop %s", type(loop).__module__.split(".")[0])  # uvloop or asyncio
-    if keep_large_buffers():
-        log.info("malloc: buffers up to %d MiB are reused from the heap, not mapped per call", MMAP_THRESHOLD // MB)
-    app = await build(config, load(config), security)
-    return await app.run(stopping)
+    # (--port 0 is a port of its own: nothing to share.)
+    with sharing_port(config) if config.reuse_port and config.port else contextlib.nullcontext():
+        security = Security.read(config)
+        # Installed first, so a signal during loading and warm-up ends the start-up cleanly as well.
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        # Signals whose default action ends the process without a drain: none of them may.
+        loop.add_signal_handler(signal.SIGHUP, reload, security.tokens)
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            loop.add_signal_handler(sig, log.warning, "%s ignored: SIGTERM or SIGINT drains and stops, SIGHUP reloads",
+                                    sig.name)  # fmt: skip
+        log.info("event loop %s", type(loop).__module__.split(".")[0])  # uvloop or asyncio
+        if keep_large_buffers():
+            log.info("malloc: buffers up to %d MiB are reused from the heap, not mapped per call",
+                     MMAP_THRESHOLD // MB)  # fmt: skip
+        app = await build(config, load(config), security)
+        return await app.run(stopping)

@@ -46,12 +46,25 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 30.0
         time.sleep(poll)
 
 
-def free_port() -> int:
+def free_ports(n: int, taken: Sequence[int] = ()) -> list[int]:
+    """`n` distinct free loopback ports, none of them in `taken` (ports chosen but not yet listened on). Every
+    socket stays bound until all are: a port is free again once its socket closes, so ports picked one by one can
+    repeat."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    ports: list[int] = []
+    with contextlib.ExitStack() as held:
+        while len(ports) < n:  # at most n + len(taken) sockets: the kernel never hands out a bound port twice
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            if (port := s.getsockname()[1]) not in taken:
+                ports.append(port)
+    return ports
+
+
+def free_port() -> int:
+    (port,) = free_ports(1)
+    return port
 
 
 def health_status(target: str, service: str = "", timeout: float = 5.0) -> int:
@@ -199,7 +212,8 @@ def vaeserve(
     """A `vaeserve serve` of REPO/NAME on loopback (on `port`, else a free one; metrics on a free port), not yet
     started: use it in `with`, or call start(). `argv` replaces the command line (ports then come from `env`).
     health_port: give it a plaintext health-only port (--health-port), which readiness then asks (TLS servers)."""
-    port, metrics_port, health = port or free_port(), free_port(), free_port() if health_port else 0
+    chosen, metrics_port, health = free_ports(3, taken=(port,) if port else ())
+    port, health = port or chosen, health if health_port else 0
     if argv is None:
         argv = serve_argv(repo, *flags, port=port, metrics_port=metrics_port, name=name)
         if health:

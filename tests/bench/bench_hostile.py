@@ -4,11 +4,13 @@
    and after 16 concurrent maximal valid Sample calls.
 2. Shape bomb: health Check latency while the largest admissible shape lists arrive from 4 clients.
 3. Malformed messages: log bytes written while one client sends garbage for 5 s.
-4. SIGTERM under load: 32 closed-loop clients, the signal, then every call's status by when it was sent.
+4. SIGTERM under load: 32 closed-loop clients, the signal, then every call's status by when it was sent; and
+   32 clients retrying every refusal at once through a drain with --grace-period 60: the time to exit.
 5. Cancel storm: statuses of normal calls beside clients cancelling mid-batch and 1 ms deadlines.
 6. Overload: open-loop arrivals at 3x the measured capacity for 30 s (a compute-bound call), and 1,300
    closed-loop clients of Encode(1) with exponential backoff (more than one event loop can pick up).
 7. Explorer uploads: peak RSS of `vaeserve explore` while 4 clients upload a 4096x4096 RGBA PNG at once.
+8. Health Watch streams: 5,000 opened without a token, how many open and the server's RSS while they are held.
 `--baseline PYTHON` runs sections 1-5 and 7 also against another vaeserve (e.g. an older checkout's venv), its
 defaults.
 """
@@ -31,13 +33,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import METHOD, ServerProcess, cancel_storm, explorer_ready, free_port, vaeserve_ready
+from tests.harness import METHOD, ServerProcess, cancel_storm, explorer_ready, free_port, free_ports, vaeserve_ready
 from vaeserve.client.api import to_tensor
 from vaeserve.protos.inference import grpc_service_pb2 as oip_pb2
 from vaeserve.protos.vae.v1 import vae_pb2
@@ -49,7 +52,7 @@ UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_le
 
 
 def server(python: str, repo: Path, log: Path, *flags: str) -> ServerProcess:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     # The installation's own console script: `python -m vaeserve.cli` would import this checkout's package.
     argv = [str(Path(python).parent / "vaeserve"), "serve", "--repo", str(repo), "--name", "vae", "--host", "127.0.0.1",
             "--port", str(port), "--metrics-port", str(metrics_port), *flags]  # fmt: skip
@@ -260,6 +263,103 @@ def sigterm(python: str, repo: Path, work: Path, runs: int) -> dict:
             "exit_s_max": max(exits)}  # fmt: skip
 
 
+async def retrying_through_sigterm(s: ServerProcess, clients: int, bound_s: float) -> tuple[collections.Counter, float]:
+    """`clients` callers of Encode(1) retrying every refusal at once (no backoff); SIGTERM once each has had a call
+    answered. They stop when the server has exited or `bound_s` after the signal. The statuses of the calls sent
+    after the signal, and the seconds from the signal to the server's exit."""
+    request = encode_bytes(1, 0.5)
+    after: collections.Counter = collections.Counter()
+    answered, all_answered, signalled = 0, asyncio.Event(), []
+    async with grpc.aio.insecure_channel(s.target) as channel:
+        call = channel.unary_unary(METHOD + "Encode")
+
+        async def client() -> None:
+            nonlocal answered
+            for n in range(10_000_000):
+                if signalled and (s.returncode is not None or time.monotonic() > signalled[0] + bound_s):
+                    return
+                sent_after = bool(signalled)
+                try:
+                    await call(request, timeout=30)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                if sent_after:
+                    after[code] += 1
+                if n == 0:
+                    answered += 1
+                    if answered == clients:
+                        all_answered.set()
+
+        tasks = [asyncio.create_task(client()) for _ in range(clients)]
+        await asyncio.wait_for(all_answered.wait(), 60)
+        signalled.append(time.monotonic())
+        s.signal(signal.SIGTERM)
+        await asyncio.gather(*tasks)
+    await asyncio.to_thread(s.wait, 120)
+    return after, time.monotonic() - signalled[0]
+
+
+DRAIN_GRACE_S = 60
+DRAIN_CLIENTS = 32
+
+
+def drain(python: str, repo: Path, work: Path, runs: int) -> dict:
+    """SIGTERM while clients retry refusals at once: how long the server takes to exit, against --grace-period 60."""
+    total: collections.Counter = collections.Counter()
+    exits = []
+    for i in range(runs):
+        with server(python, repo, work / f"drain-{i}.log", "--grace-period", str(DRAIN_GRACE_S)) as s:
+            after, seconds = asyncio.run(retrying_through_sigterm(s, DRAIN_CLIENTS, DRAIN_GRACE_S + 10))
+            total.update(after)
+            exits.append(seconds)
+    return {"runs": runs, "after": dict(total), "exit_s": exits}
+
+
+WATCH_STREAMS = 5000
+
+
+def rss_mb(s: ServerProcess) -> float:
+    for line in Path(f"/proc/{s.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+async def watches_held(s: ServerProcess, n: int, channels: int = 10, wave: int = 500) -> tuple[Counter, float]:
+    """`n` health Watch streams over `channels` connections, `wave` at a time (so the memory of a refused wave is
+    reused by the next, and what stays is what the open ones hold), each read once (or refused); the outcome
+    counts, and the server's RSS while they are all open."""
+    outcomes: Counter = collections.Counter()
+    chans = [grpc.aio.insecure_channel(s.target, options=[("grpc.use_local_subchannel_pool", 1)])
+             for _ in range(channels)]  # fmt: skip
+    request = health_pb2.HealthCheckRequest()
+
+    async def one(i: int) -> None:
+        stream = health_pb2_grpc.HealthStub(chans[i % channels]).Watch(request, timeout=300)
+        try:
+            await stream.read()
+            outcomes["open"] += 1
+        except grpc.aio.AioRpcError as exc:
+            outcomes[exc.code().name] += 1
+
+    try:
+        for first in range(0, n, wave):
+            await asyncio.gather(*(one(i) for i in range(first, min(n, first + wave))))
+        return outcomes, rss_mb(s)
+    finally:
+        for channel in chans:
+            await channel.close()
+
+
+def watches(python: str, repo: Path, work: Path) -> dict:
+    """5,000 health Watch streams (no token needed) against one server: how many open, and the memory they hold."""
+    with server(python, repo, work / "watches.log") as s:
+        before = rss_mb(s)
+        outcomes, held = asyncio.run(watches_held(s, WATCH_STREAMS))
+        return {"streams": WATCH_STREAMS, "outcomes": dict(outcomes), "rss_before_mb": before, "rss_held_mb": held}
+
+
 def storm(python: str, repo: Path, work: Path) -> dict:
     with server(python, repo, work / "storm.log") as s:
         calls = [
@@ -426,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", default=None, help="python of another vaeserve to measure too (default: none)")
     p.add_argument("--sigterm-runs", type=int, default=5, help="SIGTERM runs per server (default: %(default)s)")
+    p.add_argument("--drain-runs", type=int, default=3, help="drain runs per server (default: %(default)s)")
     p.add_argument("--overload-s", type=float, default=30.0, help="seconds at 3x capacity (default: %(default)s)")
     args = p.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -444,14 +545,16 @@ def main(argv: list[str] | None = None) -> int:
             "cancel storm": storm(python, repo, work),
             "explorer uploads": explorer_uploads(python, repo, work),
             "costly": costly(python, repo, work),
+            "drain": drain(python, repo, work, args.drain_runs),
+            "watches": watches(python, repo, work),
         }
         print(name, results[name], flush=True)
     load = overload(repo_conv, repo_mlp, WORK, args.overload_s)
     print(load, flush=True)
     rows = []
     for name, r in results.items():
-        m, b, g, t, c, e, k = (r[k] for k in ("memory", "shape bomb", "malformed", "sigterm", "cancel storm",
-                                              "explorer uploads", "costly"))  # fmt: skip
+        m, b, g, t, c, e, k, d, h = (r[k] for k in ("memory", "shape bomb", "malformed", "sigterm", "cancel storm",
+                                                    "explorer uploads", "costly", "drain", "watches"))  # fmt: skip
         rows += [
             [name, "message limit", f"{m['limit_mib']:.2f} MiB"],
             [name, "peak RSS: 8 maximal refused requests", f"{m['rss_refused_mb']:.0f} MB ({m['refused']})"],
@@ -473,6 +576,10 @@ def main(argv: list[str] | None = None) -> int:
              + (" (Checks timed out at 10 s)" if k["health_max_ms"] >= PROBE_TIMEOUT_S * 1e3 else "")],
             [name, "Score(4096, K=1000) with a 3 s deadline: likelihood rows computed by it / in the 5 s after it",
              f"{k['expired']}; {k['rows_by_deadline']:,.0f} / {k['rows_after_deadline']:,.0f} rows"],
+            [name, f"SIGTERM with {DRAIN_CLIENTS} clients retrying at once, --grace-period {DRAIN_GRACE_S}, "
+             f"{d['runs']} runs", f"exit after {' / '.join(f'{x:.1f}' for x in d['exit_s'])} s; after: {d['after']}"],
+            [name, f"{h['streams']:,} health Watch streams (no token)",
+             f"{h['outcomes']}; RSS {h['rss_before_mb']:.0f} -> {h['rss_held_mb']:.0f} MB while held"],
         ]  # fmt: skip
     o, w = load["open"], load["crowd"]
     body = "\n\n".join([

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import ROOT, ServerProcess, free_port
+from tests.harness import ROOT, ServerProcess, free_port, free_ports
 from vaeserve.export.variants import MAX_ELBO_CHANGE_PER_PIXEL
 from vaeserve.protos.vae.v1 import vae_pb2
 
@@ -179,7 +179,7 @@ class Bench:
         probe = (VAE_METHOD + "Encode", ENCODE1.request(graphs))
         servers, metrics_ports = [], []
         for i in range(processes):
-            port, metrics_port = free_port(), free_port()
+            port, metrics_port = free_ports(2)
             argv = [str(VAESERVE), "serve", "--repo", str(model_dir.parents[1]), "--name", model_dir.parent.name,
                     "--version", model_dir.name, "--host", "127.0.0.1", "--port", str(port),
                     "--metrics-port", str(metrics_port), "--variant", variant]  # fmt: skip
@@ -204,7 +204,7 @@ class Bench:
         """Triton, or None (and a note) where it cannot run: that should not cost the rest of the benchmark."""
         try:
             python = bench_python()
-            ports = [free_port() for _ in range(3)]
+            ports = free_ports(3)
             requests = self.work / "triton-requests"
             argv = [str(python), "-m", "tests.bench.serving_triton", "--model-dir", str(model_dir),
                     "--requests-dir", str(requests), "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),

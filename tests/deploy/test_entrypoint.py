@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.deploy.conftest import SERVER_DOCKERFILES, config_of, container, find
 from tests.deploy.dockerfile import Stage, healthcheck, read_stages
-from tests.harness import POLL_S, ServerProcess, free_port, health_status
+from tests.harness import POLL_S, ServerProcess, free_ports, health_status
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
 # The kubelet syncs a changed Secret into running pods within about a minute; the server then has this long.
@@ -140,7 +140,7 @@ def test_container_command_serves_passes_healthcheck_and_drains(
     if "VAESERVE_TLS_CLIENT_CA" in config:
         keys["vaeserve-tls"] = [*keys["vaeserve-tls"], "ca.crt"]
     secrets = mount_secrets(pod, server, keys, dev_certs, tmp_path / "secrets")
-    port, health_port, metrics_port = free_port(), free_port(), free_port()
+    port, health_port, metrics_port = free_ports(3)
     files = [k for k in ("VAESERVE_TLS_CERT", "VAESERVE_TLS_KEY", "VAESERVE_TLS_CLIENT_CA", "VAESERVE_AUTH_TOKEN_FILE")
              if k in config]  # fmt: skip
     host_only = {"VAESERVE_HOST": "127.0.0.1", "VAESERVE_PORT": str(port), "VAESERVE_HEALTH_PORT": str(health_port),

@@ -21,7 +21,7 @@ from tests.deploy.conftest import DOCKER, SERVER_DOCKERFILES, container, find, m
 from tests.deploy.dockerfile import read_stages
 from tests.deploy.test_entrypoint import container_env, container_process
 from tests.deploy.test_manifests import KUBERNETES_VERSIONS, serve_env_names, server_pod
-from tests.harness import free_port
+from tests.harness import free_ports
 from vaeserve.repository import FORMAT, FORMAT_VERSION
 
 # Where KServe puts the model (storage initializer or modelcar) and the name it gives the serving container.
@@ -191,7 +191,7 @@ def test_runtime_command_serves_the_oip_models(
     env = env_of(server)
     token = "kserve-test-token"
     (tmp_path / "tokens").write_text(f"{token}\n")
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     host_only = {"VAESERVE_PORT": str(port), "VAESERVE_METRICS_PORT": str(metrics_port),
                  "VAESERVE_REPO": str(model_repo), "VAESERVE_AUTH_TOKEN_FILE": str(tmp_path / "tokens"),
                  "VAESERVE_DEVICE": "cpu"}  # fmt: skip

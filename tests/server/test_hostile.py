@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -178,6 +178,57 @@ def test_overload_is_shed_at_once_with_resource_exhausted(conv_model_repo: Path,
     assert set(seen) == {"OK", "RESOURCE_EXHAUSTED"}, seen
     assert details["RESOURCE_EXHAUSTED"].startswith("server overloaded: ")
     assert "retry with backoff" in details["RESOURCE_EXHAUSTED"]
+
+
+WATCHES = 8
+
+
+async def _watch_beyond_the_bound(target: str) -> tuple[grpc.aio.AioRpcError, int]:
+    """WATCHES health Watch streams, then more: the refusal of the first one too many, and how many attempts a
+    new stream took once one of the first had ended."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="vae.v1.VaeService")
+        streams = [stub.Watch(request, timeout=60) for _ in range(WATCHES)]
+        for stream in streams:
+            assert (await stream.read()).status == health_pb2.HealthCheckResponse.SERVING
+        extra = stub.Watch(request, timeout=60)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await extra.read()
+        assert (await stub.Check(request, timeout=10)).status == health_pb2.HealthCheckResponse.SERVING
+        streams[0].cancel()  # one ends: its place is free once the server has seen it end
+        for attempt in range(1, 1001):
+            again = stub.Watch(request, timeout=60)
+            try:
+                assert (await again.read()).status == health_pb2.HealthCheckResponse.SERVING
+                return refused.value, attempt
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        raise AssertionError("no Watch stream opened after one of the first ended")
+
+
+def test_health_watch_streams_are_bounded_and_the_metrics_port_serves_only_metrics(
+    model_repo: Path, tmp_path: Path
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    with serving(model_repo, tmp_path / "serve.log", "--max-health-watches", str(WATCHES)) as server:
+        refused, _ = asyncio.run(_watch_beyond_the_bound(server.target))
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.details() == (f"{WATCHES} health Watch streams are open, as many as --max-health-watches "
+                                     f"allows: use Check, or retry later")  # fmt: skip
+        base = f"http://127.0.0.1:{server.metrics_port}"
+        for path in ("/secret", "/metrics/../admin", "/favicon.ico", "/metricsx"):
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(base + path, timeout=10)
+            assert missing.value.code == 404, path
+        with urllib.request.urlopen(base + "/", timeout=10) as index:
+            assert index.read() == b"vaeserve: Prometheus metrics at /metrics\n"
+        assert "vaeserve_model_info" in server.metrics()
+        with VaeClient(server.target) as client:
+            assert client.sample(2, seed=0)[0].shape == (2, 1, 8, 8)
+    assert server.returncode == 0 and "Traceback" not in server.output()
 
 
 async def _load_through_sigterm(server: ServerProcess, clients: int = 32) -> list[tuple[bool, str]]:

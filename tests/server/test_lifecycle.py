@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import json
 import shutil
 import signal
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -16,7 +19,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import ServerProcess, free_port, serve_argv, serving, wait_until
+from tests.harness import ServerProcess, free_port, free_ports, health_status, serve_argv, serving, wait_until
 from vaeserve.client.api import VaeClient, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
@@ -121,7 +124,9 @@ def test_a_host_that_cannot_be_listened_on_is_one_line(model_repo: Path) -> None
         result = run_serve(model_repo, "--host", host)
         assert result.returncode == 2 and result.stderr.startswith(f"vaeserve serve: error: {message}"), host
         assert result.stderr.count("\n") == 1
-    result = run_serve(model_repo, "--metrics-host", "nonexistent.invalid", "--metrics-port", str(free_port()))
+    port, metrics_port = free_ports(2)
+    argv = serve_argv(model_repo, "--metrics-host", "nonexistent.invalid", port=port, metrics_port=metrics_port)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert result.stderr.startswith("vaeserve serve: error: --metrics-host nonexistent.invalid: cannot resolve")
 
 
@@ -178,6 +183,106 @@ def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_0(conv_model_
     assert refused.details() == "the server is shutting down: retry the call"
     assert images.shape == (4 * BIG, 1, 8, 8) and latents.shape == (4 * BIG, 8)
     assert "draining" in server.output()
+
+
+async def _port_closes(port: int, bound_s: float) -> bool:
+    """Polls until `port` refuses TCP connections (the server stopped listening); False after `bound_s`."""
+    end = time.monotonic() + bound_s
+    while time.monotonic() < end:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionRefusedError:
+            return True
+        except ConnectionResetError:  # accepted as the listener closed: the next attempt tells
+            continue
+        writer.close()
+        await asyncio.sleep(0.01)  # the poll's interval
+    return False
+
+
+async def _retry_through_sigterm(
+    server: ServerProcess, in_flight: Future, clients: int = 32, bound_s: float = 30.0
+) -> tuple[collections.Counter, bool, bool]:
+    """`clients` callers of Encode(1) that retry every refusal at once, as a client with a retry policy does; SIGTERM
+    once each has had a call answered. They stop when the server has exited, or `bound_s` after the signal. The
+    status counts of the calls sent after the signal; whether the server stopped listening while `in_flight` still
+    ran; whether it had exited while the clients retried."""
+    request = vae_pb2.EncodeRequest(images=to_tensor(np.zeros((1, 1, 8, 8), np.float32))).SerializeToString()
+    after: collections.Counter = collections.Counter()
+    answered, all_answered = 0, asyncio.Event()
+    signalled: list[float] = []
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        call = channel.unary_unary("/vae.v1.VaeService/Encode")
+
+        async def client() -> None:
+            nonlocal answered
+            for n in range(1_000_000):
+                if signalled and (server.returncode is not None or time.monotonic() > signalled[0] + bound_s):
+                    return
+                sent_after = bool(signalled)
+                try:
+                    await call(request, timeout=10)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                if sent_after:
+                    after[code] += 1
+                if n == 0:
+                    answered += 1
+                    if answered == clients:
+                        all_answered.set()
+
+        tasks = [asyncio.create_task(client()) for _ in range(clients)]
+        await asyncio.wait_for(all_answered.wait(), 60)
+        signalled.append(time.monotonic())
+        server.signal(signal.SIGTERM)
+        closed = await _port_closes(server.port, bound_s)
+        closed_while_in_flight = closed and not in_flight.done()
+        await asyncio.gather(*tasks)
+        exited = server.returncode is not None
+    return after, closed_while_in_flight, exited
+
+
+def test_a_drain_closes_at_once_and_exits_when_the_calls_in_flight_end(conv_model_repo: Path, tmp_path: Path) -> None:
+    """Refused calls do not hold a drain open: after the settle period the server sends GOAWAY and stops listening
+    while a call is still in flight, completes that call, and exits as soon as it ends, with clients retrying at
+    once all along: long before --grace-period 60."""
+    flags = ("--max-batch-size", str(HUGE), "--max-num-samples", str(2 * HUGE), "--max-concurrent-rpcs", str(HUGE),
+             "--grace-period", "60")  # fmt: skip
+    with (
+        serving(conv_model_repo, tmp_path / "serve.log", *flags) as server,
+        VaeClient(server.target, timeout=120) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        in_flight = pool.submit(client.sample, 2 * HUGE, 0)  # two full conv runs: seconds
+        wait_until(lambda: server.metric("vaeserve_inflight_requests") >= 1, "the call to be in flight")
+        after, closed_while_in_flight, exited = asyncio.run(_retry_through_sigterm(server, in_flight))
+        images, _ = in_flight.result(timeout=120)
+        assert closed_while_in_flight, "the server kept listening until its call in flight ended (no GOAWAY before)"
+        assert exited, "the server still ran 30 s after SIGTERM with clients retrying (it waited out the grace period)"
+        assert server.wait() == 0
+    assert images.shape == (2 * HUGE, 1, 8, 8)
+    assert after["UNAVAILABLE"] > 0 and set(after) <= {"OK", "UNAVAILABLE"}, after  # refused, never cancelled
+    log = server.output()
+    assert "draining: GOAWAY sent" in log and "grace period over" not in log and "stopped" in log
+
+
+def test_sighup_and_sigusr_neither_kill_nor_drain_the_server(model_repo: Path, tmp_path: Path) -> None:
+    """Signals whose default action ends a process: SIGHUP reloads (without --auth-token-file there is nothing
+    to), SIGUSR1 and SIGUSR2 are ignored; each says so in the log, and the server carries on serving."""
+    with serving(model_repo, tmp_path / "serve.log") as server:
+        for sig, line in ((signal.SIGHUP, "SIGHUP: nothing to reload (no --auth-token-file)"),
+                          (signal.SIGUSR1, "SIGUSR1 ignored"), (signal.SIGUSR2, "SIGUSR2 ignored"),
+                          (signal.SIGHUP, "SIGHUP: nothing to reload")):  # fmt: skip
+            seen = server.output().count(line)
+            server.signal(sig)
+            wait_until(lambda line=line, seen=seen: server.output().count(line) > seen, f"{sig.name} to be logged")
+            assert server.returncode is None, f"{sig.name} ended the server"
+        with VaeClient(server.target) as client:
+            assert client.sample(2, seed=0)[0].shape == (2, 1, 8, 8)
+        assert health_status(server.target) == SERVING
+    assert server.returncode == 0 and "draining" in server.output()  # the stop at the end drained as usual
+    assert server.output().count("draining: NOT_SERVING") == 1
 
 
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from tests.conftest import run_cli
-from tests.harness import ROOT, ServerProcess, free_port, health_status, serve_argv, serving, wait_until
+from tests.harness import ROOT, ServerProcess, free_port, health_status, serve_argv, serving, vaeserve, wait_until
 from vaeserve.client.api import AsyncVaeClient, VaeClient
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
@@ -123,6 +125,30 @@ def test_reflection_can_be_turned_off(secured: ServerProcess, pki: Pki) -> None:
     assert off.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+def test_reflection_needs_the_token_when_tokens_are_on(server: ServerProcess, model_repo: Path, pki: Pki,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    """grpc's own reflection client against a TLS server with tokens and reflection on: refused without a token,
+    answered with one; a server without tokens answers anyone."""
+    with serving(model_repo, tmp_path / "serve.log", *tls_flags(pki, pki.tokens), health_port=True) as secured:
+        credentials = grpc.ssl_channel_credentials(pki.ca.pem.read_bytes())
+        target = f"localhost:{secured.port}"
+        for token in (None, "wrong-token"):
+            creds = credentials if token is None else grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(token))  # fmt: skip
+            with grpc.secure_channel(target, creds) as channel, pytest.raises(grpc.RpcError) as refused:
+                ProtoReflectionDescriptorDatabase(channel).get_services()
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, token
+            assert "bearer token" in refused.value.details()
+        creds = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials("alpha-token"))
+        with grpc.secure_channel(target, creds) as channel:
+            database = ProtoReflectionDescriptorDatabase(channel)
+            assert "vae.v1.VaeService" in database.get_services()
+            methods = DescriptorPool(database).FindServiceByName("vae.v1.VaeService").methods_by_name
+            assert "Sample" in methods
+    with grpc.insecure_channel(server.target) as channel:  # no tokens: reflection for anyone, as before
+        assert "inference.GRPCInferenceService" in ProtoReflectionDescriptorDatabase(channel).get_services()
+
+
 def test_the_client_cli_speaks_tls_and_sends_the_token(secured: ServerProcess, pki: Pki, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("beta-token\n")
@@ -199,15 +225,25 @@ def test_tokens_rotate_without_a_restart(model_repo: Path, pki: Pki, tmp_path: P
         staged.replace(tokens)
         wait_until(lambda: accepted("second"), "the rotated token to be accepted", poll=0.05)
         assert not accepted("first")
-        # SIGHUP re-reads at once; an empty file keeps the tokens accepted so far.
+        # SIGHUP re-reads at once; an empty file revokes every token (fail closed), and so does a deleted one.
+        failures = "vaeserve_auth_reload_failures_total"
+        assert server.metric("vaeserve_auth_tokens") == 1 and server.metric(failures) == 0
         tokens.write_text("third\n")
         server.signal(signal.SIGHUP)
         wait_until(lambda: accepted("third"), "the token read on SIGHUP", poll=0.05)
         tokens.write_text("\n")
         server.signal(signal.SIGHUP)
-        wait_until(lambda: "holds no token" in server.output(), "the empty file to be reported", poll=0.05)
-        assert accepted("third")
+        wait_until(lambda: server.metric(failures) == 1, "the empty file to be reported", poll=0.05)
+        assert not accepted("third") and server.metric("vaeserve_auth_tokens") == 0
+        tokens.write_text("fourth\n")  # restored: the poll notices
+        wait_until(lambda: accepted("fourth"), "the restored file's token to be accepted", poll=0.05)
+        tokens.unlink()
+        wait_until(lambda: server.metric(failures) == 2, "the deleted file to be reported", poll=0.05)
+        assert not accepted("fourth") and server.metric("vaeserve_auth_tokens") == 0
     assert server.returncode == 0
+    log = server.output()
+    assert "SIGHUP: re-reading --auth-token-file" in log
+    assert log.count("no token is accepted until it holds one") == 2  # one ERROR line per change
 
 
 def test_client_certificates_are_required_with_a_client_ca(model_repo: Path, pki: Pki, tmp_path: Path) -> None:
@@ -232,6 +268,33 @@ def test_metrics_listen_on_the_metrics_host(model_repo: Path, tmp_path: Path) ->
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10)
     assert "(unauthenticated)" in server.output()
+
+
+def test_reuse_port_refuses_a_sibling_with_other_security_settings(model_repo: Path, pki: Pki, tmp_path: Path) -> None:
+    """A plaintext, token-less --reuse-port process beside a TLS one with tokens would take a share of its clients:
+    refused in one line before anything loads; once the secured one is gone (even killed), the port is free."""
+    port = free_port()
+    weaker = serve_argv(model_repo, "--reuse-port", port=port, metrics_port=0)
+    secured = vaeserve(model_repo, tmp_path / "secured.log", *tls_flags(pki, pki.tokens), "--reuse-port", port=port,
+                       health_port=True)  # fmt: skip
+    with secured:
+        result = subprocess.run(weaker, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(
+            f"vaeserve serve: error: --reuse-port: port {port} is served by vaeserve processes "
+            f"with other security settings (--tls-cert {pki.server.cert.resolve()}, "
+            f"--auth-token-file {pki.tokens.resolve()}; this one: plaintext, no tokens)"
+        ), line
+        other_tokens = tmp_path / "other-tokens"
+        other_tokens.write_text("other-token\n")
+        result = subprocess.run(serve_argv(model_repo, *tls_flags(pki, other_tokens), "--reuse-port", port=port,
+                                           metrics_port=0), capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 2 and "other security settings" in result.stderr, result.stderr
+        secured.process.kill()  # no drain, no clean-up: the kernel releases its claim on the port
+        secured.wait()
+    with serving(model_repo, tmp_path / "plain.log", "--reuse-port", port=port) as plain, VaeClient(plain.target) as c:
+        assert c.info().name == "vae"
 
 
 BAD_SECURITY_FLAGS = [
