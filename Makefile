@@ -63,6 +63,7 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_counting
 	$(BIN)/python -m tests.bench.bench_api
 	$(BIN)/python -m tests.bench.bench_hostile $(if $(BASELINE),--baseline $(BASELINE))
+	$(BIN)/python -m tests.bench.bench_lifecycle
 
 load: install
 	$(BIN)/python -m tests.load.run_local

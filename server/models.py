@@ -24,9 +24,10 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vaeserve.errors import VaeserveError
 from vaeserve.protos.vae.v1 import vae_pb2
@@ -286,7 +287,7 @@ class Models:
     missing: tuple[int, ...] | None = None  # the versions there were when the policy last found none it picks
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _freeing: set[asyncio.Task] = field(default_factory=set)
-    _poll: asyncio.Task | None = None
+    _scans: set[asyncio.Task] = field(default_factory=set)  # the poll loop's, and those SIGHUP asked for
     _closed: bool = False
 
     @property
@@ -348,14 +349,19 @@ class Models:
             for batcher in served.batchers.values():
                 batcher.start()
         if self.config.model_control == "poll":
-            self._poll = asyncio.get_running_loop().create_task(self._polling(), name="model-poll")
+            self._task(self._polling(), "model-poll")
+
+    def _task(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._scans.add(task)
+        task.add_done_callback(self._scans.discard)
 
     async def stop(self) -> None:
         """No more loads; every version's batchers stopped (after the server stopped taking calls)."""
         self._closed = True
-        if self._poll is not None:
-            self._poll.cancel()
-            await asyncio.gather(self._poll, return_exceptions=True)
+        for task in self._scans:
+            task.cancel()
+        await asyncio.gather(*self._scans, return_exceptions=True)
         async with self._lock:  # a load under way finishes its step first; its version is then dropped
             for served in self.served.values():
                 await _stop(served)
@@ -365,9 +371,7 @@ class Models:
     def rescan(self) -> None:
         """A scan of the repository now (SIGHUP), under --model-control poll; nothing otherwise."""
         if self.config.model_control == "poll" and not self._closed:
-            task = asyncio.get_running_loop().create_task(self._scan(), name="model-rescan")
-            self._freeing.add(task)
-            task.add_done_callback(self._freeing.discard)
+            self._task(self._scan(), "model-rescan")
 
     async def _polling(self) -> None:
         while True:
@@ -377,7 +381,7 @@ class Models:
     async def _scan(self) -> None:
         try:
             await self.load(retry_failed=False)
-        except LoadFailed:
+        except (LoadFailed, ShuttingDown):
             pass  # logged and counted where it failed; the next scan tries again only once the folder changes
         except Exception:  # a bug must not end the scans
             log.exception("repository scan failed")
@@ -484,7 +488,7 @@ class Models:
         await _stop(served)
         served.batchers.clear()
         served.loaded.sessions.clear()  # the last references to the version's sessions: onnxruntime frees them
-        trim()
+        await asyncio.to_thread(trim)  # it walks the heap: not on the event loop
         log.info("version %d: freed", served.version)
 
     def index(self) -> list[tuple[int, str, str]]:

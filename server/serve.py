@@ -1,13 +1,13 @@
-"""`vaeserve serve`: load and warm the model (`load`), wire the server around it (`build`), run it until
-SIGTERM/SIGINT, then drain (`App.run`).
+"""`vaeserve serve`: load and warm the model versions (`models.load_start_up`), wire the server around them
+(`build`), run it until SIGTERM/SIGINT, then drain (`App.run`).
 
 Start-up order: verify the repository versions --version-policy picks (only the variant served; a bad one
 stops here with its message), create and warm their onnxruntime sessions, build the batchers from the graphs'
 descriptions (models.py, which also swaps versions while serving under --model-control poll or explicit) and
 the gRPC server (VaeService, the Open Inference Protocol, health, reflection), start the metrics endpoint, and
-only then report SERVING. On
-SIGTERM or SIGINT: health goes NOT_SERVING, the server stops accepting calls, in-flight calls get
-`grace_period` seconds to finish, and the process exits 0.
+only then report SERVING. On SIGTERM or SIGINT: health goes NOT_SERVING, the server stops accepting calls,
+in-flight calls get `grace_period` seconds to finish, and the process exits 0. SIGHUP re-reads the token files
+and, under --model-control poll, rescans the repository.
 """
 
 from __future__ import annotations
