@@ -264,9 +264,10 @@ class Served:
 
 @dataclass
 class Failure:
-    """A version that failed to load, and its folder as it was then (retried under poll once it changes)."""
+    """Why a version failed to load (the message: the exception's traceback would keep the failed step's
+    sessions alive), and its folder as it was then (retried under poll once it changes)."""
 
-    error: LoadFailed
+    message: str
     stamp: tuple
 
 
@@ -412,7 +413,7 @@ class Models:
                 try:
                     chosen[number] = await self._load(number)
                 except LoadFailed as exc:
-                    self.failed[number] = Failure(exc, stamp)
+                    self.failed[number] = Failure(str(exc), stamp)
                     failures.append(exc)
             if not chosen:  # what is served keeps serving
                 if failures:
@@ -503,7 +504,7 @@ class Models:
             elif number == self.loading:
                 rows.append((number, "LOADING", ""))
             elif number in self.failed:
-                rows.append((number, "UNAVAILABLE", str(self.failed[number].error)))
+                rows.append((number, "UNAVAILABLE", self.failed[number].message))
             else:
                 why = "unloaded" if self.unloaded else f"not picked by --version-policy {self.config.policy}"
                 rows.append((number, "UNAVAILABLE", why))

@@ -164,9 +164,9 @@ class OipServicer:
             n, data, uint8 = self._input(request, model)
             wanted = self._outputs(request, model)
             timeout = context.time_remaining()
+            eps = draw_eps(_seed(request), n, v.model.latent_dim) if graph == "encoder" else b""
             try:
                 if graph == "encoder":
-                    eps = draw_eps(_seed(request), n, v.model.latent_dim)
                     encoded = await v.encoder.submit({"images": data, "eps": eps}, n, timeout,
                                                      uint8_in=IMAGES if uint8 else NONE)  # fmt: skip
                     results = {"mean": encoded["mean"], "log_variance": encoded["log_variance"],
