@@ -67,6 +67,7 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_bulk
 	$(BIN)/python -m tests.bench.bench_hostile $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python -m tests.bench.bench_deploy
+	$(BIN)/python -m tests.bench.bench_lifecycle
 
 # Container images (deploy/README.md, section 1), tagged as deploy/k8s expects, with podman or else docker. They
 # build FROM a local Debian base (deploy/base-image.sh; bootstrapped once, then reused) since the pinned upstream

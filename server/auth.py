@@ -46,8 +46,9 @@ def _stamp(path: Path) -> Stamp | None:
 
 
 class Tokens:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, flag: str = "--auth-token-file") -> None:
         self.path = Path(path)
+        self.flag = flag  # named in its messages
         self.failures = 0  # reloads that left no token accepted
         self._stamp: Stamp | None = None
         self._task: asyncio.Task | None = None
@@ -63,14 +64,14 @@ class Tokens:
         self._stamp = _stamp(self.path)
         try:
             if self.path.stat().st_size > MAX_TOKEN_FILE_BYTES:
-                raise VaeserveError(f"--auth-token-file {self.path}: over {MAX_TOKEN_FILE_BYTES} bytes")
+                raise VaeserveError(f"{self.flag} {self.path}: over {MAX_TOKEN_FILE_BYTES} bytes")
             text = self.path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            raise VaeserveError(f"--auth-token-file {self.path}: cannot read it ({exc})") from exc
+            raise VaeserveError(f"{self.flag} {self.path}: cannot read it ({exc})") from exc
         tokens = [line.strip() for line in text.splitlines()]
         tokens = [t for t in tokens if t and not t.startswith("#")]
         if not tokens:
-            raise VaeserveError(f"--auth-token-file {self.path}: holds no token (one per line)")
+            raise VaeserveError(f"{self.flag} {self.path}: holds no token (one per line)")
         return [hashlib.sha256(t.encode()).digest() for t in tokens]
 
     def reload(self) -> None:

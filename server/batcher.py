@@ -65,6 +65,8 @@ class BatchObserver(Protocol):
 
     def watch_queue(self, length: Callable[[], int]) -> None: ...
 
+    def unwatch_queue(self, length: Callable[[], int]) -> None: ...
+
     def batch(self, rows: int, inference_seconds: float, queue_waits: Sequence[float]) -> None: ...
 
 
@@ -118,7 +120,8 @@ class Batcher:
         # batch in this thread, and those requests form the next batch.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnx-{spec.name}")
         self._queue: deque[_Request] = deque()
-        observer.watch_queue(self._queue.__len__)
+        self._length = self._queue.__len__
+        observer.watch_queue(self._length)
         self._queued_rows = 0
         self._active = 1  # requests the previous batch merged: how many callers are sending concurrently
         # Set by submit once `_wake_at` requests (or max_rows rows) are queued: the batching task wakes once per
@@ -134,7 +137,9 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        # In a thread: a batch still running there (the call that queued it gone) must not stall the event loop.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        self.observer.unwatch_queue(self._length)
 
     def submit(
         self,

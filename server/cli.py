@@ -15,13 +15,21 @@ from typing import Any
 from vaeserve.flags import add_flag
 from vaeserve.repository import VARIANTS
 
-from .config import DEVICES, EVENT_LOOPS, ServeConfig
+from .config import DEVICES, EVENT_LOOPS, MODEL_CONTROLS, ServeConfig
 
 # Every `serve` flag: ServeConfig field -> (help, extra argparse arguments). The default comes from ServeConfig.
 SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "repo": ("model repository folder", {"type": Path}),
     "name": ("model name in the repository", {}),
-    "version": ("model version number, or latest", {}),
+    "version": ("model version number, or latest (a number N is --version-policy specific:N)", {}),
+    "version_policy": ("versions served at once: latest:N (the N newest that load), all, or specific:1,3; calls "
+                       "name one with model_version (0: the newest served)", {}),
+    "model_control": ("how served versions change while serving: none (never), poll (rescan the repository every "
+                      "--poll-s and on SIGHUP), explicit (OIP RepositoryModelLoad/Unload calls)",
+                      {"choices": MODEL_CONTROLS}),
+    "poll_s": ("seconds between repository scans under --model-control poll", {}),
+    "admin_token_file": ("file of bearer tokens for the OIP repository calls (index, load, unload), one per line; "
+                         "without it those calls are refused unless --host is loopback", {}),
     "variant": ("graph pair to serve: plain (fp32), or one `vaeserve export --variants` wrote (ort, int8: CPU; "
                 "fp16: CUDA)", {"choices": VARIANTS}),
     "host": ("address to listen on (0.0.0.0 in a container)", {}),

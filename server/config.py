@@ -6,6 +6,7 @@ number has bounds (`BOUNDS`): a value outside them, NaN or infinite, is one erro
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -14,10 +15,12 @@ from vaeserve.errors import VaeserveError
 from vaeserve.repository import VARIANTS
 
 from .cpus import available_cpus
+from .policy import VersionPolicy
 
 MB = 1 << 20
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 DEVICES = ("auto", "cpu", "cuda")
+MODEL_CONTROLS = ("none", "poll", "explicit")  # Triton's --model-control-mode names and meanings
 CORE_PENDING_LIMIT = 1 << 16
 ADMISSION_FLOOR = 64  # calls always admitted at once, whatever the measured rate (admission.py)
 DEFAULT_INTRA_THREADS = 2
@@ -38,6 +41,16 @@ class ServeConfig:
     repo: Path = Path("models")
     name: str = "vae"
     version: str = "latest"
+    # Which versions are served at once (policy.py); --version N is the same as specific:N.
+    version_policy: str = "latest:1"
+    # none: the versions loaded at start-up are served until exit. poll: the repository is rescanned every
+    # --poll-s (safe: export publishes a version by renaming a finished folder into place, so a scan never sees a
+    # half-written export). explicit: OIP RepositoryModelLoad/Unload calls change what is served.
+    model_control: str = "none"
+    poll_s: float = 10.0
+    # Tokens for the OIP repository calls (load, unload, index), apart from --auth-token-file's; without it those
+    # calls are refused unless the server listens on loopback only.
+    admin_token_file: str = ""
     # Which graph pair of the version to serve: the fp32 export, or a variant `vaeserve export --variants` built.
     variant: str = "plain"
     host: str = "127.0.0.1"
@@ -107,6 +120,11 @@ class ServeConfig:
             raise VaeserveError(f"--variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.event_loop not in EVENT_LOOPS:
             raise VaeserveError(f"--event-loop: expected one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
+        if self.model_control not in MODEL_CONTROLS:
+            raise VaeserveError(
+                f"--model-control: expected one of {', '.join(MODEL_CONTROLS)}, got {self.model_control!r}"
+            )
+        self.policy  # noqa: B018 (parses --version-policy and --version: a bad one is an error naming its flag)
         if self.device not in DEVICES:
             raise VaeserveError(f"--device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.max_concurrent_rpcs < self.max_batch_size:
@@ -126,6 +144,25 @@ class ServeConfig:
     def intra_threads(self) -> int:
         """--intra-op-threads, 0 resolved: two, or the whole CPUs the container may use when fewer."""
         return self.intra_op_threads or max(1, min(DEFAULT_INTRA_THREADS, int(available_cpus())))
+
+    @property
+    def policy(self) -> VersionPolicy:
+        """--version-policy, or specific:N for --version N (the two are exclusive)."""
+        if self.version == "latest":
+            return VersionPolicy.parse(self.version_policy)
+        if not (self.version.isascii() and self.version.isdigit() and len(self.version) <= 19):
+            raise VaeserveError(f"--version: expected a version number or latest, got {self.version[:64]!r}")
+        if self.version_policy != ServeConfig.version_policy:
+            raise VaeserveError("--version and --version-policy: give one (--version N is --version-policy specific:N)")
+        return VersionPolicy.parse(f"specific:{int(self.version)}")
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether --host is a loopback address: only processes on this machine can connect."""
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a name: only localhost is known to stay on this machine
+            return self.host == "localhost"
 
     @property
     def limits(self) -> Limits:
@@ -179,6 +216,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_connection_age_grace_s": (0, 2_000_000),
     "grace_period": (0, 3600),
     "max_health_watches": (1, 100_000),
+    "poll_s": (0.1, 86_400),
 }
 assert set(BOUNDS) <= {f.name for f in fields(ServeConfig)}
 

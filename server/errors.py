@@ -57,3 +57,21 @@ class FailedPrecondition(RequestError):
     """The request is well formed, but the served model cannot answer it (e.g. a version too old to score)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NotFound(RequestError):
+    """A model, or a version of it, that this server does not serve (the message names the field)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class NoVersion(RequestError):
+    """Every model version was unloaded: UNAVAILABLE until one is loaded, so clients retry (another replica)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class PermissionDenied(RequestError):
+    """A call this server does not take from this caller (the repository calls without an admin token)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -40,6 +40,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 # Powers of two: batches are integer row counts and max batch sizes are usually powers of two.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 GRAPHS = ("encoder", "decoder", "likelihood")  # likelihood: decoder runs for the Score RPC
+# Why a model version was refused while serving: the step that failed (models.py).
+LOAD_FAILURE_REASONS = ("not_found", "verify", "limits", "session", "warm_up")
 
 # context.code() is a grpc.StatusCode once set (by set_code or abort), None when the handler never set one.
 _CODE_NAMES: dict[grpc.StatusCode | None, str] = {code: code.name for code in grpc.StatusCode}
@@ -106,10 +108,18 @@ class Metrics:
         )
         self.model_info = Gauge(
             "vaeserve_model_info",
-            "The served model; always 1.",
+            "The served model versions, one series each; always 1.",
             ("name", "version", "provider", "variant"),
             registry=registry,
         )
+        self.model_load_failures = Counter(
+            "vaeserve_model_load_failures",
+            "Model versions refused while serving, by the step that failed (LOAD_FAILURE_REASONS).",
+            ("reason",),
+            registry=registry,
+        )
+        for reason in LOAD_FAILURE_REASONS:  # zeros from the start, so an alert's increase() sees the first one
+            self.model_load_failures.labels(reason)
         self._graphs: dict[str, GraphMetrics] = {}
         self._inflight = _Inflight()  # one count for every service this Metrics counts
         self.inflight.set_function(lambda: self._inflight.n)
@@ -132,9 +142,11 @@ class Metrics:
             )
         return self._graphs[name]
 
-    def set_model_info(self, name: str, version: int, provider: str, variant: str = "plain") -> None:
-        self.model_info.clear()  # one series: the model served now
-        self.model_info.labels(name, str(version), provider, variant).set(1)
+    def set_model_info(self, name: str, served: Sequence[tuple[int, str, str]]) -> None:
+        """The versions served now, each (version, provider, variant): a retired version's series goes."""
+        self.model_info.clear()
+        for version, provider, variant in served:
+            self.model_info.labels(name, str(version), provider, variant).set(1)
 
     def counted(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """`handler` of the RPC method named `method` (e.g. "Encode"), counting its calls.
@@ -228,10 +240,17 @@ class GraphMetrics:
         self._inference = inference
         self._depth = depth
         self._images = images
+        self._lengths: list[Callable[[], int]] = []  # one per batcher of this graph: a version each
+        depth.set_function(lambda: sum(length() for length in self._lengths))
 
     def watch_queue(self, length: Callable[[], int]) -> None:
-        """The queue depth is read from `length` at scrape time: nothing to update per request."""
-        self._depth.set_function(length)
+        """The queue depth is read from `length` (with every other watched queue of the graph) at scrape time:
+        nothing to update per request."""
+        self._lengths.append(length)
+
+    def unwatch_queue(self, length: Callable[[], int]) -> None:
+        """A queue that is gone (its model version freed)."""
+        self._lengths.remove(length)
 
     def batch(self, rows: int, inference_seconds: float, queue_waits: Sequence[float]) -> None:
         """One onnxruntime run of `rows` rows, merging requests that waited `queue_waits` seconds each."""

@@ -1,12 +1,14 @@
-"""`vaeserve serve`: load and warm the model (`load`), wire the server around it (`build`), run it until
-SIGTERM/SIGINT, then drain (`App.run`).
+"""`vaeserve serve`: load and warm the model versions (`models.load_start_up`), wire the server around them
+(`build`), run it until SIGTERM/SIGINT, then drain (`App.run`).
 
-Start-up order: verify the repository version (only the variant served; a bad one stops here with its
-message), create and warm both onnxruntime sessions, build the batchers from the graphs' descriptions and the
-gRPC server (VaeService, health, reflection), start the metrics endpoint, and only then report SERVING. On
-SIGTERM or SIGINT: health goes NOT_SERVING, calls already on their way are still taken for DRAIN_SETTLE_S, then
-the server sends GOAWAY and takes no new call, in-flight calls get what is left of `grace_period` seconds to
-finish, and the process exits 0 as soon as they have.
+Start-up order: verify the repository versions --version-policy picks (only the variant served; a bad one
+stops here with its message), create and warm their onnxruntime sessions, build the batchers from the graphs'
+descriptions (models.py, which also swaps versions while serving under --model-control poll or explicit) and
+the gRPC server (VaeService, the Open Inference Protocol, health, reflection), start the metrics endpoint, and
+only then report SERVING. On SIGTERM or SIGINT: health goes NOT_SERVING, calls already on their way are still
+taken for DRAIN_SETTLE_S, then the server sends GOAWAY and takes no new call, in-flight calls get what is left
+of `grace_period` seconds to finish, and the process exits 0 as soon as they have. SIGHUP re-reads the token
+files and, under --model-control poll, rescans the repository; SIGUSR1 and SIGUSR2 are ignored.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -28,18 +29,16 @@ from vaeserve.flags import env_name
 from vaeserve.ports import check_free
 from vaeserve.protos.inference import grpc_service_pb2
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.repository import ModelVersion, graph_signatures, open_version
 
-from . import graphs, rpc
+from . import rpc
 from .admission import Admission
 from .auth import Tokens
-from .batcher import Batcher
-from .config import MB, Limits, ServeConfig
+from .config import MB, ServeConfig
 from .memory import MMAP_THRESHOLD, keep_large_buffers
 from .metrics import Metrics, MetricsHttpServer
+from .models import Loaded, Models, load_start_up, message_limit
 from .oip import OipServicer
-from .runtime import Session, open_session
-from .servicer import Batchers, VaeServicer
+from .servicer import VaeServicer
 from .siblings import sharing_port
 from .streams import BoundedHealth, Streams
 from .tracing import Tracing
@@ -48,82 +47,7 @@ log = logging.getLogger("vaeserve.server")
 
 SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VaeService"]
 OIP_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-
-
-def model_info(model: ModelVersion, provider: str, limits: Limits) -> vae_pb2.ModelInfo:
-    return vae_pb2.ModelInfo(
-        name=model.name,
-        version=model.version,
-        latent_dim=model.latent_dim,
-        image_shape=model.image_shape,
-        likelihood=model.likelihood,
-        execution_provider=provider,
-        metadata=model.metadata,
-        max_batch_size=limits.batch_rows,
-        max_num_samples=limits.rows,
-        variant=model.variant,
-        max_importance_samples=limits.importance_samples,
-        max_interpolation_steps=limits.interpolation_steps,
-        can_score=model.has_logits,
-    )
-
-
-MESSAGE_FRAMING = 4096  # bytes beside the tensor data: tags, lengths, shapes, a status message
-
-
-def message_limit(model: ModelVersion, config: ServeConfig) -> int:
-    """The largest request or response message, in bytes: what the model's largest valid call needs (the
-    limits' most rows of images plus latents, or of the encoder's three outputs) unless --max-message-mb says
-    more. A caller can then never make the server read a message bigger than one it serves."""
-    row_bytes = 4 * max(math.prod(model.image_shape) + model.latent_dim, 3 * model.latent_dim)
-    largest = config.max_num_samples * row_bytes + MESSAGE_FRAMING
-    if not config.max_message_mb:
-        return largest
-    if largest > config.max_message_mb * MB:
-        raise VaeserveError(
-            f"--max-num-samples {config.max_num_samples}: a full response of {list(model.image_shape)} images is "
-            f"{largest / MB:.1f} MiB, more than --max-message-mb {config.max_message_mb:g}"
-        )
-    return int(config.max_message_mb * MB)
-
-
-@dataclass
-class Loaded:
-    """A verified model version and its two warmed sessions."""
-
-    model: ModelVersion
-    sessions: dict[str, Session]  # "encoder", "decoder"
-
-    @property
-    def provider(self) -> str:
-        return self.sessions["decoder"].provider
-
-
-def load(config: ServeConfig) -> Loaded:
-    """Verifies the version's served variant, opens both sessions on the chosen device and warms them up."""
-    model = open_version(config.repo, config.name, config.version, (config.variant,), skipped=log.warning)
-    message_limit(model, config)  # a limit too small for the model stops the server here
-    log.info("model %s version %d (%s graphs) from %s", model.name, model.version, model.variant, model.path)
-    log.info("latent_dim %d, image_shape %s, likelihood %s", model.latent_dim, list(model.image_shape),
-             model.likelihood)  # fmt: skip
-    # Each graph's one input and what its session returns by default: the repository's signatures, less the
-    # decoder's logits, computed only when asked (scoring).
-    signatures = graph_signatures(model.latent_dim, model.image_shape, logits=False)
-    paths = {"encoder": model.encoder_path, "decoder": model.decoder_path}
-    threads = (config.device, config.intra_threads, config.inter_op_threads, config.cuda_mem_limit_mb)
-    sessions, why_not = {}, ""
-    for name, path in paths.items():
-        (graph_input,) = signatures[name]["inputs"]
-        outputs = list(signatures[name]["outputs"])
-        sessions[name], why_not = open_session(path, graph_input, outputs, *threads)
-    log.info("execution provider %s (--device %s%s)", sessions["decoder"].provider, config.device,
-             f": {why_not}" if why_not else "")  # fmt: skip
-    log.info("onnxruntime threads: intra-op %d, inter-op %d", config.intra_threads, config.inter_op_threads)
-    row_shapes = {"encoder": model.image_shape, "decoder": (model.latent_dim,)}
-    for name, session in sessions.items():
-        session.warm_up(row_shapes[name], config.max_batch_size)
-        log.info("%s: %s", name, session.describe())
-    return Loaded(model, sessions)
+REPOSITORY_METHODS = ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
 
 
 DRAIN_SETTLE_S = 0.5  # after SIGTERM, calls still start normally: those that reached gRPC before the signal
@@ -144,9 +68,12 @@ class App:
     streams: Streams  # health Watch and reflection streams, ended when the server closes
     admission: Admission
     tokens: Tokens | None
-    batchers: list[Batcher]
+    admin_tokens: Tokens | None
+    models: Models
     metrics: Metrics
     tracing: Tracing | None
+    serving: bool = False  # SERVING was reported: from then on health follows the served versions
+    _tasks: set[asyncio.Task] = field(default_factory=set)
 
     async def run(self, stopping: asyncio.Event) -> int:
         """Serves until `stopping` is set, then drains: every call that reached the server completes, later
@@ -155,11 +82,13 @@ class App:
         config = self.config
         metrics_host = config.metrics_host or config.host
         http: MetricsHttpServer | None = self.metrics.serve_http(metrics_host, config.metrics_port)
-        for batcher in self.batchers:
-            batcher.start()
+        self.models.start()
         self.admission.start()
-        if self.tokens is not None:
-            self.tokens.start()
+        for tokens in (self.tokens, self.admin_tokens):
+            if tokens is not None:
+                tokens.start()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload, (self.tokens, self.admin_tokens),
+                                                      self.models)  # fmt: skip
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
@@ -173,6 +102,7 @@ class App:
         where = f"http://{metrics_host}:{http.port}/metrics" if http else "(disabled: --metrics-port 0)"
         log.info("metrics on %s (unauthenticated)", where)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True
         log.info("SERVING")
 
         await stopping.wait()
@@ -202,11 +132,11 @@ class App:
         await closing
         if self.health_server is not None:
             await self.health_server.stop(None)
-        for batcher in self.batchers:
-            await batcher.stop()
+        await self.models.stop()
         await self.admission.stop()
-        if self.tokens is not None:
-            await self.tokens.stop()
+        for tokens in (self.tokens, self.admin_tokens):
+            if tokens is not None:
+                await tokens.stop()
         if http is not None:
             http.close()
         if self.tracing is not None:
@@ -218,6 +148,17 @@ class App:
         for service in ("", SERVICE.full_name):
             await self.health.set(service, status)
 
+    def models_changed(self, models: Models) -> None:
+        """Admission charges the served versions' row costs; with every version unloaded, the model's service is
+        NOT_SERVING (a readiness probe takes the replica out of its Service) while the process stays live."""
+        self.admission.row_seconds.update(models.row_seconds())
+        if self.admission.draining or not self.serving:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if models.served else health_pb2.HealthCheckResponse.NOT_SERVING
+        task = asyncio.get_running_loop().create_task(self.health.set(SERVICE.full_name, status))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
 
 @dataclass
 class Security:
@@ -225,74 +166,61 @@ class Security:
 
     credentials: grpc.ServerCredentials | None
     tokens: Tokens | None
+    admin_tokens: Tokens | None  # --admin-token-file: for the OIP repository calls
 
     @classmethod
     def read(cls, config: ServeConfig) -> Security:
-        return cls(server_credentials(config), Tokens(config.auth_token_file) if config.auth_token_file else None)
+        tokens = Tokens(config.auth_token_file) if config.auth_token_file else None
+        admin = Tokens(config.admin_token_file, "--admin-token-file") if config.admin_token_file else None
+        return cls(server_credentials(config), tokens, admin)
+
+    def repository_refused(self, config: ServeConfig) -> str:
+        """Why the OIP repository calls are refused on this server ("" when they are not): they change what is
+        served, so they need an admin token unless only this machine can connect."""
+        if self.admin_tokens is not None or config.loopback_only:
+            return ""
+        return (f"the repository calls need --admin-token-file on a server that listens beyond loopback (--host "
+                f"{config.host})")  # fmt: skip
 
 
-def make_batchers(config: ServeConfig, loaded: Loaded, metrics: Metrics, tracing: Tracing | None) -> dict[str, Batcher]:
-    """A batcher per graph, by name (encoder, decoder, and likelihood when the decoder has a logits output), each
-    built from the graph's description and observed by the metrics (and tracing)."""
-    model, sessions = loaded.model, loaded.sessions
-    specs = {"encoder": graphs.encoder(model.image_shape, model.latent_dim),
-             "decoder": graphs.decoder(model.image_shape, model.latent_dim)}  # fmt: skip
-    runners = dict(sessions)
-    if model.has_logits:  # the decoder's session again, asked for its logits
-        specs["likelihood"] = graphs.likelihood(model.image_shape, model.latent_dim, model.likelihood, model.log_sigma)
-        runners["likelihood"] = sessions["decoder"].with_outputs(["logits"])
-    else:
-        log.warning("this version's decoder has no logits output (an older export): Score answers FAILED_PRECONDITION")
-    inline_s = config.inline_budget_us / 1e6
-    batchers = {}
-    for name, spec in specs.items():
-        observer = metrics.graph(name)
-        if tracing is not None:
-            observer = tracing.observer(name, observer)
-        batchers[name] = Batcher(spec, runners[name], observer, max_rows=config.max_batch_size,
-                                 max_delay_s=config.max_batch_delay_ms / 1000, max_queue=config.max_queue,
-                                 inline_rows=runners[name].inline_rows(inline_s, config.max_batch_size))  # fmt: skip
-    log.info("batching: max %d rows, max delay %g ms, max queue %d requests per graph, max %d samples per request",
-             config.max_batch_size, config.max_batch_delay_ms, config.max_queue, config.max_num_samples)  # fmt: skip
-    log.info("batches run on the event loop up to %d rows (encoder) and %d rows (decoder): predicted within %g us",
-             batchers["encoder"].inline_rows, batchers["decoder"].inline_rows, inline_s * 1e6)  # fmt: skip
-    return batchers
-
-
-async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
-    """The batchers (built from the graphs' descriptions), the gRPC server and its services, admission and auth,
+async def build(config: ServeConfig, loaded: list[Loaded], security: Security) -> App:
+    """The served versions and their batchers (models.py), the gRPC server and its services, admission and auth,
     metrics, tracing."""
-    model = loaded.model
     metrics = Metrics()
-    metrics.set_model_info(model.name, model.version, loaded.provider, model.variant)
     tracing = Tracing(config.otlp_endpoint) if config.otlp_endpoint else None
     interceptors = [tracing.interceptor()] if tracing is not None else []
     if tracing is not None:
         log.info("tracing to %s", config.otlp_endpoint)
-    batchers = make_batchers(config, loaded, metrics, tracing)
+    # The largest message: what the start-up versions' largest calls need (a version loaded later must fit it).
+    message_bytes = max(message_limit(item.model, config) for item in loaded)
+    models = Models(config, metrics, tracing, message_bytes)
+    models.add(loaded)
+    log.info("batching: max %d rows, max delay %g ms, max queue %d requests per graph, max %d samples per request",
+             config.max_batch_size, config.max_batch_delay_ms, config.max_queue, config.max_num_samples)  # fmt: skip
+    log.info("versions: %s served (--version-policy %s, --model-control %s%s)", models.versions_text(),
+             config.policy, config.model_control,
+             f", every {config.poll_s:g} s" if config.model_control == "poll" else "")  # fmt: skip
 
-    message_bytes = message_limit(model, config)
     # No maximum_concurrent_rpcs: gRPC would hold calls over it unanswered, then cancel them; admission refuses
     # them at once with a status that says why.
     server = grpc.aio.server(interceptors=interceptors, options=config.grpc_options(message_bytes))
-    # Each graph's work is charged at the seconds per row its session took at warm-up (the likelihood graph runs
-    # the decoder's session).
-    row_seconds = {name: batcher.runner.cost.per_row_s for name, batcher in batchers.items()}
+    # Each graph's work is charged at the seconds per row its session took at warm-up (the slowest served
+    # version's; the likelihood graph runs the decoder's session).
     admission = Admission(config.max_wait_ms / 1000, config.admission_floor, config.max_concurrent_rpcs,
-                          config.max_batch_size, row_seconds)  # fmt: skip
-    tokens = security.tokens
-    if tokens is not None:
+                          config.max_batch_size, models.row_seconds())  # fmt: skip
+    tokens, admin_tokens = security.tokens, security.admin_tokens
+    if tokens is not None:  # the callers' tokens (the admin token file's reloads are logged)
         metrics.watch_tokens(tokens)
-    info = model_info(model, loaded.provider, config.limits)
-    batched = Batchers(batchers["encoder"], batchers["decoder"], batchers.get("likelihood"))
-    servicer = VaeServicer(model.image_shape, model.latent_dim, batched, config.limits, info, metrics.images_scored.inc)
+    servicer = VaeServicer(models, config.limits, metrics.images_scored.inc)
 
-    def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """Innermost first: the token check, then counting (so refusals are counted too). Admission is inside the
-        request's parse (`rpc.add_service`), where it can see what the call will cost."""
+    def wrap(method: str, handler: grpc.RpcMethodHandler, admin: bool = False) -> grpc.RpcMethodHandler:
+        """Innermost first: the token check (the admin tokens' for the repository calls when there are any),
+        then counting (so refusals are counted too). Admission is inside the request's parse
+        (`rpc.add_service`), where it can see what the call will cost."""
         behavior = handler.unary_unary
-        if tokens is not None:
-            behavior = tokens.checking(behavior)
+        checking = admin_tokens if admin and admin_tokens is not None else tokens
+        if checking is not None:
+            behavior = checking.checking(behavior)
         serializers = (handler.request_deserializer, handler.response_serializer)
         return metrics.counted(method, grpc.unary_unary_rpc_method_handler(behavior, *serializers))
 
@@ -300,10 +228,12 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
         return lambda method, behavior: admission.admitting(behavior, servicer.work(method))
 
     rpc.add_service(server, SERVICE, servicer, wrap, admit(servicer))
-    oip = OipServicer(model.name, model.version, model.image_shape, model.latent_dim, batchers["encoder"],
-                      batchers["decoder"], config.limits.rows, ready=lambda: not admission.draining)  # fmt: skip
+    oip = OipServicer(config.name, models, config.limits.rows, lambda: not admission.draining and bool(models.served),
+                      config.model_control == "explicit", security.repository_refused(config))  # fmt: skip
     # The second protocol's calls are counted apart: method="oip.ModelInfer", ...
-    rpc.add_service(server, OIP_SERVICE, oip, lambda method, handler: wrap(f"oip.{method}", handler), admit(oip))
+    rpc.add_service(server, OIP_SERVICE, oip,
+                    lambda method, handler: wrap(f"oip.{method}", handler, method in REPOSITORY_METHODS),
+                    admit(oip))  # fmt: skip
     streams = Streams()
     health_servicer = BoundedHealth(config.max_health_watches, streams)
     for service in ("", SERVICE.full_name):
@@ -317,8 +247,10 @@ async def build(config: ServeConfig, loaded: Loaded, security: Security) -> App:
         health_server = grpc.aio.server()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         listen(health_server, config.host, config.health_port, "--health-port", None)
-    return App(config, server, port, message_bytes, health_server, health_servicer, streams, admission, tokens,
-               list(batchers.values()), metrics, tracing)  # fmt: skip
+    app = App(config, server, port, message_bytes, health_server, health_servicer, streams, admission, tokens,
+              admin_tokens, models, metrics, tracing)  # fmt: skip
+    models.changed.append(app.models_changed)
+    return app
 
 
 def add_reflection(server: grpc.aio.Server, streams: Streams, tokens: Tokens | None) -> None:
@@ -390,13 +322,18 @@ def check_ports(config: ServeConfig) -> None:
             check_free(host, port, flag, env_name(flag), host_flag)
 
 
-def reload(tokens: Tokens | None) -> None:
-    """SIGHUP: re-reads what can change while serving, the bearer tokens, and says what it did."""
-    if tokens is None:
+def reload(token_files: tuple[Tokens | None, ...], models: Models | None) -> None:
+    """SIGHUP: re-reads what can change while serving (the token files; the repository under --model-control
+    poll, once the versions are served) and says what it did."""
+    files = [tokens for tokens in token_files if tokens is not None]
+    for tokens in files:
+        log.info("SIGHUP: re-reading %s %s", tokens.flag, tokens.path)
+        tokens.reload()
+    if models is not None and models.config.model_control == "poll":
+        log.info("SIGHUP: rescanning the repository")
+        models.rescan()
+    elif not files:
         log.info("SIGHUP: nothing to reload (no --auth-token-file)")
-        return
-    log.info("SIGHUP: re-reading --auth-token-file %s", tokens.path)
-    tokens.reload()
 
 
 def run(config: ServeConfig) -> int:
@@ -423,8 +360,9 @@ async def serve(config: ServeConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
-        # Signals whose default action ends the process without a drain: none of them may.
-        loop.add_signal_handler(signal.SIGHUP, reload, security.tokens)
+        # Signals whose default action ends the process without a drain: none of them may. (Once serving, SIGHUP
+        # also rescans the repository: App.run.)
+        loop.add_signal_handler(signal.SIGHUP, reload, (security.tokens, security.admin_tokens), None)
         for sig in (signal.SIGUSR1, signal.SIGUSR2):
             loop.add_signal_handler(sig, log.warning, "%s ignored: SIGTERM or SIGINT drains and stops, SIGHUP reloads",
                                     sig.name)  # fmt: skip
@@ -432,5 +370,5 @@ async def serve(config: ServeConfig) -> int:
         if keep_large_buffers():
             log.info("malloc: buffers up to %d MiB are reused from the heap, not mapped per call",
                      MMAP_THRESHOLD // MB)  # fmt: skip
-        app = await build(config, load(config), security)
+        app = await build(config, load_start_up(config), security)
         return await app.run(stopping)

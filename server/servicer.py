@@ -1,4 +1,5 @@
-"""vae.v1.VaeService: check shapes, draw the request's noise, queue its bytes for a graph, reply with bytes.
+"""vae.v1.VaeService: take the model version the call names, check shapes, draw the request's noise, queue its
+bytes for that version's graph, reply with bytes and the version that answered.
 
 A call passes the request's tensor bytes to the graphs' batchers as they are and writes the bytes it gets back
 into the response's own fields: numpy work (value checks, the encoder's reparameterization, conversions)
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -20,9 +20,10 @@ import numpy as np
 from vaeserve.protos.vae.v1 import vae_pb2
 
 from . import validation
-from .batcher import NONE, Batcher
+from .batcher import NONE
 from .config import Limits
 from .errors import FailedPrecondition, InvalidArgument
+from .models import Models, Served
 from .noise import draw_eps, noise
 from .paths import interpolate
 from .scoring import ImportanceSampler
@@ -43,52 +44,40 @@ def _seed(request: vae_pb2.SampleRequest | vae_pb2.EncodeRequest | vae_pb2.Recon
     return request.seed if request.HasField("seed") else None
 
 
-@dataclass
-class Batchers:
-    """The batchers the RPCs use; `likelihood` is None for versions whose decoder has no logits output."""
-
-    encoder: Batcher
-    decoder: Batcher
-    likelihood: Batcher | None
-
-
 class VaeServicer:
     """The methods of vae.v1.VaeService, registered by `rpc.add_service`."""
 
-    def __init__(
-        self,
-        image_shape: tuple[int, ...],
-        latent_dim: int,
-        batchers: Batchers,
-        limits: Limits,
-        info: vae_pb2.ModelInfo,
-        scored: Callable[[int], None],
-    ) -> None:
-        self.image_shape = tuple(image_shape)
-        self.latent_dim = latent_dim
-        self.encoder, self.decoder, self.likelihood = batchers.encoder, batchers.decoder, batchers.likelihood
+    def __init__(self, models: Models, limits: Limits, scored: Callable[[int], None]) -> None:
+        self.models = models
         self.limits = limits
-        self.info = info
         self.scored = scored  # counts the images each Score call scored (metrics)
 
-    def _images(self, t: vae_pb2.Tensor, exactly: int = 0) -> tuple[int, bytes, frozenset[str]]:
+    def _images(self, v: Served, t: vae_pb2.Tensor, exactly: int = 0) -> tuple[int, bytes, frozenset[str]]:
         """N, the bytes, and {"images"} when they are uint8."""
-        n, data = validation.rows(t, "images", self.image_shape, self.limits.rows, uint8_ok=True, exactly=exactly)
+        shape = v.model.image_shape
+        n, data = validation.rows(t, "images", shape, self.limits.rows, uint8_ok=True, exactly=exactly)
         return n, data, IMAGES if t.dtype == vae_pb2.UINT8 else NONE
 
+    @staticmethod
     async def _encode(
-        self, images: bytes, rows: int, eps: bytes | None, uint8: frozenset[str], context: grpc.aio.ServicerContext
+        v: Served,
+        images: bytes,
+        rows: int,
+        eps: bytes | None,
+        uint8: frozenset[str],
+        context: grpc.aio.ServicerContext,
     ) -> dict:
         """mean, log_variance, and latents = mean + exp(0.5 * log_variance) * eps (None: only the posterior)."""
         inputs = {"images": images} if eps is None else {"images": images, "eps": eps}
-        return await self.encoder.submit(inputs, rows, context.time_remaining(), uint8_in=uint8)
+        return await v.encoder.submit(inputs, rows, context.time_remaining(), uint8_in=uint8)
 
+    @staticmethod
     async def _decode(
-        self, latents: bytes, rows: int, uint8: bool, context: grpc.aio.ServicerContext
+        v: Served, latents: bytes, rows: int, uint8: bool, context: grpc.aio.ServicerContext
     ) -> tuple[bytes, bool]:
         """The decoded images' bytes (uint8 when asked), and whether they are uint8."""
         out = IMAGES if uint8 else NONE
-        decoded = await self.decoder.submit({"latents": latents}, rows, context.time_remaining(), uint8_out=out)
+        decoded = await v.decoder.submit({"latents": latents}, rows, context.time_remaining(), uint8_out=out)
         return decoded["images"], uint8
 
     def work(self, method: str) -> Callable[[Any], dict[str, int]]:
@@ -98,9 +87,12 @@ class VaeServicer:
         most, most_k = self.limits.rows, self.limits.importance_samples
 
         def score(r: vae_pb2.ScoreRequest) -> dict[str, int]:
+            served = self.models.served.get(r.model_version) if r.model_version else self.models.newest
+            if served is None or served.likelihood is None:  # refused before it runs anything
+                return {}
             n = validation.stated_rows(r.images.shape, most)
             k = min(max(r.num_importance_samples, 1), most_k)
-            return {"encoder": n, "likelihood": n * k} if self.likelihood is not None else {}
+            return {"encoder": n, "likelihood": n * k}
 
         works: dict[str, Callable[[Any], dict[str, int]]] = {
             "Sample": lambda r: {"decoder": min(r.num_samples, most)},
@@ -121,78 +113,86 @@ class VaeServicer:
         n = validation.num_samples(request.num_samples, self.limits.rows)
         temperature = validation.temperature(request.temperature)
         uint8 = validation.image_dtype(request.image_dtype)
-        z = draw_eps(_seed(request), n, self.latent_dim)
-        if temperature != 1.0:
-            z = (np.frombuffer(z, np.float32) * np.float32(temperature)).tobytes()
-        images = await self._decode(z, n, uint8, context)
-        response = vae_pb2.SampleResponse()
-        _fill(response.images, (n, *self.image_shape), *images)
-        _fill(response.latents, (n, self.latent_dim), z)
+        with self.models.using(request.model_version) as v:
+            d = v.model.latent_dim
+            z = draw_eps(_seed(request), n, d)
+            if temperature != 1.0:
+                z = (np.frombuffer(z, np.float32) * np.float32(temperature)).tobytes()
+            images = await self._decode(v, z, n, uint8, context)
+        response = vae_pb2.SampleResponse(model_version=v.version)
+        _fill(response.images, (n, *v.model.image_shape), *images)
+        _fill(response.latents, (n, d), z)
         return response
 
     async def Encode(self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext) -> vae_pb2.EncodeResponse:
-        n, images, uint8 = self._images(request.images)
-        encoded = await self._encode(images, n, draw_eps(_seed(request), n, self.latent_dim), uint8, context)
-        response = vae_pb2.EncodeResponse()
-        shape = (n, self.latent_dim)
+        with self.models.using(request.model_version) as v:
+            n, images, uint8 = self._images(v, request.images)
+            d = v.model.latent_dim
+            encoded = await self._encode(v, images, n, draw_eps(_seed(request), n, d), uint8, context)
+        response = vae_pb2.EncodeResponse(model_version=v.version)
+        shape = (n, d)
         _fill(response.mean, shape, encoded["mean"])
         _fill(response.log_variance, shape, encoded["log_variance"])
         _fill(response.latents, shape, encoded["latents"])
         return response
 
     async def Decode(self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> vae_pb2.DecodeResponse:
-        n, z = validation.rows(request.latents, "latents", (self.latent_dim,), self.limits.rows)
-        images = await self._decode(z, n, validation.image_dtype(request.image_dtype), context)
-        response = vae_pb2.DecodeResponse()
-        _fill(response.images, (n, *self.image_shape), *images)
+        with self.models.using(request.model_version) as v:
+            n, z = validation.rows(request.latents, "latents", (v.model.latent_dim,), self.limits.rows)
+            images = await self._decode(v, z, n, validation.image_dtype(request.image_dtype), context)
+        response = vae_pb2.DecodeResponse(model_version=v.version)
+        _fill(response.images, (n, *v.model.image_shape), *images)
         return response
 
     async def Reconstruct(
         self, request: vae_pb2.ReconstructRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.ReconstructResponse:
-        n, images, uint8 = self._images(request.images)
-        uint8_out = validation.image_dtype(request.image_dtype)
-        eps = draw_eps(_seed(request), n, self.latent_dim)
-        latents = (await self._encode(images, n, eps, uint8, context))["latents"]
-        reconstructions = await self._decode(latents, n, uint8_out, context)
-        response = vae_pb2.ReconstructResponse()
-        _fill(response.images, (n, *self.image_shape), *reconstructions)
-        _fill(response.latents, (n, self.latent_dim), latents)
+        with self.models.using(request.model_version) as v:
+            n, images, uint8 = self._images(v, request.images)
+            uint8_out = validation.image_dtype(request.image_dtype)
+            d = v.model.latent_dim
+            eps = draw_eps(_seed(request), n, d)
+            latents = (await self._encode(v, images, n, eps, uint8, context))["latents"]
+            reconstructions = await self._decode(v, latents, n, uint8_out, context)
+        response = vae_pb2.ReconstructResponse(model_version=v.version)
+        _fill(response.images, (n, *v.model.image_shape), *reconstructions)
+        _fill(response.latents, (n, d), latents)
         return response
 
     async def Score(self, request: vae_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> vae_pb2.ScoreResponse:
         """ELBO, its two terms and the importance-weighted bound on log p(x), in nats per image, from K posterior
         samples per image drawn here and scored by the likelihood graph in chunks shared with other callers
         (scoring.py)."""
-        if self.likelihood is None:
-            raise FailedPrecondition(
-                "Score needs the decoder's logits output, which this model version (exported by an older vaeserve) "
-                "lacks: export the checkpoint again to score images"
-            )
-        n, images, uint8 = self._images(request.images)
-        k = validation.importance_samples(request.num_importance_samples, self.limits.importance_samples)
-        d = self.latent_dim
-        encoded = await self._encode(images, n, None, uint8, context)
-        mean = np.frombuffer(encoded["mean"], np.float32).reshape(n, d)
-        log_variance = np.frombuffer(encoded["log_variance"], np.float32).reshape(n, d)
-        x = np.frombuffer(images, np.uint8 if uint8 else np.float32).reshape(n, -1)
-        sampler = ImportanceSampler(mean, log_variance, x, k, noise(_seed(request)))
-        pending: deque[tuple[int, int, asyncio.Future]] = deque()
-        try:
-            for start, stop, inputs in sampler.chunks(self.limits.batch_rows):
-                future = self.likelihood.submit(inputs, stop - start, context.time_remaining(), uint8_in=uint8)
-                pending.append((start, stop, future))
-                if len(pending) == SCORE_CHUNKS_IN_FLIGHT:
+        with self.models.using(request.model_version) as v:
+            if v.likelihood is None:
+                raise FailedPrecondition(
+                    f"Score needs the decoder's logits output, which model version {v.version} (exported by an older "
+                    f"vaeserve) lacks: export the checkpoint again to score images"
+                )
+            n, images, uint8 = self._images(v, request.images)
+            k = validation.importance_samples(request.num_importance_samples, self.limits.importance_samples)
+            d = v.model.latent_dim
+            encoded = await self._encode(v, images, n, None, uint8, context)
+            mean = np.frombuffer(encoded["mean"], np.float32).reshape(n, d)
+            log_variance = np.frombuffer(encoded["log_variance"], np.float32).reshape(n, d)
+            x = np.frombuffer(images, np.uint8 if uint8 else np.float32).reshape(n, -1)
+            sampler = ImportanceSampler(mean, log_variance, x, k, noise(_seed(request)))
+            pending: deque[tuple[int, int, asyncio.Future]] = deque()
+            try:
+                for start, stop, inputs in sampler.chunks(self.limits.batch_rows):
+                    future = v.likelihood.submit(inputs, stop - start, context.time_remaining(), uint8_in=uint8)
+                    pending.append((start, stop, future))
+                    if len(pending) == SCORE_CHUNKS_IN_FLIGHT:
+                        start, stop, future = pending.popleft()
+                        sampler.add(start, stop, await future)
+                while pending:
                     start, stop, future = pending.popleft()
                     sampler.add(start, stop, await future)
-            while pending:
-                start, stop, future = pending.popleft()
-                sampler.add(start, stop, await future)
-        finally:  # cancelled, past its deadline or failed: the chunks still queued are dropped, never computed
-            for _, _, future in pending:
-                future.cancel()
+            finally:  # cancelled, past its deadline or failed: the chunks still queued are dropped, never computed
+                for _, _, future in pending:
+                    future.cancel()
         self.scored(n)
-        response = vae_pb2.ScoreResponse()
+        response = vae_pb2.ScoreResponse(model_version=v.version)
         for field, values in sampler.estimate().items():
             _fill(getattr(response, field), (n,), values.tobytes())
         return response
@@ -207,22 +207,27 @@ class VaeServicer:
         if given_images == given_latents:
             both = ", not both" if given_images else ""
             raise InvalidArgument("images", f"give the two endpoints either as images or as latents{both}")
-        d = self.latent_dim
-        if given_images:
-            n, images, uint8 = self._images(request.images, exactly=2)
-            ends = (await self._encode(images, n, None, uint8, context))["mean"]
-        else:
-            _, ends = validation.rows(request.latents, "latents", (d,), self.limits.rows, exactly=2)
-            validation.check_latents(np.frombuffer(ends, np.float32))
-        a, b = np.frombuffer(ends, np.float32).reshape(2, d)
-        path = interpolate(a, b, steps, request.spherical).tobytes()
-        images = await self._decode(path, steps, uint8_out, context)
-        response = vae_pb2.InterpolateResponse()
-        _fill(response.images, (steps, *self.image_shape), *images)
+        with self.models.using(request.model_version) as v:
+            d = v.model.latent_dim
+            if given_images:
+                n, images, uint8 = self._images(v, request.images, exactly=2)
+                ends = (await self._encode(v, images, n, None, uint8, context))["mean"]
+            else:
+                _, ends = validation.rows(request.latents, "latents", (d,), self.limits.rows, exactly=2)
+                validation.check_latents(np.frombuffer(ends, np.float32))
+            a, b = np.frombuffer(ends, np.float32).reshape(2, d)
+            path = interpolate(a, b, steps, request.spherical).tobytes()
+            images = await self._decode(v, path, steps, uint8_out, context)
+        response = vae_pb2.InterpolateResponse(model_version=v.version)
+        _fill(response.images, (steps, *v.model.image_shape), *images)
         _fill(response.latents, (steps, d), path)
         return response
 
     async def GetModelInfo(
         self, request: vae_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> vae_pb2.ModelInfo:
-        return self.info
+        """The named version (0: the newest served), and every version served now."""
+        info = vae_pb2.ModelInfo()
+        info.CopyFrom(self.models.get(request.model_version).info)
+        info.served_versions[:] = list(self.models.served)
+        return info

@@ -68,6 +68,9 @@ class _TracedBatches:
     def watch_queue(self, length: Callable[[], int]) -> None:
         self._inner.watch_queue(length)
 
+    def unwatch_queue(self, length: Callable[[], int]) -> None:
+        self._inner.unwatch_queue(length)
+
     def batch(self, rows: int, inference_seconds: float, queue_waits: Sequence[float]) -> None:
         self._inner.batch(rows, inference_seconds, queue_waits)
         end = time.time_ns()

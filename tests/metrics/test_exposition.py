@@ -79,18 +79,25 @@ def test_graph_is_encoder_or_decoder():
         Metrics().graph("generator")
 
 
-def test_model_info_names_only_the_model_served_now(served):
+def test_model_info_names_only_the_versions_served_now(served):
     metrics, port = served
-    metrics.set_model_info("vae", 1, "CPUExecutionProvider")
-    metrics.set_model_info("vae", 2, "CUDAExecutionProvider")
+
+    def labels(version: str, provider: str) -> frozenset:
+        return frozenset({("name", "vae"), ("version", version), ("provider", provider), ("variant", "plain")})
+
+    metrics.set_model_info("vae", [(1, "CPUExecutionProvider", "plain")])
+    metrics.set_model_info("vae", [(2, "CUDAExecutionProvider", "plain")])
     info = {k: v for k, v in parse(scrape(port)).items() if k[0] == "vaeserve_model_info"}
-    labels = frozenset({("name", "vae"), ("version", "2"), ("provider", "CUDAExecutionProvider"), ("variant", "plain")})
-    assert info == {("vaeserve_model_info", labels): 1.0}
+    assert info == {("vaeserve_model_info", labels("2", "CUDAExecutionProvider")): 1.0}
+    metrics.set_model_info("vae", [(2, "CPUExecutionProvider", "plain"), (3, "CPUExecutionProvider", "plain")])
+    info = {k: v for k, v in parse(scrape(port)).items() if k[0] == "vaeserve_model_info"}
+    assert info == {("vaeserve_model_info", labels(v, "CPUExecutionProvider")): 1.0 for v in ("2", "3")}
 
 
 def test_exposition_passes_promtool(served):
     metrics, port = served
-    metrics.set_model_info("vae", 1, "CPUExecutionProvider")
+    metrics.set_model_info("vae", [(1, "CPUExecutionProvider", "plain")])
+    metrics.model_load_failures.labels("verify").inc()
     metrics.requests.labels("Encode", "OK").inc()
     metrics.request_duration.labels("Encode").observe(0.003)
     metrics.graph("decoder").batch(64, 0.01, [0.002] * 4)

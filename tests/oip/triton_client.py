@@ -4,6 +4,8 @@ Imports nothing of vaeserve. Prints one JSON object on stdout; arrays as nested 
 
     python triton_client.py checks HOST:PORT NAME ROWS      the protocol's calls, good and bad
     python triton_client.py infer-on-go HOST:PORT MODEL ROWS   prints "ready", sends one infer on a stdin line
+    python triton_client.py repository HOST:PORT NAME TOKEN ACTION...   the repository extension's calls in turn:
+        index, load, unload, versions (NAME-encoder's metadata versions); TOKEN "-" sends none
 """
 
 from __future__ import annotations
@@ -78,7 +80,30 @@ def infer_on_go(target: str, model: str, rows: int) -> dict:
     return infer(client, model, meta["inputs"][0]["name"], images(rows, shape), "FP32", [meta["outputs"][0]["name"]])
 
 
+def repository(target: str, name: str, token: str, actions: list[str]) -> list:
+    client = triton.InferenceServerClient(target)
+    headers = {"authorization": f"Bearer {token}"} if token != "-" else None
+    calls = {
+        "index": lambda: client.get_model_repository_index(headers=headers, as_json=True).get("models", []),
+        "load": lambda: client.load_model(name, headers=headers),
+        "unload": lambda: client.unload_model(name, headers=headers),
+        "versions": lambda: client.get_model_metadata(f"{name}-encoder", headers=headers, as_json=True)["versions"],
+    }
+    results = []
+    for action in actions:
+        try:
+            results.append({"status": "OK", "result": calls[action]()})
+        except InferenceServerException as exc:
+            results.append({"status": exc.status(), "message": exc.message()})
+    return results
+
+
 if __name__ == "__main__":
-    command, target, name, rows = sys.argv[1:5]
-    result = checks(target, name, int(rows)) if command == "checks" else infer_on_go(target, name, int(rows))
+    command, target, name = sys.argv[1:4]
+    if command == "repository":
+        result = repository(target, name, sys.argv[4], sys.argv[5:])
+    elif command == "checks":
+        result = checks(target, name, int(sys.argv[4]))
+    else:
+        result = infer_on_go(target, name, int(sys.argv[4]))
     print(json.dumps(result))

@@ -25,125 +25,151 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("num_samples", "seed", "temperature", "image_dtype")
+    __slots__ = ("num_samples", "seed", "temperature", "image_dtype", "model_version")
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     num_samples: int
     seed: int
     temperature: float
     image_dtype: DataType
-    def __init__(self, num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., image_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
+    model_version: int
+    def __init__(self, num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., image_dtype: _Optional[_Union[DataType, str]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
-    __slots__ = ("images", "latents")
+    __slots__ = ("images", "latents", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
     latents: Tensor
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    model_version: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("images", "seed")
+    __slots__ = ("images", "seed", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
     seed: int
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+    model_version: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("mean", "log_variance", "latents")
+    __slots__ = ("mean", "log_variance", "latents", "model_version")
     MEAN_FIELD_NUMBER: _ClassVar[int]
     LOG_VARIANCE_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     mean: Tensor
     log_variance: Tensor
     latents: Tensor
-    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., log_variance: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    model_version: int
+    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., log_variance: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("latents", "image_dtype")
+    __slots__ = ("latents", "image_dtype", "model_version")
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     latents: Tensor
     image_dtype: DataType
-    def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ..., image_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
+    model_version: int
+    def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ..., image_dtype: _Optional[_Union[DataType, str]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class DecodeResponse(_message.Message):
-    __slots__ = ("images",)
+    __slots__ = ("images", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    model_version: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class ReconstructRequest(_message.Message):
-    __slots__ = ("images", "seed", "image_dtype")
+    __slots__ = ("images", "seed", "image_dtype", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     IMAGE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
     seed: int
     image_dtype: DataType
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., image_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
+    model_version: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., image_dtype: _Optional[_Union[DataType, str]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class ReconstructResponse(_message.Message):
-    __slots__ = ("images", "latents")
+    __slots__ = ("images", "latents", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
     latents: Tensor
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    model_version: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("images", "num_importance_samples", "seed")
+    __slots__ = ("images", "num_importance_samples", "seed", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     NUM_IMPORTANCE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
     num_importance_samples: int
     seed: int
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., num_importance_samples: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    model_version: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., num_importance_samples: _Optional[int] = ..., seed: _Optional[int] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("elbo", "log_likelihood", "reconstruction", "kl")
+    __slots__ = ("elbo", "log_likelihood", "reconstruction", "kl", "model_version")
     ELBO_FIELD_NUMBER: _ClassVar[int]
     LOG_LIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
     RECONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     KL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     elbo: Tensor
     log_likelihood: Tensor
     reconstruction: Tensor
     kl: Tensor
-    def __init__(self, elbo: _Optional[_Union[Tensor, _Mapping]] = ..., log_likelihood: _Optional[_Union[Tensor, _Mapping]] = ..., reconstruction: _Optional[_Union[Tensor, _Mapping]] = ..., kl: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    model_version: int
+    def __init__(self, elbo: _Optional[_Union[Tensor, _Mapping]] = ..., log_likelihood: _Optional[_Union[Tensor, _Mapping]] = ..., reconstruction: _Optional[_Union[Tensor, _Mapping]] = ..., kl: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class InterpolateRequest(_message.Message):
-    __slots__ = ("images", "latents", "steps", "spherical", "image_dtype")
+    __slots__ = ("images", "latents", "steps", "spherical", "image_dtype", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     SPHERICAL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
     latents: Tensor
     steps: int
     spherical: bool
     image_dtype: DataType
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., steps: _Optional[int] = ..., spherical: _Optional[bool] = ..., image_dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
+    model_version: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., steps: _Optional[int] = ..., spherical: _Optional[bool] = ..., image_dtype: _Optional[_Union[DataType, str]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class InterpolateResponse(_message.Message):
-    __slots__ = ("images", "latents")
+    __slots__ = ("images", "latents", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
     latents: Tensor
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    model_version: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("model_version",)
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    def __init__(self, model_version: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "latent_dim", "image_shape", "likelihood", "execution_provider", "metadata", "max_batch_size", "max_num_samples", "variant", "max_importance_samples", "max_interpolation_steps", "can_score")
+    __slots__ = ("name", "version", "latent_dim", "image_shape", "likelihood", "execution_provider", "metadata", "max_batch_size", "max_num_samples", "variant", "max_importance_samples", "max_interpolation_steps", "can_score", "served_versions")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +190,7 @@ class ModelInfo(_message.Message):
     MAX_IMPORTANCE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_INTERPOLATION_STEPS_FIELD_NUMBER: _ClassVar[int]
     CAN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    SERVED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     latent_dim: int
@@ -177,4 +204,5 @@ class ModelInfo(_message.Message):
     max_importance_samples: int
     max_interpolation_steps: int
     can_score: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., likelihood: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_batch_size: _Optional[int] = ..., max_num_samples: _Optional[int] = ..., variant: _Optional[str] = ..., max_importance_samples: _Optional[int] = ..., max_interpolation_steps: _Optional[int] = ..., can_score: _Optional[bool] = ...) -> None: ...
+    served_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., likelihood: _Optional[str] = ..., execution_provider: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_batch_size: _Optional[int] = ..., max_num_samples: _Optional[int] = ..., variant: _Optional[str] = ..., max_importance_samples: _Optional[int] = ..., max_interpolation_steps: _Optional[int] = ..., can_score: _Optional[bool] = ..., served_versions: _Optional[_Iterable[int]] = ...) -> None: ...
