@@ -1,7 +1,7 @@
 """One harness for tests, load runs and benchmarks: free loopback ports, and server processes that are started,
 waited on until ready, and stopped (SIGTERM, then SIGKILL) however the caller ends.
 
-`vaeserve(...)` starts a real `vaeserve serve` through the real CLI (`python -m vaeserve.cli serve ...`), ready
+`vaeserve_process(...)` starts a real `vaeserve serve` through the real CLI (`python -m vaeserve.cli serve ...`), ready
 when the standard health service says SERVING and the process logged it (with --reuse-port another process
 may answer on the same port). Other servers (the benchmark's baselines) are ready when `answers` says so.
 """
@@ -125,7 +125,7 @@ class ServerProcess:
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.signal(signal.SIGTERM)
+            self.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -148,7 +148,7 @@ class ServerProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def signal(self, sig: int = signal.SIGTERM) -> None:
+    def send_signal(self, sig: int = signal.SIGTERM) -> None:
         if self.own_group:
             os.killpg(self.process.pid, sig)
         else:
@@ -199,7 +199,7 @@ def serve_argv(repo: Path, *flags: str, port: int, metrics_port: int, name: str 
             "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port), *flags]  # fmt: skip
 
 
-def vaeserve(
+def vaeserve_process(
     repo: Path,
     log: Path,
     *flags: str,
@@ -207,13 +207,13 @@ def vaeserve(
     port: int | None = None,
     name: str = "vae",
     argv: Sequence[str] | None = None,
-    health_port: bool = False,
+    with_health_port: bool = False,
 ) -> ServerProcess:
     """A `vaeserve serve` of REPO/NAME on loopback (on `port`, else a free one; metrics on a free port), not yet
     started: use it in `with`, or call start(). `argv` replaces the command line (ports then come from `env`).
-    health_port: give it a plaintext health-only port (--health-port), which readiness then asks (TLS servers)."""
+    with_health_port: give it a plaintext health-only port (--health-port), which readiness then asks (TLS servers)."""
     chosen, metrics_port, health = free_ports(3, taken=(port,) if port else ())
-    port, health = port or chosen, health if health_port else 0
+    port, health = port or chosen, health if with_health_port else 0
     if argv is None:
         argv = serve_argv(repo, *flags, port=port, metrics_port=metrics_port, name=name)
         if health:
@@ -224,7 +224,7 @@ def vaeserve(
 @contextlib.contextmanager
 def serving(repo: Path, log: Path, *flags: str, **kwargs: object) -> Iterator[ServerProcess]:
     """A started `vaeserve serve` that is stopped (if the caller did not stop it) however the block ends."""
-    with vaeserve(repo, log, *flags, **kwargs) as server:
+    with vaeserve_process(repo, log, *flags, **kwargs) as server:
         yield server
 
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from tests.harness import vaeserve
+from tests.harness import vaeserve_process
 from vaeserve.client.api import VaeClient, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2
 
@@ -61,7 +61,7 @@ def wire(bench: Bench, models: dict[str, object]) -> tuple[list[list[str]], dict
         }
         log = bench.work / f"api-{model}.log"
         with contextlib.ExitStack() as stack:
-            server = stack.enter_context(vaeserve(model_dir.parents[1], log, "--version", model_dir.name))
+            server = stack.enter_context(vaeserve_process(model_dir.parents[1], log, "--version", model_dir.name))
             transport = bench.baseline(stack, "transport", model, model_dir, graphs).servers
             for dtype, dtype_name in ((vae_pb2.FLOAT32, "FLOAT32"), (vae_pb2.UINT8, "UINT8")):
                 for call, (method, request) in wire_requests(graphs, dtype).items():
@@ -93,7 +93,7 @@ def anomaly(label: str, model_dir, k: int, work) -> tuple[list[list[str]], dict[
     rng = np.random.default_rng(0)
     sets = {"uniform noise": rng.random(digits.shape, dtype=np.float32), "upside-down digits": digits[:, :, ::-1]}
     rows, aucs = [], {}
-    server = vaeserve(model_dir.parents[1], work / f"anomaly-{label}.log", "--version", model_dir.name)
+    server = vaeserve_process(model_dir.parents[1], work / f"anomaly-{label}.log", "--version", model_dir.name)
     with server, VaeClient(server.target, timeout=300) as client:
 
         def scores(images: np.ndarray) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from tests.harness import ROOT, ServerProcess, vaeserve
+from tests.harness import ROOT, ServerProcess, vaeserve_process
 from vaeserve.client.api import VaeClient
 from vaeserve.client.bulk import rows_per_call
 from vaeserve.client.images import read_file
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     arrays = [np.rint(x[0] * 255).astype(np.uint8) for x in decoded]  # the PNGs' pixels, as the CLI sends them
     stacked = np.stack(arrays)
 
-    server = vaeserve(model_dir.parents[1], WORK / "serve.log", "--version", model_dir.name)
+    server = vaeserve_process(model_dir.parents[1], WORK / "serve.log", "--version", model_dir.name)
     with server, VaeClient(server.target, timeout=300) as client:
         assert server.process is not None
         rss_started = vm_kib(server.process.pid, "VmRSS")

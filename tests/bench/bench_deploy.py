@@ -141,7 +141,7 @@ def under_load(server: Container, target: str, then_sigterm: bool) -> dict[str, 
     out = {"rss_load": float(peak)}
     if then_sigterm:
         signalled = time.monotonic()
-        server.signal("TERM")
+        server.send_signal("TERM")
         assert server.wait(60) == 0
         out["sigterm_load_s"] = time.monotonic() - signalled
     stop.set()
@@ -162,7 +162,7 @@ def runtime_figures() -> dict[str, list[float]]:
                 time.sleep(1.0)  # settle after warm-up before reading idle memory
                 figures["rss_idle"].append(server.rss_bytes())
                 signalled = time.monotonic()
-                server.signal("TERM")
+                server.send_signal("TERM")
                 assert server.wait(60) == 0
                 figures["sigterm_idle_s"].append(time.monotonic() - signalled)
             else:

@@ -200,7 +200,7 @@ async def through_sigterm(s: ServerProcess) -> tuple[collections.Counter, float]
         tasks = [asyncio.create_task(client()) for _ in range(SIGTERM_CLIENTS)]
         await asyncio.wait_for(all_answered.wait(), 60)  # every client connected and calling: the load is on
         signalled.append(time.monotonic())
-        s.signal(signal.SIGTERM)
+        s.send_signal(signal.SIGTERM)
         await asyncio.gather(*tasks)
     exit_s = await asyncio.to_thread(s.wait, 60)
     return results, time.monotonic() - signalled[0] if exit_s is not None else math.nan
@@ -294,7 +294,7 @@ async def retrying_through_sigterm(s: ServerProcess, clients: int, bound_s: floa
         tasks = [asyncio.create_task(client()) for _ in range(clients)]
         await asyncio.wait_for(all_answered.wait(), 60)
         signalled.append(time.monotonic())
-        s.signal(signal.SIGTERM)
+        s.send_signal(signal.SIGTERM)
         await asyncio.gather(*tasks)
     await asyncio.to_thread(s.wait, 120)
     return after, time.monotonic() - signalled[0]

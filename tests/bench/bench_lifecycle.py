@@ -26,7 +26,7 @@ import numpy as np
 
 from tests.bench.bench_serving import WORK, find_or_export
 from tests.bench.report import markdown_table, write_section
-from tests.harness import ServerProcess, vaeserve, wait_until
+from tests.harness import ServerProcess, vaeserve_process, wait_until
 from vaeserve.client.api import to_tensor
 from vaeserve.protos.inference import grpc_service_pb2 as pb
 from vaeserve.protos.vae.v1 import vae_pb2
@@ -141,7 +141,9 @@ def one_model_mb(repo: Path, work: Path) -> float:
     smaller served alone."""
     sizes = {}
     for policy in ("specific:1", "specific:2", "latest:2"):
-        with vaeserve(repo, work / f"footprint-{policy.replace(':', '-')}.log", "--version-policy", policy) as server:
+        with vaeserve_process(
+            repo, work / f"footprint-{policy.replace(':', '-')}.log", "--version-policy", policy
+        ) as server:
             sizes[policy] = rss_mb(server)
     return sizes["latest:2"] - min(sizes["specific:1"], sizes["specific:2"])
 
@@ -159,7 +161,7 @@ def main() -> None:
     publish(sources[1], repo, 2)
     extra_mb = one_model_mb(repo, work)
     shutil.rmtree(repo / "vae" / "2")
-    with vaeserve(repo, work / "serve.log", "--model-control", "explicit") as server:
+    with vaeserve_process(repo, work / "serve.log", "--model-control", "explicit") as server:
         result = asyncio.run(run(server, repo, sources, args.seconds))
         wait_until(lambda: server.metric('vaeserve_model_load_failures_total{reason="verify"}') == 1, "the count")
     good = [s for s in result["swaps"] if "live_s" in s]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.harness import ServerProcess, free_port, serving, vaeserve, wait_until
+from tests.harness import ServerProcess, free_port, serving, vaeserve_process, wait_until
 from vaeserve.client import bulk
 from vaeserve.client.api import VaeClient
 from vaeserve.errors import VaeserveError
@@ -98,7 +98,7 @@ def test_a_server_restarting_mid_run_costs_time_not_rows(
 ) -> None:
     port = free_port()
     flags = ("--max-num-samples", str(ROWS), "--max-batch-size", "32")
-    first = vaeserve(model_repo, tmp_path / "first.log", *flags, port=port).start()
+    first = vaeserve_process(model_repo, tmp_path / "first.log", *flags, port=port).start()
     got: list = []
     started, stopped = threading.Event(), threading.Event()
     failure: list[BaseException] = []

@@ -222,7 +222,7 @@ def test_container_command_serves_passes_healthcheck_and_drains(
             assert rpc_error(lambda: model_info(c)) in {grpc.StatusCode.UNAUTHENTICATED,
                                                         grpc.StatusCode.PERMISSION_DENIED}  # fmt: skip
 
-        process.signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=float(config["VAESERVE_GRACE_PERIOD"]) + 15) == 0, process.output()
     if config["VAESERVE_LOG_FORMAT"] == "json":
         lines = [line for line in process.output().splitlines() if line.strip()]

@@ -212,5 +212,5 @@ def test_runtime_command_serves_the_oip_models(
         # /metrics answers on loopback, where the queue-proxy scrapes it.
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
             assert b"vaeserve_" in reply.read()
-        process.signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, process.output()

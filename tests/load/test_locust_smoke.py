@@ -54,7 +54,7 @@ def test_a_secured_server_is_loaded_over_tls_with_a_token(model_repo: Path, tmp_
     (tmp_path / "tokens").write_text("locust-token\n")
     flags = ("--tls-cert", str(cert.cert), "--tls-key", str(cert.key), "--auth-token-file", str(tmp_path / "tokens"))
     env = {"VAESERVE_TLS_CA": str(ca.pem), "VAESERVE_TOKEN_FILE": str(tmp_path / "tokens")}
-    with harness.serving(model_repo, tmp_path / "serve.log", *flags, health_port=True) as server:
+    with harness.serving(model_repo, tmp_path / "serve.log", *flags, with_health_port=True) as server:
         csv_prefix = tmp_path / "secured"
         assert run_locust(f"localhost:{server.port}", 4, 4, "3s", csv_prefix, "--tags", "encode", env=env) == 0
         assert int(read_stats(csv_prefix)["Aggregated"]["Request Count"]) > 0

@@ -19,7 +19,7 @@ def _exposed_sample_names() -> set[str]:
     metrics = Metrics()
     metrics.requests.labels("Encode", "OK").inc()
     metrics.request_duration.labels("Encode").observe(0.002)
-    metrics.set_model_info("vae", 1, "CPUExecutionProvider")
+    metrics.set_model_info("vae", [(1, "CPUExecutionProvider", "plain")])
     return {name for name, _ in parse(generate_latest(metrics.registry).decode())}
 
 

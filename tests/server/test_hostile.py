@@ -260,7 +260,7 @@ async def _load_through_sigterm(server: ServerProcess, clients: int = 32) -> lis
         tasks = [asyncio.create_task(client()) for _ in range(clients)]
         await asyncio.wait_for(running.wait(), 60)
         signalled.append(time.monotonic())
-        server.signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
     return results
 

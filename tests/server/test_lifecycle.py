@@ -154,7 +154,7 @@ def test_health_watch_sees_serving_then_not_serving_on_sigterm(model_repo: Path,
                 health_pb2.HealthCheckRequest(service="vae.v1.VaeService"), timeout=30
             )
             seen.append(next(stream).status)
-            server.signal(signal.SIGTERM)
+            server.send_signal(signal.SIGTERM)
             with contextlib.suppress(grpc.RpcError):  # the stream is cut when the server stops
                 for response in stream:
                     seen.append(response.status)
@@ -168,7 +168,7 @@ def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_0(conv_model_
         with VaeClient(server.target) as client, ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(client.sample, 4 * BIG, 5)  # several conv runs: long enough to catch in flight
             wait_until(lambda: server.metric("vaeserve_inflight_requests") >= 1, "the call to be in flight")
-            server.signal(signal.SIGTERM)
+            server.send_signal(signal.SIGTERM)
             # New calls are still served for a moment (those already on their way when the signal came), then
             # refused: poll until one is.
             refused = None
@@ -235,7 +235,7 @@ async def _retry_through_sigterm(
         tasks = [asyncio.create_task(client()) for _ in range(clients)]
         await asyncio.wait_for(all_answered.wait(), 60)
         signalled.append(time.monotonic())
-        server.signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         closed = await _port_closes(server.port, bound_s)
         closed_while_in_flight = closed and not in_flight.done()
         await asyncio.gather(*tasks)
@@ -275,7 +275,7 @@ def test_sighup_and_sigusr_neither_kill_nor_drain_the_server(model_repo: Path, t
                           (signal.SIGUSR1, "SIGUSR1 ignored"), (signal.SIGUSR2, "SIGUSR2 ignored"),
                           (signal.SIGHUP, "SIGHUP: nothing to reload")):  # fmt: skip
             seen = server.output().count(line)
-            server.signal(sig)
+            server.send_signal(sig)
             wait_until(lambda line=line, seen=seen: server.output().count(line) > seen, f"{sig.name} to be logged")
             assert server.returncode is None, f"{sig.name} ended the server"
         with VaeClient(server.target) as client:
@@ -290,7 +290,7 @@ def test_sigint_stops_cleanly_on_either_event_loop(model_repo: Path, tmp_path: P
     with serving(model_repo, tmp_path / "serve.log", "--event-loop", event_loop) as server:
         with VaeClient(server.target) as client:
             assert client.sample(2, seed=0)[0].shape == (2, 1, 8, 8)
-        server.signal(signal.SIGINT)
+        server.send_signal(signal.SIGINT)
         assert server.wait() == 0
     assert f"event loop {event_loop}" in server.output()
     assert "Traceback" not in server.output()

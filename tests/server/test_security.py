@@ -23,7 +23,16 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from tests.conftest import run_cli
-from tests.harness import ROOT, ServerProcess, free_port, health_status, serve_argv, serving, vaeserve, wait_until
+from tests.harness import (
+    ROOT,
+    ServerProcess,
+    free_port,
+    health_status,
+    serve_argv,
+    serving,
+    vaeserve_process,
+    wait_until,
+)
 from vaeserve.client.api import AsyncVaeClient, VaeClient
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
@@ -72,7 +81,7 @@ def code_of(call) -> grpc.StatusCode:
 def secured(model_repo: Path, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """TLS and tokens on the gRPC port, plaintext health on its own port, no reflection."""
     log = tmp_path_factory.mktemp("secured") / "serve.log"
-    with serving(model_repo, log, *tls_flags(pki, pki.tokens), "--no-reflection", health_port=True) as server:
+    with serving(model_repo, log, *tls_flags(pki, pki.tokens), "--no-reflection", with_health_port=True) as server:
         yield server
 
 
@@ -129,7 +138,7 @@ def test_reflection_needs_the_token_when_tokens_are_on(server: ServerProcess, mo
                                                       tmp_path: Path) -> None:  # fmt: skip
     """grpc's own reflection client against a TLS server with tokens and reflection on: refused without a token,
     answered with one; a server without tokens answers anyone."""
-    with serving(model_repo, tmp_path / "serve.log", *tls_flags(pki, pki.tokens), health_port=True) as secured:
+    with serving(model_repo, tmp_path / "serve.log", *tls_flags(pki, pki.tokens), with_health_port=True) as secured:
         credentials = grpc.ssl_channel_credentials(pki.ca.pem.read_bytes())
         target = f"localhost:{secured.port}"
         for token in (None, "wrong-token"):
@@ -212,7 +221,7 @@ def test_the_readme_tls_example_runs_as_written(secured: ServerProcess, pki: Pki
 def test_tokens_rotate_without_a_restart(model_repo: Path, pki: Pki, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("first\n")
-    with serving(model_repo, tmp_path / "serve.log", *tls_flags(pki, tokens), health_port=True) as server:
+    with serving(model_repo, tmp_path / "serve.log", *tls_flags(pki, tokens), with_health_port=True) as server:
 
         def accepted(token: str) -> bool:
             with client(server, pki, token) as c:
@@ -229,10 +238,10 @@ def test_tokens_rotate_without_a_restart(model_repo: Path, pki: Pki, tmp_path: P
         failures = "vaeserve_auth_reload_failures_total"
         assert server.metric("vaeserve_auth_tokens") == 1 and server.metric(failures) == 0
         tokens.write_text("third\n")
-        server.signal(signal.SIGHUP)
+        server.send_signal(signal.SIGHUP)
         wait_until(lambda: accepted("third"), "the token read on SIGHUP", poll=0.05)
         tokens.write_text("\n")
-        server.signal(signal.SIGHUP)
+        server.send_signal(signal.SIGHUP)
         wait_until(lambda: server.metric(failures) == 1, "the empty file to be reported", poll=0.05)
         assert not accepted("third") and server.metric("vaeserve_auth_tokens") == 0
         tokens.write_text("fourth\n")  # restored: the poll notices
@@ -248,7 +257,7 @@ def test_tokens_rotate_without_a_restart(model_repo: Path, pki: Pki, tmp_path: P
 
 def test_client_certificates_are_required_with_a_client_ca(model_repo: Path, pki: Pki, tmp_path: Path) -> None:
     flags = (*tls_flags(pki), "--tls-client-ca", str(pki.ca.pem))
-    with serving(model_repo, tmp_path / "serve.log", *flags, health_port=True) as server:
+    with serving(model_repo, tmp_path / "serve.log", *flags, with_health_port=True) as server:
         with client(server, pki) as anonymous:
             assert code_of(anonymous.info) == grpc.StatusCode.UNAVAILABLE  # the handshake fails
         with client(server, pki, cert=pki.stranger) as stranger:
@@ -275,8 +284,8 @@ def test_reuse_port_refuses_a_sibling_with_other_security_settings(model_repo: P
     refused in one line before anything loads; once the secured one is gone (even killed), the port is free."""
     port = free_port()
     weaker = serve_argv(model_repo, "--reuse-port", port=port, metrics_port=0)
-    secured = vaeserve(model_repo, tmp_path / "secured.log", *tls_flags(pki, pki.tokens), "--reuse-port", port=port,
-                       health_port=True)  # fmt: skip
+    secured = vaeserve_process(model_repo, tmp_path / "secured.log", *tls_flags(pki, pki.tokens), "--reuse-port",
+                               port=port, with_health_port=True)  # fmt: skip
     with secured:
         result = subprocess.run(weaker, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr

@@ -374,7 +374,7 @@ def test_sighup_rescans_under_poll(model_repo: Path, digits_run: Path, tmp_path:
     flags = ("--model-control", "poll", "--poll-s", "86400")  # no scan of its own during the test
     with serving(repo, tmp_path / "serve.log", *flags) as server:
         export(digits_run, repo)
-        server.signal(signal.SIGHUP)
+        server.send_signal(signal.SIGHUP)
         wait_until(lambda: served(server) == [2], "the rescan to serve version 2", timeout=60)
 
 
@@ -388,7 +388,7 @@ def test_a_load_racing_sigterm_ends_cleanly(conv_model_repo: Path, digits_conv_r
         with grpc.insecure_channel(server.target) as channel, ThreadPoolExecutor(1) as pool:
             loading = pool.submit(lambda: load(stubs(channel)[1]))
             wait_until(lambda: "version 2: loading" in server.output(), "the load to start", timeout=60)
-            server.signal(signal.SIGTERM)
+            server.send_signal(signal.SIGTERM)
             assert server.wait(60) == 0
             error = loading.exception(timeout=60)
     # The load either finished inside the grace period or was cut off by the shutdown: never a crash.
