@@ -177,6 +177,7 @@ def load_version(path: Path, config: ServeConfig, message_bytes: int) -> Loaded:
         model = verify_version(path, (config.variant,))
     except RepositoryError as exc:
         raise LoadFailed(version, "verify", str(exc)) from exc
+    trim()  # what verifying freed goes back to the OS before the serving sessions take their own
     try:
         needed = message_limit(model, config)
     except VaeserveError as exc:

@@ -279,7 +279,11 @@ def _check_graph(
         raise RepositoryError(f"{path}: SHA-256 {digest} does not match model.json ({entry.get('sha256')})")
 
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        # No memory arena: this session runs once, at batch 2, and a server verifying a new version while it
+        # serves should not hold an arena's worth of memory for it.
+        options = ort.SessionOptions()
+        options.enable_cpu_mem_arena = False
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unloadable graphs
         raise RepositoryError(f"{path}: onnxruntime cannot load the graph ({exc})") from exc
     for kind, tensors in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
