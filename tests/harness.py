@@ -170,12 +170,16 @@ class ServerProcess:
 
     def metric(self, name: str, default: float | None = None) -> float:
         """The value of one exposition line, e.g. 'vaeserve_batch_size_sum{graph="decoder"}'."""
-        for line in self.metrics().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-        if default is None:
-            raise KeyError(name)
-        return default
+        (value,) = self.metric_values(name, default=default)
+        return value
+
+    def metric_values(self, *names: str, default: float | None = None) -> tuple[float, ...]:
+        """Several exposition lines' values from one scrape: a consistent view of counters that move together."""
+        values = {line.split()[0]: float(line.split()[-1]) for line in self.metrics().splitlines()
+                  if line and not line.startswith("#")}  # fmt: skip
+        if default is None and (missing := [n for n in names if n not in values]):
+            raise KeyError(missing[0])
+        return tuple(values.get(name, default) for name in names)
 
 
 def vaeserve_ready(server: ServerProcess) -> bool:

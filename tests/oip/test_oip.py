@@ -146,37 +146,44 @@ def test_tokens_apply_to_the_protocol_too(model_repo: Path, tmp_path: Path) -> N
 
 
 def test_an_oip_call_and_a_vae_v1_call_share_one_batch(conv_model_repo: Path, tmp_path: Path) -> None:
-    big = 16384  # rows of one conv encoder run: long enough for both small calls to queue behind it
+    big, ahead = 16384, 8  # full conv encoder runs queued ahead: the two small calls queue behind them
     flags = ("--max-batch-size", str(big), "--max-num-samples", str(big), "--max-concurrent-rpcs", str(big))
-    depth, rows, runs = ('vaeserve_queue_depth{graph="encoder"}', 'vaeserve_batch_size_sum{graph="encoder"}',
-                         'vaeserve_batch_size_count{graph="encoder"}')  # fmt: skip
+    rows, runs = 'vaeserve_batch_size_sum{graph="encoder"}', 'vaeserve_batch_size_count{graph="encoder"}'
+    inflight, encoded = "vaeserve_inflight_requests", 'vaeserve_requests_total{code="OK",method="Encode"}'
+
+    def calls_in_flight() -> tuple[int, int]:
+        """(big calls not yet answered, other calls in flight), from one scrape. Each big run is a whole batch and
+        the queue is first in, first out, so no small call is answered while a big one is not."""
+        busy, done = server.metric_values(inflight, encoded, default=0.0)
+        return ahead - int(done), int(busy) - (ahead - int(done))
+
     with serving(conv_model_repo, tmp_path / "serve.log", *flags) as server, VaeClient(server.target) as client:
         oip = triton("infer-on-go", server.target, "vae-encoder", "3", background=True)
         try:
             assert oip.stdout.readline().strip() == "ready"
             before = server.metric(rows), server.metric(runs)
             x = np.random.default_rng(3).random((big, 1, 8, 8), dtype=np.float32)
-            ahead = threading.Thread(target=client.encode, args=(x,))
-            ahead.start()
-            wait_until(
-                lambda: server.metric("vaeserve_inflight_requests") == 1 and server.metric(depth) == 0,
-                "the big run to be in flight",
-                timeout=60,
-            )
+            bigs = [threading.Thread(target=client.encode, args=(x,)) for _ in range(ahead)]
+            for thread in bigs:
+                thread.start()
+            # Every big call has reached the server (answered or in flight) and nothing else has.
+            wait_until(lambda: calls_in_flight()[1] == 0, "the big calls to arrive", timeout=60)
             oip.stdin.write("go\n")
             oip.stdin.flush()
             small = threading.Thread(target=client.encode, args=(x[:5],))
             small.start()
-            wait_until(lambda: server.metric(depth) == 2, "both calls queued behind the big run", timeout=60)
-            assert ahead.is_alive(), "the big run ended before both calls were queued"
-            ahead.join(60)
-            small.join(60)
+            seen: list[tuple[int, int]] = []
+            wait_until(lambda: seen.append(calls_in_flight()) or seen[-1][1] == 2, "both small calls in flight",
+                       timeout=60)  # fmt: skip
+            assert seen[-1][0] >= 1, "every big call was answered before both small calls were queued"
+            for thread in (*bigs, small):
+                thread.join(60)
             out = json.loads(oip.communicate(timeout=60)[0].splitlines()[-1])
         finally:
             oip.kill()
         assert np.asarray(out["mean"]).shape == (3, 8)
-        # Two runs: the big one, then one that merged the OIP call's 3 rows with the vae.v1 call's 5.
-        assert (server.metric(rows) - before[0], server.metric(runs) - before[1]) == (big + 8, 2)
+        # The big runs, then one that merged the OIP call's 3 rows with the vae.v1 call's 5.
+        assert (server.metric(rows) - before[0], server.metric(runs) - before[1]) == (ahead * big + 8, ahead + 1)
 
 
 _names = st.sampled_from(["vae-encoder", "vae-decoder", "", "nope", "x" * 300])
