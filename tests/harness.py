@@ -294,3 +294,48 @@ async def cancel_storm(
         await asyncio.gather(*(client(*work[i % n]) for i in range(callers)),
                              *(stormer(*work[i % n]) for i in range(callers)))  # fmt: skip
     return normal, storm
+
+
+class RetryingClients:
+    """`clients` callers of one method on `server` that retry every refusal at once, as a client with a retry policy
+    does, each call with `timeout`. `await started()` returns once each has had a call answered; `send_sigterm()` sends
+    the server SIGTERM; the callers stop once the server has exited or `bound_s` after the signal, and
+    `await finished()` returns the status counts of the calls sent after it."""
+
+    def __init__(self, channel: grpc.aio.Channel, server: ServerProcess, method: str, request: bytes, clients: int,
+                 bound_s: float, timeout: float = 10.0) -> None:  # fmt: skip
+        self.server, self.bound_s = server, bound_s
+        self.after: collections.Counter = collections.Counter()
+        self.signalled: list[float] = []
+        self._answered, self._all_answered = 0, asyncio.Event()
+        call = channel.unary_unary(METHOD + method)
+
+        async def client() -> None:
+            for n in range(10_000_000):
+                if self.signalled and (server.returncode is not None or time.monotonic() > self.signalled[0] + bound_s):
+                    return
+                sent_after = bool(self.signalled)
+                try:
+                    await call(request, timeout=timeout)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                if sent_after:
+                    self.after[code] += 1
+                if n == 0:
+                    self._answered += 1
+                    if self._answered == clients:
+                        self._all_answered.set()
+
+        self._tasks = [asyncio.create_task(client()) for _ in range(clients)]
+
+    async def started(self, timeout: float = 60.0) -> None:
+        await asyncio.wait_for(self._all_answered.wait(), timeout)
+
+    def send_sigterm(self) -> None:
+        self.signalled.append(time.monotonic())
+        self.server.send_signal(signal.SIGTERM)
+
+    async def finished(self) -> collections.Counter:
+        await asyncio.gather(*self._tasks)
+        return self.after

@@ -40,7 +40,16 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import METHOD, ServerProcess, cancel_storm, explorer_ready, free_port, free_ports, vaeserve_ready
+from tests.harness import (
+    METHOD,
+    RetryingClients,
+    ServerProcess,
+    cancel_storm,
+    explorer_ready,
+    free_port,
+    free_ports,
+    vaeserve_ready,
+)
 from vaeserve.client.api import to_tensor
 from vaeserve.protos.inference import grpc_service_pb2 as oip_pb2
 from vaeserve.protos.vae.v1 import vae_pb2
@@ -267,37 +276,13 @@ async def retrying_through_sigterm(s: ServerProcess, clients: int, bound_s: floa
     """`clients` callers of Encode(1) retrying every refusal at once (no backoff); SIGTERM once each has had a call
     answered. They stop when the server has exited or `bound_s` after the signal. The statuses of the calls sent
     after the signal, and the seconds from the signal to the server's exit."""
-    request = encode_bytes(1, 0.5)
-    after: collections.Counter = collections.Counter()
-    answered, all_answered, signalled = 0, asyncio.Event(), []
     async with grpc.aio.insecure_channel(s.target) as channel:
-        call = channel.unary_unary(METHOD + "Encode")
-
-        async def client() -> None:
-            nonlocal answered
-            for n in range(10_000_000):
-                if signalled and (s.returncode is not None or time.monotonic() > signalled[0] + bound_s):
-                    return
-                sent_after = bool(signalled)
-                try:
-                    await call(request, timeout=30)
-                    code = "OK"
-                except grpc.aio.AioRpcError as exc:
-                    code = exc.code().name
-                if sent_after:
-                    after[code] += 1
-                if n == 0:
-                    answered += 1
-                    if answered == clients:
-                        all_answered.set()
-
-        tasks = [asyncio.create_task(client()) for _ in range(clients)]
-        await asyncio.wait_for(all_answered.wait(), 60)
-        signalled.append(time.monotonic())
-        s.send_signal(signal.SIGTERM)
-        await asyncio.gather(*tasks)
+        callers = RetryingClients(channel, s, "Encode", encode_bytes(1, 0.5), clients, bound_s, timeout=30)
+        await callers.started()
+        callers.send_sigterm()
+        after = await callers.finished()
     await asyncio.to_thread(s.wait, 120)
-    return after, time.monotonic() - signalled[0]
+    return after, time.monotonic() - callers.signalled[0]
 
 
 DRAIN_GRACE_S = 60

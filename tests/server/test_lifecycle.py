@@ -19,7 +19,16 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import ServerProcess, free_port, free_ports, health_status, serve_argv, serving, wait_until
+from tests.harness import (
+    RetryingClients,
+    ServerProcess,
+    free_port,
+    free_ports,
+    health_status,
+    serve_argv,
+    serving,
+    wait_until,
+)
 from vaeserve.client.api import VaeClient, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
@@ -203,42 +212,17 @@ async def _port_closes(port: int, bound_s: float) -> bool:
 async def _retry_through_sigterm(
     server: ServerProcess, in_flight: Future, clients: int = 32, bound_s: float = 30.0
 ) -> tuple[collections.Counter, bool, bool]:
-    """`clients` callers of Encode(1) that retry every refusal at once, as a client with a retry policy does; SIGTERM
-    once each has had a call answered. They stop when the server has exited, or `bound_s` after the signal. The
-    status counts of the calls sent after the signal; whether the server stopped listening while `in_flight` still
-    ran; whether it had exited while the clients retried."""
+    """`clients` callers of Encode(1) that retry every refusal at once; SIGTERM once each has had a call answered.
+    The status counts of the calls sent after the signal; whether the server stopped listening while `in_flight`
+    still ran; whether it had exited while the clients retried."""
     request = vae_pb2.EncodeRequest(images=to_tensor(np.zeros((1, 1, 8, 8), np.float32))).SerializeToString()
-    after: collections.Counter = collections.Counter()
-    answered, all_answered = 0, asyncio.Event()
-    signalled: list[float] = []
     async with grpc.aio.insecure_channel(server.target) as channel:
-        call = channel.unary_unary("/vae.v1.VaeService/Encode")
-
-        async def client() -> None:
-            nonlocal answered
-            for n in range(1_000_000):
-                if signalled and (server.returncode is not None or time.monotonic() > signalled[0] + bound_s):
-                    return
-                sent_after = bool(signalled)
-                try:
-                    await call(request, timeout=10)
-                    code = "OK"
-                except grpc.aio.AioRpcError as exc:
-                    code = exc.code().name
-                if sent_after:
-                    after[code] += 1
-                if n == 0:
-                    answered += 1
-                    if answered == clients:
-                        all_answered.set()
-
-        tasks = [asyncio.create_task(client()) for _ in range(clients)]
-        await asyncio.wait_for(all_answered.wait(), 60)
-        signalled.append(time.monotonic())
-        server.send_signal(signal.SIGTERM)
+        callers = RetryingClients(channel, server, "Encode", request, clients, bound_s)
+        await callers.started()
+        callers.send_sigterm()
         closed = await _port_closes(server.port, bound_s)
         closed_while_in_flight = closed and not in_flight.done()
-        await asyncio.gather(*tasks)
+        after = await callers.finished()
         exited = server.returncode is not None
     return after, closed_while_in_flight, exited
 
