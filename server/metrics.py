@@ -291,10 +291,18 @@ class _Inflight:
         self.n = 0
 
 
+# A client's deadline fires on its own clock, which started when it sent the call; the server's copy of it starts
+# when the call arrives, later by the call's transit (tens of milliseconds on a loaded machine). So a call that
+# runs out of time is usually cancelled by its client while the server still sees a little time left: a
+# cancellation this close to the deadline is the deadline.
+DEADLINE_SLACK_S = 0.5
+
+
 def _cancelled_status(context: aio.ServicerContext) -> grpc.StatusCode:
     # gRPC cancels the handler both when the client cancels and when the deadline passes.
     remaining = context.time_remaining()
-    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+    expired = remaining is not None and remaining <= DEADLINE_SLACK_S
+    return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
 
 class _Counted:
