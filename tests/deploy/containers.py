@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +24,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 
 from tests.deploy.conftest import DEPLOY, ROOT, find, kustomize_build
-from tests.harness import health_status
+from tests.harness import free_ports, health_status
 
 PODMAN = shutil.which("podman")
 VERSION = "0.1.0"  # the server and Locust images' tag (IMAGE_VERSION in the Makefile, newTag in the overlays)
@@ -60,15 +59,6 @@ def build(repo: Path, *targets: str) -> float:
                           text=True, timeout=1800)  # fmt: skip
     assert done.returncode == 0, f"make {' '.join(targets)} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
     return time.monotonic() - start
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports: every socket stays bound until all are picked, so none comes twice."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
 
 
 def render(kubectl: str, kustomization: str) -> list[dict[str, Any]]:
