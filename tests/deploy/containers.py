@@ -24,7 +24,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 
 from tests.deploy.conftest import DEPLOY, ROOT, find, kustomize_build
-from tests.harness import free_ports, health_status
+from tests.harness import free_ports, health_status, wait_until
 
 PODMAN = shutil.which("podman")
 VERSION = "0.1.0"  # the server and Locust images' tag (IMAGE_VERSION in the Makefile, newTag in the overlays)
@@ -202,10 +202,12 @@ def serving(health_target: str) -> bool:
 def wait_serving(health_target: str, alive: Callable[[], bool], what: str, timeout: float = START_TIMEOUT_S) -> float:
     """Polls until `health_target` says SERVING, failing at once when `alive()` turns false; the seconds taken."""
     start = time.monotonic()
-    while not serving(health_target):
+
+    def ready() -> bool:
         assert alive(), f"{what} stopped before it was SERVING"
-        assert time.monotonic() - start < timeout, f"{what} not SERVING after {timeout:g} s"
-        time.sleep(0.05)
+        return serving(health_target)
+
+    wait_until(ready, f"{what} to be SERVING", timeout, poll=0.05)
     return time.monotonic() - start
 
 
