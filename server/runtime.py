@@ -206,8 +206,10 @@ def _options(intra_op_threads: int, inter_op_threads: int, spinning: bool = Fals
 def cuda_options(mem_limit_mb: int) -> dict[str, str]:
     """CUDA execution provider options. The arena grows by what is asked, not by doubling (the default), and at
     most to `mem_limit_mb` (0: no limit): a card is often shared, and a doubling arena can hold twice the
-    memory a batch needs."""
-    options = {"arena_extend_strategy": "kSameAsRequested"}
+    memory a batch needs. TF32 is off: on Ampere and later it is onnxruntime's default and moved the MNIST MLP
+    encoder's outputs by 1.3e-3 from the CPU's (BENCHMARKS.md, "GPU"), while these small graphs gain nothing
+    measurable from it."""
+    options = {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "0"}
     if mem_limit_mb:
         options["gpu_mem_limit"] = str(mem_limit_mb << 20)
     return options

@@ -52,6 +52,10 @@ def test_auto_uses_cuda_only_where_it_really_works(model_repo: Path) -> None:
     if graph.provider == "CUDAExecutionProvider":  # a machine with a usable GPU: IO binding on the device
         assert why_not == "" and graph.run_on_worker == graph.run  # one session on the device
         assert graph.inline_rows(10.0, 64) == 0  # every batch leaves the event loop
+        cpu, _ = open_session(decoder, "latent", ["image"], device="cpu")
+        latent_dim = ort.InferenceSession(str(decoder), providers=[CPU]).get_inputs()[0].shape[1]
+        z = np.random.default_rng(0).standard_normal((256, latent_dim), dtype=np.float32)
+        np.testing.assert_allclose(graph.run(z)[0], cpu.run(z)[0], atol=1e-4)  # the same images as on the CPU
         return
     assert graph.provider == CPU and why_not  # the reason goes to the start-up log
     with pytest.raises(DeviceError, match="--device cuda: "):
@@ -67,8 +71,9 @@ def test_cost_predicts_the_rows_that_fit_in_a_time() -> None:
 
 
 def test_cuda_provider_options_bound_the_arena() -> None:
-    assert cuda_options(2048) == {"arena_extend_strategy": "kSameAsRequested", "gpu_mem_limit": str(2048 << 20)}
-    assert cuda_options(0) == {"arena_extend_strategy": "kSameAsRequested"}  # 0: onnxruntime's own (no) limit
+    exact = {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "0"}  # float32 as on the CPU
+    assert cuda_options(2048) == {**exact, "gpu_mem_limit": str(2048 << 20)}
+    assert cuda_options(0) == exact  # 0: onnxruntime's own (no) limit
 
 
 def test_preloading_cuda_libraries_reports_in_one_line(capfd: pytest.CaptureFixture) -> None:
