@@ -49,10 +49,12 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
                            "active (a lone caller never waits)", {}),
     "max_queue": ("requests waiting per graph before new ones get RESOURCE_EXHAUSTED", {}),
     "inline_budget_us": ("batches predicted (from warm-up timings) to take at most this many microseconds run on "
-                         "the event loop instead of the worker thread (CPU only; 0: always the thread)", {}),
+                         "the event loop instead of the worker thread (CPU only; 0: always the thread; auto: the "
+                         "GIL hand-off a batch on the worker waits for under load, measured at start)", {}),
     "max_num_samples": ("most rows (samples, images, interpolation steps) in one request", {}),
     "max_importance_samples": ("most posterior samples per image a Score call may ask for", {}),
-    "intra_op_threads": ("onnxruntime intra-op threads per session (0: 2, or fewer under a smaller CPU quota)", {}),
+    "intra_op_threads": ("onnxruntime intra-op threads of the worker's session, for heavy batches (0: the fewest "
+                         "that run a full batch about as fast as any count up to the CPUs, measured at start)", {}),
     "inter_op_threads": ("onnxruntime inter-op threads per session", {}),
     "max_concurrent_rpcs": ("most calls in flight at once (>= --max-batch-size); more get RESOURCE_EXHAUSTED", {}),
     "max_wait_ms": ("refuse new calls (RESOURCE_EXHAUSTED) when those in flight would take longer than this to "

@@ -14,7 +14,6 @@ from pathlib import Path
 from vaeserve.errors import VaeserveError
 from vaeserve.repository import VARIANTS
 
-from .cpus import available_cpus
 from .policy import VersionPolicy
 
 MB = 1 << 20
@@ -23,7 +22,7 @@ DEVICES = ("auto", "cpu", "cuda")
 MODEL_CONTROLS = ("none", "poll", "explicit")  # Triton's --model-control-mode names and meanings
 CORE_PENDING_LIMIT = 1 << 16
 ADMISSION_FLOOR = 64  # calls always admitted at once, whatever the measured rate (admission.py)
-DEFAULT_INTRA_THREADS = 2
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -75,13 +74,14 @@ class ServeConfig:
     max_batch_delay_ms: float = 3.0
     max_queue: int = 1024
     # Batches predicted (from warm-up timings) to run within this run on the event loop (CPU only): batcher.py.
-    inline_budget_us: float = 200.0
+    # auto: the GIL hand-off measured at start (handoff.py), which a batch on the worker waits for under load.
+    inline_budget_us: str = AUTO
     max_num_samples: int = 4096
     # Score's K: `vaeserve evaluate`'s default, the importance-weighted bound it reports.
     max_importance_samples: int = 1000
-    # 0: two, or fewer where the container's CPU quota allows fewer (cpus.available_cpus). Two: heavy batches
-    # run faster and small calls are no slower, since idle pool threads sleep except during the longest batches
-    # (runtime.CpuSession; BENCHMARKS.md, "Design measurements"). More only pays for heavy batches.
+    # The worker session's threads, for heavy batches (batches on the event loop run on its thread alone).
+    # 0: the fewest that run a full batch about as fast as any count up to the CPUs this process may use,
+    # measured at warm-up (runtime.CpuSession).
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     # Calls in flight at once, at most; admission.py admits fewer when the measured rate says they would wait
@@ -113,6 +113,13 @@ class ServeConfig:
         """Flag values that cannot work, each named by its flag."""
         for name, (low, high) in BOUNDS.items():
             value = getattr(self, name)
+            if name in AUTO_NUMBERS:
+                if value == AUTO:
+                    continue
+                value = _number(value)
+                if not (math.isfinite(value) and low <= value <= high):
+                    raise VaeserveError(f"{flag(name)}: expected auto or a number in [{low:g}, {high:g}], "
+                                        f"got {getattr(self, name)!r}")  # fmt: skip
             if not (math.isfinite(value) and low <= value <= high):
                 shown = int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 else value
                 raise VaeserveError(f"{flag(name)}: expected a number in [{low:g}, {high:g}], got {shown!r}")
@@ -141,9 +148,9 @@ class ServeConfig:
             raise VaeserveError(f"--health-port: {self.health_port} is already --port or --metrics-port")
 
     @property
-    def intra_threads(self) -> int:
-        """--intra-op-threads, 0 resolved: two, or the whole CPUs the container may use when fewer."""
-        return self.intra_op_threads or max(1, min(DEFAULT_INTRA_THREADS, int(available_cpus())))
+    def inline_budget_s(self) -> float | None:
+        """--inline-budget-us in seconds; None for auto."""
+        return None if self.inline_budget_us == AUTO else float(self.inline_budget_us) / 1e6
 
     @property
     def policy(self) -> VersionPolicy:
@@ -218,7 +225,16 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_health_watches": (1, 100_000),
     "poll_s": (0.1, 86_400),
 }
+AUTO_NUMBERS = {"inline_budget_us"}  # numbers that may also be `auto`
 assert set(BOUNDS) <= {f.name for f in fields(ServeConfig)}
+
+
+def _number(text: str | float) -> float:
+    """A number flag given as text (NaN for garbage: out of every range)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def flag(name: str) -> str:

@@ -45,6 +45,7 @@ from . import graphs
 from .batcher import Batcher
 from .config import MB, Limits, ServeConfig
 from .errors import InvalidArgument, NotFound, NoVersion, ShuttingDown
+from .handoff import gil_handoff_s
 from .memory import trim
 from .metrics import Metrics
 from .policy import MAX_VERSION
@@ -117,7 +118,7 @@ def open_sessions(model: ModelVersion, config: ServeConfig) -> dict[str, Session
     # decoder's logits, computed only when asked (scoring).
     signatures = graph_signatures(model.latent_dim, model.image_shape, logits=False)
     paths = {"encoder": model.encoder_path, "decoder": model.decoder_path}
-    threads = (config.device, config.intra_threads, config.inter_op_threads, config.cuda_mem_limit_mb)
+    threads = (config.device, config.intra_op_threads, config.inter_op_threads, config.cuda_mem_limit_mb)
     sessions, why_not = {}, ""
     for name, path in paths.items():
         (graph_input,) = signatures[name]["inputs"]
@@ -162,7 +163,6 @@ def load_start_up(config: ServeConfig) -> list[Loaded]:
         log.info("latent_dim %d, image_shape %s, likelihood %s", model.latent_dim, list(model.image_shape),
                  model.likelihood)  # fmt: skip
         sessions = open_sessions(model, config)
-        log.info("onnxruntime threads: intra-op %d, inter-op %d", config.intra_threads, config.inter_op_threads)
         warm_up(model, sessions, config)
         loaded.append(Loaded(model, sessions))
     return sorted(loaded, key=lambda item: item.model.version)
@@ -210,7 +210,9 @@ def make_batchers(config: ServeConfig, loaded: Loaded, metrics: Metrics, tracing
     else:
         log.warning("version %d's decoder has no logits output (an older export): Score answers FAILED_PRECONDITION "
                     "on it", model.version)  # fmt: skip
-    inline_s = config.inline_budget_us / 1e6
+    inline_s = config.inline_budget_s
+    if inline_s is None:
+        inline_s = gil_handoff_s()
     batchers = {}
     for name, spec in specs.items():
         observer = metrics.graph(name)
@@ -219,9 +221,10 @@ def make_batchers(config: ServeConfig, loaded: Loaded, metrics: Metrics, tracing
         batchers[name] = Batcher(spec, runners[name], observer, max_rows=config.max_batch_size,
                                  max_delay_s=config.max_batch_delay_ms / 1000, max_queue=config.max_queue,
                                  inline_rows=runners[name].inline_rows(inline_s, config.max_batch_size))  # fmt: skip
+    why = "--inline-budget-us" if config.inline_budget_s is not None else "the GIL hand-off measured at start"
     log.info("version %d: batches run on the event loop up to %d rows (encoder) and %d rows (decoder): predicted "
-             "within %g us", model.version, batchers["encoder"].inline_rows, batchers["decoder"].inline_rows,
-             inline_s * 1e6)  # fmt: skip
+             "within %.0f us (%s)", model.version, batchers["encoder"].inline_rows, batchers["decoder"].inline_rows,
+             inline_s * 1e6, why)  # fmt: skip
     return batchers
 
 

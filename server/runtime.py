@@ -27,8 +27,10 @@ import onnxruntime as ort
 from vaeserve.errors import VaeserveError
 
 from .config import DEVICES
+from .cpus import available_cpus
 
 SPIN_AFTER_S = 5e-3  # CPU batches predicted to run at least this long use the spinning session (CpuSession)
+THREADS_SLACK = 0.1  # more threads must make a full batch more than 10% faster to be used (CpuSession._fastest)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -81,23 +83,31 @@ class Session(Protocol):
 
 
 class CpuSession:
-    """Two sessions of one graph that differ in one setting: whether idle pool threads spin.
+    """Two sessions of one graph: the event loop's, on one thread, and the worker's, whose pool threads spin.
 
-    The event loop's session never spins: a spinning thread takes the core the loop needs. Waking sleeping
-    threads for every operator costs a long graph dearly, though (a conv decoder's full batch runs markedly
-    slower without spinning), while spinning during medium batches under concurrency costs more than it
-    saves. So only batches predicted to run SPIN_AFTER_S or longer use the spinning session (BENCHMARKS.md has
-    the measurements).
+    A batch on the event loop holds the loop's core for its whole run, so its session runs on that core alone:
+    more intra-op threads would be woken for every operator of batches that take microseconds. The worker's
+    session is for heavy batches, which the loop hands over to keep reading requests: its pool threads spin,
+    since waking sleeping threads for every operator costs a long graph dearly (a conv decoder's full batch runs
+    markedly slower without spinning), and it has as many threads as pay at a full batch (`intra` 0: measured at
+    warm-up among 1 to the CPUs this process may use). Batches on the worker predicted to run shorter than
+    SPIN_AFTER_S use the loop's session there: spinning during medium batches under concurrency costs more than
+    it saves (BENCHMARKS.md has the measurements).
     """
 
     provider = CPU
 
     def __init__(self, path: Path, input_name: str, output_names: list[str], intra: int, inter: int) -> None:
-        self.input_name, self.output_names = input_name, output_names
-        self.session = ort.InferenceSession(str(path), _options(intra, inter), providers=[CPU])
-        self.spinning = ort.InferenceSession(str(path), _options(intra, inter, spinning=True), providers=[CPU])
+        self.path, self.input_name, self.output_names, self.inter = path, input_name, output_names, inter
+        self.session = ort.InferenceSession(str(path), _options(1, inter), providers=[CPU])
+        self.threads = intra  # the worker session's; 0 until warm_up has measured them
+        self.spinning = self._spinning(intra) if intra else self.session
         self.spin_rows = 1 << 62  # rows from which a batch spins: set by warm_up from a measured run
         self.cost = Cost(0.0, 0.0)
+        self.timings: dict[int, float] = {}  # threads -> seconds of a full batch, when measured
+
+    def _spinning(self, threads: int) -> ort.InferenceSession:
+        return ort.InferenceSession(str(self.path), _options(threads, self.inter, spinning=True), providers=[CPU])
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.output_names, {self.input_name: x})
@@ -107,11 +117,28 @@ class CpuSession:
         return session.run(self.output_names, {self.input_name: x})
 
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None:
-        """`cost` of the loop's session and the rows from which batches spin, each size run once untimed first so
-        that the first requests pay no allocation or kernel set-up."""
+        """`cost` of the loop's session, the worker's threads (when not given) and the rows from which batches
+        spin, each size run once untimed first so that the first requests pay no allocation or kernel set-up."""
         self.cost = _measure(self.run, row_shape, max_rows)
+        if not self.threads:
+            self.threads, self.spinning, self.timings = self._fastest(row_shape, max_rows)
         spinning = _measure(lambda x: self.spinning.run(self.output_names, {self.input_name: x}), row_shape, max_rows)
         self.spin_rows = spinning.rows_within(SPIN_AFTER_S, max_rows) + 1
+
+    def _fastest(self, row_shape: tuple[int, ...], max_rows: int) -> tuple[int, ort.InferenceSession, dict]:
+        """The fewest threads whose full batch runs within THREADS_SLACK of the fastest count's, among 1, powers of
+        two and the CPUs this process may use: threads that do not pay only take cores from the event loop."""
+        cpus = max(1, int(available_cpus()))
+        counts = sorted({1, cpus, *(2**i for i in range(1, cpus.bit_length()) if 2**i < cpus)})
+        x = np.zeros((max_rows, *row_shape), dtype=np.float32)
+        sessions, timings = {}, {}
+        for threads in counts:
+            sessions[threads] = session = self._spinning(threads)
+            session.run(self.output_names, {self.input_name: x})  # allocations, not timed
+            timings[threads] = min(_timed(session.run, self.output_names, {self.input_name: x}) for _ in range(3))
+        best = min(timings.values())
+        threads = min(t for t, seconds in timings.items() if seconds <= best * (1 + THREADS_SLACK))
+        return threads, sessions[threads], timings
 
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
         return self.cost.rows_within(budget_s, max_rows)
@@ -122,7 +149,10 @@ class CpuSession:
         return view
 
     def describe(self) -> str:
-        return f"pool threads spin for batches from {self.spin_rows} rows"
+        measured = ", ".join(f"{t}: {s * 1e3:.2f} ms" for t, s in self.timings.items())
+        chosen = f" (a full batch with 1, 2, ... threads: {measured})" if measured else ""
+        return (f"worker session {self.threads} intra-op thread(s){chosen}, pool threads spin for batches from "
+                f"{self.spin_rows} rows")  # fmt: skip
 
 
 class CudaSession:

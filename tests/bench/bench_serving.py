@@ -47,7 +47,8 @@ PLOT = ROOT / "docs" / "bench_serving.png"
 VAESERVE = Path(sys.executable).parent / "vaeserve"
 VAE_METHOD = "/vae.v1.VaeService/"
 TRITON_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-SYSTEMS = ("vaeserve", "vaeserve x2", "vaeserve int8", "vaeserve OIP", "naive", "transport", "compute", "triton")
+SYSTEMS = ("vaeserve", "vaeserve x2", "vaeserve int8", "vaeserve OIP", "naive", "naive aio", "transport", "compute",
+           "triton")  # fmt: skip
 TRAIN_EPOCHS = "2"  # speed does not depend on how well the weights fit
 
 
@@ -169,20 +170,21 @@ class Bench:
     # Every server of a model runs at once (idle ones cost next to nothing) and each point is measured for all
     # of them back to back, so the load other users put on a shared machine drifts across systems alike.
 
-    def vaeserve(self, stack: contextlib.ExitStack, model: str, model_dir: Path, graphs: Graphs,
-                 processes: int = 1, variant: str = "plain") -> Target:  # fmt: skip
+    def vaeserve(self, stack: contextlib.ExitStack, model: str, model_dir: Path, graphs: Graphs, processes: int = 1,
+                 variant: str = "plain", flags: tuple[str, ...] = (), label: str = "") -> Target:  # fmt: skip
         """`vaeserve serve` as shipped; with processes > 1, that many servers on their own ports and the load
         generator's clients spread over them (what several pods behind a Service amount to on one machine);
-        `variant`: the graph pair served (`--variant`)."""
+        `variant`: the graph pair served (`--variant`); `flags`: more serve flags, the system then named by `label`."""
         system = "vaeserve" if processes == 1 else f"vaeserve x{processes}"
         system += "" if variant == "plain" else f" {variant}"
+        system += f" {label}" if label else ""
         probe = (VAE_METHOD + "Encode", ENCODE1.request(graphs))
         servers, metrics_ports = [], []
         for i in range(processes):
             port, metrics_port = free_ports(2)
             argv = [str(VAESERVE), "serve", "--repo", str(model_dir.parents[1]), "--name", model_dir.parent.name,
                     "--version", model_dir.name, "--host", "127.0.0.1", "--port", str(port),
-                    "--metrics-port", str(metrics_port), "--variant", variant]  # fmt: skip
+                    "--metrics-port", str(metrics_port), "--variant", variant, *flags]  # fmt: skip
             log = self.work / f"{system.replace(' ', '')}-{model}-{i}.log"
             servers.append(stack.enter_context(server(f"{system} ({model})", argv, port, probe, log)))
             metrics_ports.append(metrics_port)
@@ -192,11 +194,12 @@ class Bench:
 
     def baseline(self, stack: contextlib.ExitStack, system: str, model: str, model_dir: Path, graphs: Graphs) -> Target:
         port = free_port()
-        module = {"naive": "serving_naive", "transport": "serving_echo"}[system]
+        module = {"naive": "serving_naive", "naive aio": "serving_naive", "transport": "serving_echo"}[system]
         argv = [sys.executable, "-m", f"tests.bench.{module}", "--model-dir", str(model_dir), "--port", str(port)]
+        argv += ["--aio"] if system == "naive aio" else []
         probe = (VAE_METHOD + "Encode", ENCODE1.request(graphs))
         process = stack.enter_context(
-            server(f"{system} ({model})", argv, port, probe, self.work / f"{system}-{model}.log")
+            server(f"{system} ({model})", argv, port, probe, self.work / f"{system.replace(' ', '-')}-{model}.log")
         )
         return Target(system, [process], lambda call: (VAE_METHOD + call.rpc, call.request(graphs)))
 
@@ -384,6 +387,22 @@ def goals(bench: Bench, decoder_images_per_s: dict[str, float]) -> list[Goal]:
         out.append(Goal(f"{call.name} c=32 req/s, Open Inference Protocol vs vae.v1", oip, 0.85))
     conv = ratio(f("conv", ENCODE32, "vaeserve", 32), f("conv", ENCODE32, "naive", 32), "rps")
     out.append(Goal("conv Encode(32) c=32 req/s vs naive (batching's margin)", conv, 1.0))
+    return out + default_goals(bench)
+
+
+def default_goals(bench: Bench) -> list[Goal]:
+    """vaeserve's own defaults on the default model against the grpc.aio naive server (issue 26)."""
+    f = bench.find
+    out = []
+    for call, target in ((ENCODE1, 1.25), (SAMPLE16, 1.1)):
+        v32, naive32 = f("default", call, "vaeserve", 32), f("default", call, "naive aio", 32)
+        out += [
+            Goal(f"default {call.name} c=32 req/s vs naive aio", ratio(v32, naive32, "rps"), target),
+            Goal(f"default {call.name} c=1 p50 vs naive aio",
+                 ratio(f("default", call, "vaeserve", 1), f("default", call, "naive aio", 1), "p50"), 1.3, False),
+        ]  # fmt: skip
+    transport = ratio(f("default", ENCODE1, "vaeserve", 32), f("default", ENCODE1, "transport", 32), "rps")
+    out.append(Goal("default Encode(1) c=32 req/s vs transport limit", transport, 0.85))
     return out
 
 
@@ -492,18 +511,19 @@ def report(bench: Bench, gs: list[Goal], decoder_images_per_s: dict[str, float])
         f"as shipped (`vaeserve serve`, default flags); **vaeserve x2**: two such processes on their own ports, the "
         f"clients spread over them evenly (as pods behind a Service; `--reuse-port` puts them on one port, where "
         f"the kernel spreads connections by hash, unevenly for a few connections); **naive**: the same proto and "
-        f"graphs, one `session.run` per request in a sync gRPC thread pool of 10; **transport**: grpc.aio "
+        f"graphs, one `session.run` per request in a sync gRPC thread pool of 10; **naive aio**: the same on "
+        f"grpc.aio, each call run to completion on the event loop with one intra-op thread; **transport**: grpc.aio "
         f"answering the same payload sizes without computing; "
         f"**compute**: in-process onnxruntime at the batch sizes vaeserve formed (rows/run, from its "
         f"`vaeserve_batch_size` histogram; best of 1 and default intra-op threads; p50 is one run); **triton**: "
         f"nvidia-pytriton with the same graphs in a Python callable, dynamic batcher with a 2 ms window. Server CPU "
         f"µs/req is the CPU time of all the server's processes over the window divided by its calls: the figure a "
         f"busy, shared machine disturbs least.",
-        "### Goals (MLP unless noted)\n\n" + goals_table(gs),
+        "### Goals (MLP unless noted; default: the model `make serve` trains)\n\n" + goals_table(gs),
         sample1024_context(bench, decoder_images_per_s),
         f"![serving benchmark]({PLOT.relative_to(ROOT)})",
     ]
-    for model in ("mlp", "conv", "mnist-mlp"):
+    for model in ("mlp", "conv", "default", "mnist-mlp"):
         for call in CALLS:
             if any((p.model, p.call) == (model, call.name) for p in bench.points):
                 parts.append(f"### {model.upper()} {call.name}\n\n" + points_table(bench, model, call))
@@ -559,7 +579,18 @@ def main(argv: list[str] | None = None) -> int:
             # The conv decoder is the heavy one: the same 8x8 payloads, many times the compute per image.
             targets.append(bench.baseline(stack, "transport", "conv", conv_dir, conv))
             bench.measure("conv", [(SAMPLE1024, (1, 4), targets)])
-        model_dirs = {"mlp": mlp_dir, "conv": conv_dir}
+        # The model `make serve` serves, against the strongest naive server on these cores (grpc.aio, one
+        # intra-op thread) and the transport limit: the goals of vaeserve's own defaults (issue 26).
+        default_dir = find_or_export("default")
+        default = load_graphs(default_dir)
+        with contextlib.ExitStack() as stack:
+            targets = [bench.vaeserve(stack, "default", default_dir, default)]
+            targets += [bench.baseline(stack, system, "default", default_dir, default)
+                        for system in ("naive aio", "naive", "transport")]  # fmt: skip
+            pair = bench.vaeserve(stack, "default", default_dir, default, processes=2)
+            pair.levels = busy
+            bench.measure("default", [(call, (1, 32), [*targets, pair]) for call in main_calls])
+        model_dirs = {"mlp": mlp_dir, "conv": conv_dir, "default": default_dir}
         if mnist.available():
             model_dirs["mnist-mlp"] = mnist_dir = find_or_export("mnist-mlp")
             big = load_graphs(mnist_dir)
@@ -580,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.notes.append(f"No MNIST files in {mnist.MNIST_DIR}: Sample(1024) measured on the digits MLP only.")
         bench.compute_limit("mlp", mlp_dir)
         bench.compute_limit("conv", conv_dir)
+        bench.compute_limit("default", default_dir)
     decoder_images_per_s = {
         model: max(graph_rate(load_graphs(path, t), "decoder", 1024)[0] for t in (1, 0)) * 1024
         for model, path in model_dirs.items()

@@ -1,14 +1,18 @@
 """Baseline 2: the server a user writes first. Same proto and graphs, one session.run per request, no batching.
 
-A synchronous grpc server on a thread pool sized as in grpc's own examples, each handler decoding its
-request with numpy, running onnxruntime and drawing the noise itself.
+Each handler decodes its request with numpy, runs onnxruntime and draws the noise itself. Two kinds:
+    sync  a synchronous grpc server on a thread pool sized as in grpc's own examples (onnxruntime's default
+          intra-op threads)
+    aio   a grpc.aio server whose handlers call session.run on the event loop, with one intra-op thread: the
+          stronger naive server on few cores (issue 26 measured vaeserve's defaults against it)
 
-    python -m tests.bench.serving_naive --model-dir models/vae/1 --port 50061
+    python -m tests.bench.serving_naive --model-dir models/vae/1 --port 50061 [--aio]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 import threading
@@ -54,11 +58,42 @@ class NaiveVaeService(vae_pb2_grpc.VaeServiceServicer):
         return vae_pb2.ModelInfo(name="naive", latent_dim=self.graphs.latent_dim, image_shape=self.graphs.image_shape)
 
 
+class AsyncNaiveVaeService(vae_pb2_grpc.VaeServiceServicer):
+    """The same handlers on grpc.aio: each runs to completion on the event loop."""
+
+    def __init__(self, graphs: Graphs) -> None:
+        self.sync = NaiveVaeService(graphs)
+
+    async def Encode(self, request: vae_pb2.EncodeRequest, context) -> vae_pb2.EncodeResponse:
+        return self.sync.Encode(request, context)
+
+    async def Sample(self, request: vae_pb2.SampleRequest, context) -> vae_pb2.SampleResponse:
+        return self.sync.Sample(request, context)
+
+    async def GetModelInfo(self, request, context) -> vae_pb2.ModelInfo:
+        return self.sync.GetModelInfo(request, context)
+
+
+async def serve_aio(graphs: Graphs, port: int) -> None:
+    server = grpc.aio.server()
+    vae_pb2_grpc.add_VaeServiceServicer_to_server(AsyncNaiveVaeService(graphs), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(grace=1)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, required=True, help="a version folder holding encoder/decoder.onnx")
     p.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
+    p.add_argument("--aio", action="store_true", help="grpc.aio, one intra-op thread (default: sync thread pool)")
     args = p.parse_args()
+    if args.aio:
+        asyncio.run(serve_aio(load_graphs(args.model_dir, intra_op_threads=1), args.port))
+        return 0
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS))
     vae_pb2_grpc.add_VaeServiceServicer_to_server(NaiveVaeService(load_graphs(args.model_dir)), server)
     server.add_insecure_port(f"127.0.0.1:{args.port}")

@@ -25,7 +25,7 @@ from tests.harness import METHOD, ServerProcess, cancel_storm, health_status, se
 from vaeserve.cli import main as vaeserve
 from vaeserve.client.api import VaeClient, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.server.config import BOUNDS, flag
+from vaeserve.server.config import AUTO_NUMBERS, BOUNDS, flag
 
 GIB = 1 << 30
 MAX_ROWS = 4096  # the default --max-num-samples
@@ -278,7 +278,7 @@ def test_sigterm_under_load_completes_every_call_already_sent(model_repo: Path, 
 
 
 @pytest.mark.parametrize("name", sorted(BOUNDS))
-@pytest.mark.parametrize("value", ["1e300", "-1", "nan", "inf", "-inf", "12abc"])
+@pytest.mark.parametrize("value", ["1e300", "-1", "nan", "inf", "-inf", "12abc", ""])
 def test_every_numeric_flag_out_of_range_is_an_error_naming_it(
     name: str, value: str, capsys: pytest.CaptureFixture
 ) -> None:
@@ -290,7 +290,8 @@ def test_every_numeric_flag_out_of_range_is_an_error_naming_it(
     assert code == 2 and "Traceback" not in err
     line = err.strip().splitlines()[-1]
     low, high = BOUNDS[name]
-    assert line.startswith((f"vaeserve serve: error: {flag(name)}: expected a number in [{low:g}, {high:g}], got ",
+    expected = f"expected {'auto or ' if name in AUTO_NUMBERS else ''}a number in [{low:g}, {high:g}], got "
+    assert line.startswith((f"vaeserve serve: error: {flag(name)}: {expected}",
                             f"vaeserve serve: error: argument {flag(name)}: invalid ")), line  # fmt: skip
 
 

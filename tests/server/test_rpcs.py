@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from pathlib import Path
 
 import grpc
@@ -34,6 +35,15 @@ def eps(seed: int, n: int) -> np.ndarray:
 
 def images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, *SHAPE), dtype=np.float32)
+
+
+def test_the_start_up_log_says_how_batches_run_and_why(server: ServerProcess) -> None:
+    # Defaults measured at warm-up, not tuned for one model: the worker's threads and the event loop's budget.
+    log = server.output()
+    assert re.search(r"encoder: worker session \d+ intra-op thread\(s\) \(a full batch with 1, 2, \.\.\. threads: 1: ",
+                     log), log  # fmt: skip
+    assert re.search(r"batches run on the event loop up to \d+ rows \(encoder\) and \d+ rows \(decoder\): predicted "
+                     r"within \d+ us \(the GIL hand-off measured at start\)", log), log  # fmt: skip
 
 
 def test_model_info(client: VaeClient) -> None:

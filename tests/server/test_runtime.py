@@ -4,6 +4,7 @@ where it binds host memory)."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import onnxruntime as ort
 import pytest
 
 from vaeserve.server.cpus import available_cpus
+from vaeserve.server.handoff import gil_handoff_s
 from vaeserve.server.runtime import (
     CPU,
+    THREADS_SLACK,
     Cost,
     CpuSession,
     DeviceError,
@@ -42,6 +45,32 @@ def test_cpu_session_runs_the_graph_on_both_paths_and_with_io_binding(model_repo
     for a, b, c in zip(plain, bound, on_worker, strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+
+
+def test_the_workers_threads_are_measured_and_the_loops_session_runs_on_one(model_repo: Path) -> None:
+    path = model_repo / "vae" / "1" / "decoder.onnx"
+    latent_dim = ort.InferenceSession(str(path), providers=[CPU]).get_inputs()[0].shape[1]
+    graph, _ = open_session(path, "latent", ["image"], device="cpu", intra=0)
+    assert isinstance(graph, CpuSession) and graph.threads == 0  # chosen at warm-up
+    graph.warm_up((latent_dim,), 64)
+    cpus = max(1, int(available_cpus()))
+    assert set(graph.timings) >= {1, cpus} and max(graph.timings) == cpus  # 1 to the CPUs this process may use
+    fastest = min(graph.timings.values())
+    assert graph.timings[graph.threads] <= fastest * (1 + THREADS_SLACK)  # about as fast as any count ...
+    assert all(graph.timings[t] > fastest * (1 + THREADS_SLACK) for t in graph.timings if t < graph.threads)  # fewest
+    assert graph.session.get_session_options().intra_op_num_threads == 1  # the event loop's batches: its core alone
+    assert graph.spinning.get_session_options().intra_op_num_threads == graph.threads
+    assert f"worker session {graph.threads} intra-op thread(s)" in graph.describe()
+    given, _ = open_session(path, "latent", ["image"], device="cpu", intra=3)
+    given.warm_up((latent_dim,), 64)
+    assert given.threads == 3 and given.timings == {}  # --intra-op-threads given: nothing measured
+
+
+def test_the_gil_handoff_is_measured_under_a_busy_thread() -> None:
+    # What a batch on the worker waits for under load: CPython hands the GIL over after a switch interval (a busy
+    # machine only makes the wait longer), measured once per process.
+    assert gil_handoff_s() >= sys.getswitchinterval() / 2
+    assert gil_handoff_s() == gil_handoff_s()
 
 
 def test_auto_uses_cuda_only_where_it_really_works(model_repo: Path) -> None:
