@@ -127,18 +127,20 @@ class CpuSession:
 
     def _fastest(self, row_shape: tuple[int, ...], max_rows: int) -> tuple[int, ort.InferenceSession, dict]:
         """The fewest threads whose full batch runs within THREADS_SLACK of the fastest count's, among 1, powers of
-        two and the CPUs this process may use: threads that do not pay only take cores from the event loop."""
+        two and the CPUs this process may use: threads that do not pay only take cores from the event loop. One
+        candidate session is alive at a time (a version loaded while serving holds no more than that)."""
         cpus = max(1, int(available_cpus()))
         counts = sorted({1, cpus, *(2**i for i in range(1, cpus.bit_length()) if 2**i < cpus)})
         x = np.zeros((max_rows, *row_shape), dtype=np.float32)
-        sessions, timings = {}, {}
+        timings = {}
         for threads in counts:
-            sessions[threads] = session = self._spinning(threads)
+            session = self._spinning(threads)
             session.run(self.output_names, {self.input_name: x})  # allocations, not timed
             timings[threads] = min(_timed(session.run, self.output_names, {self.input_name: x}) for _ in range(3))
+            del session
         best = min(timings.values())
         threads = min(t for t, seconds in timings.items() if seconds <= best * (1 + THREADS_SLACK))
-        return threads, sessions[threads], timings
+        return threads, self._spinning(threads), timings
 
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
         return self.cost.rows_within(budget_s, max_rows)
