@@ -68,6 +68,8 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_hostile $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python -m tests.bench.bench_deploy
 	$(BIN)/python -m tests.bench.bench_lifecycle
+	@if command -v nvidia-smi >/dev/null; then $(BIN)/python -m tests.bench.bench_gpu; \
+	else echo "bench_gpu: no NVIDIA GPU here (its section of BENCHMARKS.md is from a machine with one)"; fi
 
 # Container images (deploy/README.md, section 1), tagged as deploy/k8s expects, with podman or else docker. They
 # build FROM a local Debian base (deploy/base-image.sh; bootstrapped once, then reused) since the pinned upstream

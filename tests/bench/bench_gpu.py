@@ -9,7 +9,7 @@ For each model version given, and for the CUDA and the CPU session of the same g
                 16 closed-loop clients (tests/bench/serving_loadgen.py)
 Fails (exit 1) when CUDA is not used or parity is off; writes the "GPU" section of BENCHMARKS.md.
 
-    python -m tests.bench.bench_gpu --version-dir models/vae/1 [--version-dir ...]
+    python -m tests.bench.bench_gpu [--version-dir models/vae/1 ...]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.bench.bench_serving import VAE_METHOD, Call
+from tests.bench.bench_serving import VAE_METHOD, Call, find_or_export
 from tests.bench.report import markdown_table, write_section
 from tests.bench.serving_model import load_graphs, runs_per_second
 from tests.harness import ROOT, serving
@@ -106,19 +106,21 @@ def served(version: Path, work: Path, duration: float) -> tuple[list[list[str]],
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--version-dir", type=Path, nargs="+", required=True, help="REPO/NAME/VERSION folders (required)")
+    p.add_argument("--version-dir", type=Path, nargs="+", help="REPO/NAME/VERSION folders (default: the serving "
+                   "benchmark's digits conv model and the default model, trained if missing)")  # fmt: skip
     p.add_argument("--duration", type=float, default=3.0, help="measured seconds per point (default: %(default)s)")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-gpu", help="logs (default: runs/bench-gpu)")
     p.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md (default: write)")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    versions = args.version_dir or [find_or_export("conv"), find_or_export("default")]
     if not shutil.which("nvidia-smi"):
         print("bench_gpu: no nvidia-smi here, so no NVIDIA GPU to measure", file=sys.stderr)
         return 1
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                          text=True, check=True).stdout.strip()  # fmt: skip
     parity, serve, ok = [], [], True
-    for version in args.version_dir:
+    for version in versions:
         rows, good = in_process(version.resolve())
         parity += rows
         ok &= good
