@@ -60,7 +60,7 @@ bench: install
 	$(BIN)/python -m tests.bench.bench_training
 	$(BIN)/python -m tests.bench.bench_default_model
 	$(BIN)/python -m tests.bench.bench_export
-	$(BIN)/python -m tests.bench.bench_serving
+	$(BIN)/python -m tests.bench.bench_serving $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python -m tests.bench.bench_images
 	$(BIN)/python -m tests.bench.bench_counting
 	$(BIN)/python -m tests.bench.bench_api

@@ -47,8 +47,8 @@ PLOT = ROOT / "docs" / "bench_serving.png"
 VAESERVE = Path(sys.executable).parent / "vaeserve"
 VAE_METHOD = "/vae.v1.VaeService/"
 TRITON_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-SYSTEMS = ("vaeserve", "vaeserve x2", "vaeserve int8", "vaeserve OIP", "naive", "naive aio", "transport", "compute",
-           "triton")  # fmt: skip
+SYSTEMS = ("vaeserve", "vaeserve before", "vaeserve x2", "vaeserve int8", "vaeserve OIP", "naive", "naive aio",
+           "transport", "compute", "triton")  # fmt: skip
 TRAIN_EPOCHS = "2"  # speed does not depend on how well the weights fit
 
 
@@ -171,10 +171,12 @@ class Bench:
     # of them back to back, so the load other users put on a shared machine drifts across systems alike.
 
     def vaeserve(self, stack: contextlib.ExitStack, model: str, model_dir: Path, graphs: Graphs, processes: int = 1,
-                 variant: str = "plain", flags: tuple[str, ...] = (), label: str = "") -> Target:  # fmt: skip
+                 variant: str = "plain", flags: tuple[str, ...] = (), label: str = "",
+                 python: str | None = None) -> Target:  # fmt: skip
         """`vaeserve serve` as shipped; with processes > 1, that many servers on their own ports and the load
         generator's clients spread over them (what several pods behind a Service amount to on one machine);
-        `variant`: the graph pair served (`--variant`); `flags`: more serve flags, the system then named by `label`."""
+        `variant`: the graph pair served (`--variant`); `flags`: more serve flags, the system then named by `label`;
+        `python`: another installation's interpreter (--baseline), whose `vaeserve` serves instead."""
         system = "vaeserve" if processes == 1 else f"vaeserve x{processes}"
         system += "" if variant == "plain" else f" {variant}"
         system += f" {label}" if label else ""
@@ -182,7 +184,8 @@ class Bench:
         servers, metrics_ports = [], []
         for i in range(processes):
             port, metrics_port = free_ports(2)
-            argv = [str(VAESERVE), "serve", "--repo", str(model_dir.parents[1]), "--name", model_dir.parent.name,
+            binary = Path(python).parent / "vaeserve" if python else VAESERVE
+            argv = [str(binary), "serve", "--repo", str(model_dir.parents[1]), "--name", model_dir.parent.name,
                     "--version", model_dir.name, "--host", "127.0.0.1", "--port", str(port),
                     "--metrics-port", str(metrics_port), "--variant", variant, *flags]  # fmt: skip
             log = self.work / f"{system.replace(' ', '')}-{model}-{i}.log"
@@ -541,12 +544,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each (default: %(default)s)")
     p.add_argument("--no-triton", dest="triton", action="store_false", help="skip Triton (default: measured)")
     p.add_argument("--profile", action="store_true", help="py-spy vaeserve at concurrency 32 (default: off)")
+    p.add_argument("--baseline", default=None, help="python of another vaeserve installation (an older checkout's "
+                   ".venv/bin/python), measured as `vaeserve before` beside this one (default: none)")  # fmt: skip
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = min(args.duration, 3.0), min(args.warmup, 0.5)
     levels = (1, 32) if args.quick else (1, 8, 32, 64)
     started = time.monotonic()
     WORK.mkdir(parents=True, exist_ok=True)
+    before = "" if not args.baseline else subprocess.run(
+        ["git", "-C", str(Path(args.baseline).resolve().parents[2]), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True).stdout.strip() or "unknown commit"  # fmt: skip
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         bench = Bench(args, Path(tmp))
         mlp_dir, conv_dir = find_or_export("mlp"), find_or_export("conv")
@@ -562,7 +570,12 @@ def main(argv: list[str] | None = None) -> int:
             oip = Target("vaeserve OIP", vaeserve.servers, lambda call: (OIP_METHOD, call.oip_request(mlp)),
                          vaeserve.metrics_url, levels=busy)  # fmt: skip
             triton = bench.triton(stack, "mlp", mlp_dir) if args.triton else None
-            everyone = [t for t in (vaeserve, pair, naive, transport, triton) if t]
+            before = (
+                bench.vaeserve(stack, "mlp", mlp_dir, mlp, label="before", python=args.baseline)
+                if args.baseline
+                else None
+            )
+            everyone = [t for t in (vaeserve, before, pair, naive, transport, triton) if t]
             schedule = [(call, levels, everyone) for call in main_calls]
             schedule += [(DECODE16, busy, [vaeserve, oip]), (ENCODE1, busy, [oip])]
             # Sample(1024) moves ~300 KB per call: the transport limit shows how much of the gap is gRPC's.
@@ -587,6 +600,9 @@ def main(argv: list[str] | None = None) -> int:
             targets = [bench.vaeserve(stack, "default", default_dir, default)]
             targets += [bench.baseline(stack, system, "default", default_dir, default)
                         for system in ("naive aio", "naive", "transport")]  # fmt: skip
+            if args.baseline:
+                targets.append(bench.vaeserve(stack, "default", default_dir, default, label="before",
+                                              python=args.baseline))  # fmt: skip
             pair = bench.vaeserve(stack, "default", default_dir, default, processes=2)
             pair.levels = busy
             bench.measure("default", [(call, (1, 32), [*targets, pair]) for call in main_calls])
@@ -612,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
         bench.compute_limit("mlp", mlp_dir)
         bench.compute_limit("conv", conv_dir)
         bench.compute_limit("default", default_dir)
+    if args.baseline:
+        bench.notes.append(f"**vaeserve before**: the same `vaeserve serve` command from the installation of "
+                           f"`--baseline {args.baseline}` (commit {before}), same models, same rounds.")  # fmt: skip
     decoder_images_per_s = {
         model: max(graph_rate(load_graphs(path, t), "decoder", 1024)[0] for t in (1, 0)) * 1024
         for model, path in model_dirs.items()
