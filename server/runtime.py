@@ -29,6 +29,7 @@ from vaeserve.errors import VaeserveError
 from .config import DEVICES
 
 SPIN_AFTER_S = 5e-3  # CPU batches predicted to run at least this long use the spinning session (CpuSession)
+NEVER = 1 << 62  # rows no batch reaches
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -66,6 +67,11 @@ class Session(Protocol):
 
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None: ...
 
+    def add_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
+        """Builds and warms what only heavy batches use (CPU: the spinning session; CUDA: nothing), after
+        warm_up: until then every batch runs as `run` does. A swap calls it once the version it replaces is freed."""
+        ...
+
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
         """The most rows of a batch that may run on the event loop: those predicted to take at most budget_s."""
         ...
@@ -80,6 +86,15 @@ class Session(Protocol):
         ...
 
 
+@dataclass
+class Spinning:
+    """A graph's spinning session and the rows from which a batch uses it: built after the CpuSession (add_heavy)
+    and shared with its with_outputs views, which exist by then."""
+
+    session: ort.InferenceSession | None = None
+    rows: int = NEVER
+
+
 class CpuSession:
     """Two sessions of one graph that differ in one setting: whether idle pool threads spin.
 
@@ -87,31 +102,40 @@ class CpuSession:
     threads for every operator costs a long graph dearly, though (a conv decoder's full batch runs markedly
     slower without spinning), while spinning during medium batches under concurrency costs more than it
     saves. So only batches predicted to run SPIN_AFTER_S or longer use the spinning session (BENCHMARKS.md has
-    the measurements).
+    the measurements). It is built by add_heavy, apart from the first: each warmed session holds about half of
+    what a version costs (its arena grown to a full batch), and a swap builds it only once the old version is
+    freed (models.Models).
     """
 
     provider = CPU
 
     def __init__(self, path: Path, input_name: str, output_names: list[str], intra: int, inter: int) -> None:
+        self.path, self.threads = path, (intra, inter)
         self.input_name, self.output_names = input_name, output_names
         self.session = ort.InferenceSession(str(path), _options(intra, inter), providers=[CPU])
-        self.spinning = ort.InferenceSession(str(path), _options(intra, inter, spinning=True), providers=[CPU])
-        self.spin_rows = 1 << 62  # rows from which a batch spins: set by warm_up from a measured run
+        self.spinning = Spinning()
         self.cost = Cost(0.0, 0.0)
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.output_names, {self.input_name: x})
 
     def run_on_worker(self, x: np.ndarray) -> list[np.ndarray]:
-        session = self.spinning if len(x) >= self.spin_rows else self.session
+        # add_heavy sets the rows after the session, so a batch that reads its rows finds the session built.
+        spinning = self.spinning
+        session = spinning.session if len(x) >= spinning.rows else self.session
         return session.run(self.output_names, {self.input_name: x})
 
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None:
-        """`cost` of the loop's session and the rows from which batches spin, each size run once untimed first so
-        that the first requests pay no allocation or kernel set-up."""
+        """`cost` of the loop's session, each size run once untimed first so that the first requests pay no
+        allocation or kernel set-up."""
         self.cost = _measure(self.run, row_shape, max_rows)
-        spinning = _measure(lambda x: self.spinning.run(self.output_names, {self.input_name: x}), row_shape, max_rows)
-        self.spin_rows = spinning.rows_within(SPIN_AFTER_S, max_rows) + 1
+
+    def add_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
+        """The spinning session, warmed as warm_up warms the first, and the rows from which batches use it."""
+        spinning = ort.InferenceSession(str(self.path), _options(*self.threads, spinning=True), providers=[CPU])
+        cost = _measure(lambda x: spinning.run(self.output_names, {self.input_name: x}), row_shape, max_rows)
+        self.spinning.session = spinning
+        self.spinning.rows = cost.rows_within(SPIN_AFTER_S, max_rows) + 1
 
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
         return self.cost.rows_within(budget_s, max_rows)
@@ -122,7 +146,7 @@ class CpuSession:
         return view
 
     def describe(self) -> str:
-        return f"pool threads spin for batches from {self.spin_rows} rows"
+        return f"pool threads spin for batches from {self.spinning.rows} rows"
 
 
 class CudaSession:
@@ -145,6 +169,9 @@ class CudaSession:
         """`cost` of the IO-binding path, at one row and at a full batch (kernel selection and the arena's first
         growth happen in the untimed first runs)."""
         self.cost = _measure(self.run, row_shape, max_rows)
+
+    def add_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
+        pass  # one session runs every batch
 
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
         return 0  # a GPU run waits on the device, which must not stall the event loop

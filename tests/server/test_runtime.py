@@ -28,20 +28,27 @@ def test_cpu_session_runs_the_graph_on_both_paths_and_with_io_binding(model_repo
     graph, why_not = open_session(path, "image", ["mean", "log_variance"], device="cpu")
     assert isinstance(graph, CpuSession) and graph.provider == CPU and why_not == "CPU requested"
     graph.warm_up((1, 8, 8), 16)
+    means = graph.with_outputs(["mean"])  # a view made before the spinning session exists (as the batchers are)
     x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
     plain = graph.run(x)
     bound = run_bound(ort.InferenceSession(str(path), providers=[CPU]), "image", ["mean", "log_variance"], x, "cpu")
-    assert graph.spin_rows >= 1  # measured at warm-up
+    before_heavy = graph.run_on_worker(x)  # no spinning session yet: the loop's session runs every batch
+    assert graph.spinning.session is None
     # What runs on the event loop is predicted from the warm-up timings: more time, never fewer rows.
     within = [graph.inline_rows(seconds, 16) for seconds in (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 10.0)]
     assert within[0] == 0 and within[-1] == 16 and within == sorted(within)
-    graph.spin_rows = 3  # so that 5 rows run on the worker's spinning session
+    graph.add_heavy((1, 8, 8), 16)
+    assert graph.spinning.rows >= 1  # measured as it was built
+    graph.spinning.rows = 3  # so that 5 rows run on the worker's spinning session
     on_worker = graph.run_on_worker(x)
-    assert graph.spinning is not graph.session
+    assert graph.spinning.session is not graph.session and means.spinning is graph.spinning
     assert [a.shape for a in plain] == [(5, 8), (5, 8)]
-    for a, b, c in zip(plain, bound, on_worker, strict=True):
+    for a, b, c, d in zip(plain, bound, on_worker, before_heavy, strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(a, d)
+    (mean,) = means.run_on_worker(x)
+    np.testing.assert_array_equal(mean, plain[0])
 
 
 def test_auto_uses_cuda_only_where_it_really_works(model_repo: Path) -> None:
