@@ -102,6 +102,11 @@ def _info() -> Call:
     return "GetModelInfo", vae_pb2.GetModelInfoRequest(), lambda r: r
 
 
+def _answered_by(response: Any) -> int:
+    """The model version a response came from: every vae.v1 response says it (ModelInfo: the version described)."""
+    return response.version if isinstance(response, vae_pb2.ModelInfo) else response.model_version
+
+
 def _reconstruction(
     run: Callable[[Call], Any], images: np.ndarray, seed: int | None, mean: bool, uint8: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -171,6 +176,10 @@ class _Channel:
             self.channel = self._channels.secure_channel(target, credentials, options=options)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.stub = vae_pb2_grpc.VaeServiceStub(self.channel)
+        # The model version that answered the latest call (0: none yet). A server may serve several versions and
+        # swap them while serving (--version-policy, --model-control); with calls in flight at once (bulk work)
+        # it is the version of whichever answered last.
+        self.model_version = 0
 
 
 class VaeClient(_Channel):
@@ -180,6 +189,8 @@ class VaeClient(_Channel):
     TLS: `tls_ca` (PEM file of the CA that signed the server's certificate; the system's roots when only a
     client certificate is given), and for mTLS `tls_cert` + `tls_key`. `token`: sent as `authorization: Bearer
     TOKEN` with every call. `options`: extra gRPC channel arguments.
+
+    `model_version`: the model version that answered the latest call (0 before any).
     """
 
     def __enter__(self) -> VaeClient:
@@ -195,7 +206,9 @@ class VaeClient(_Channel):
         """One call; `timeout` (seconds) replaces the client's own for it (bulk work cuts it to its deadline)."""
         method, request, read = call
         timeout = self.timeout if timeout is None else timeout
-        return read(getattr(self.stub, method)(request, timeout=timeout, metadata=self.metadata))
+        response = getattr(self.stub, method)(request, timeout=timeout, metadata=self.metadata)
+        self.model_version = _answered_by(response)
+        return read(response)
 
     def sample(
         self, n: int, seed: int | None = None, temperature: float = 1.0, uint8: bool = False
@@ -239,7 +252,8 @@ class VaeClient(_Channel):
         return self._run(_interpolate(a, b, steps, spherical, uint8))
 
     def info(self) -> vae_pb2.ModelInfo:
-        """The served model: name, version, latent_dim, image_shape [C, H, W], likelihood, limits, metadata."""
+        """The served model: name, version (the newest served), served_versions (every version served now),
+        latent_dim, image_shape [C, H, W], likelihood, limits, metadata."""
         return self._run(_info())
 
     # Bulk work (bulk.py): `items` is any iterable (a generator is read a bounded amount ahead, never held whole)
@@ -312,7 +326,9 @@ class AsyncVaeClient(_Channel):
 
     async def _run(self, call: Call) -> Any:
         method, request, read = call
-        return read(await getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata))
+        response = await getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+        self.model_version = _answered_by(response)
+        return read(response)
 
     async def sample(
         self, n: int, seed: int | None = None, temperature: float = 1.0, uint8: bool = False

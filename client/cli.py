@@ -471,7 +471,7 @@ def run_info(args: argparse.Namespace) -> int:
     info = _calling(args, lambda c: c.info())
     fields = ("name", "version", "variant", "latent_dim", "likelihood", "execution_provider", "max_batch_size",
               "max_num_samples", "max_importance_samples", "can_score")  # fmt: skip
-    described = {f: getattr(info, f) for f in fields}
+    described = {f: getattr(info, f) for f in fields} | {"served_versions": list(info.served_versions)}
     expects = describe_input(info.image_shape, info.metadata)
     expects += "; encode and reconstruct convert other sizes and colours (--no-resize refuses them)"
     described |= {"image_shape": list(info.image_shape), "expects": expects,

@@ -265,16 +265,24 @@ class Batcher:
             self._wake_at = 1
 
     async def _loop(self) -> None:
-        while True:
-            if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            if self.max_delay_s > 0:
-                await self._wait_for_requests()
-            batch, waits = self._take()
-            if batch:
-                self._active = len(batch)
-                await self._run(batch, waits)
+        try:
+            while True:
+                if not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                if self.max_delay_s > 0:
+                    await self._wait_for_requests()
+                batch, waits = self._take()
+                if batch:
+                    self._active = len(batch)
+                    await self._run(batch, waits)
+        except asyncio.CancelledError:
+            # stop() cancels this task only to end it, so it ends normally here. A task left cancelled keeps its
+            # CancelledError, whose traceback holds this frame and so this batcher and its runner (a model
+            # version's sessions) in a reference cycle that only a full garbage collection frees: a retired
+            # version's memory stayed taken into the next swap (BENCHMARKS.md, "Model versions going live while
+            # serving", peak RSS).
+            return
 
     async def _run(self, batch: list[Slice], waits: list[float]) -> None:
         """Checks, computes and answers one batch; every request in it ends with its rows or an error."""

@@ -12,6 +12,14 @@ so the event loop keeps serving; then start its batchers and publish the new set
 event loop (between two batches of every graph). A version that leaves the set takes no new call at once; its
 batchers stop and its sessions are dropped when the last call on it ends. One load runs at a time.
 
+Memory: a swap holds the old version and the new one at once, never more. A version's sessions are mostly
+arenas grown by warm-up to a full batch, and on CPU each graph has two (runtime.CpuSession): the new version
+goes live with the one every batch can use, and its spinning sessions, which only heavy batches use, are built
+once the versions it replaced are freed (`_add_heavy`). Until then its heavy batches run without spinning
+(a conv decoder's Sample(1024) 80 -> 62 calls/s: BENCHMARKS.md, "Design measurements"), for the moments the
+old version's last calls and the build take; building them before the switch put the swap's peak RSS above one
+extra served version (BENCHMARKS.md, "Model versions going live while serving").
+
 A version that fails a step is one log line and one count of vaeserve_model_load_failures_total{reason}; what
 was served keeps serving, and the next load starts afresh. Under poll a failed version is not retried until its
 folder changes (a copy still being written finishes), so a bad export is one line, not one per scan.
@@ -129,12 +137,22 @@ def open_sessions(model: ModelVersion, config: ServeConfig) -> dict[str, Session
     return sessions
 
 
+def _row_shapes(model: ModelVersion) -> dict[str, tuple[int, ...]]:
+    return {"encoder": model.image_shape, "decoder": (model.latent_dim,)}
+
+
 def warm_up(model: ModelVersion, sessions: dict[str, Session], config: ServeConfig) -> None:
     """Runs each session at one row and at a full batch (what the batcher runs), timing both (runtime.Cost)."""
-    row_shapes = {"encoder": model.image_shape, "decoder": (model.latent_dim,)}
     for name, session in sessions.items():
-        session.warm_up(row_shapes[name], config.max_batch_size)
-        log.info("%s: %s", name, session.describe())
+        session.warm_up(_row_shapes(model)[name], config.max_batch_size)
+
+
+def add_heavy(model: ModelVersion, sessions: dict[str, Session], config: ServeConfig) -> None:
+    """Each graph's sessions for heavy batches, built and warmed (runtime.Session.add_heavy)."""
+    for name, session in sessions.items():
+        session.add_heavy(_row_shapes(model)[name], config.max_batch_size)
+    described = "; ".join(f"{name}: {session.describe()}" for name, session in sessions.items())
+    log.info("version %d: sessions for heavy batches ready (%s)", model.version, described)
 
 
 def load_start_up(config: ServeConfig) -> list[Loaded]:
@@ -164,12 +182,14 @@ def load_start_up(config: ServeConfig) -> list[Loaded]:
                  model.likelihood)  # fmt: skip
         sessions = open_sessions(model, config)
         warm_up(model, sessions, config)
+        add_heavy(model, sessions, config)  # nothing is served yet: no version to wait for
         loaded.append(Loaded(model, sessions))
     return sorted(loaded, key=lambda item: item.model.version)
 
 
 def load_version(path: Path, config: ServeConfig, message_bytes: int) -> Loaded:
-    """One version loaded while serving (in a thread): each step's failure is a LoadFailed naming it."""
+    """One version loaded while serving (in a thread), without its sessions for heavy batches (add_heavy, once
+    what it replaces is freed): each step's failure is a LoadFailed naming it."""
     version = int(path.name)
     if not (path / MODEL_JSON).is_file():
         raise LoadFailed(version, "not_found", f"{path / MODEL_JSON} is gone")
@@ -237,6 +257,7 @@ class Served:
     info: vae_pb2.ModelInfo
     inflight: int = 0
     retired: bool = False  # out of the served set: freed when the last call on it ends
+    freed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def model(self) -> ModelVersion:
@@ -291,8 +312,10 @@ class Models:
     unloaded: bool = False  # every version was unloaded on request (explicit)
     missing: tuple[int, ...] | None = None  # the versions there were when the policy last found none it picks
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _retired: set[Served] = field(default_factory=set)  # retired, not freed yet
     _freeing: set[asyncio.Task] = field(default_factory=set)
-    _scans: set[asyncio.Task] = field(default_factory=set)  # the poll loop's, and those SIGHUP asked for
+    # What stop() cancels: the poll loop, the scans SIGHUP asked for, sessions for heavy batches being added.
+    _background: set[asyncio.Task] = field(default_factory=set)
     _closed: bool = False
 
     @property
@@ -358,15 +381,15 @@ class Models:
 
     def _task(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
-        self._scans.add(task)
-        task.add_done_callback(self._scans.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
         """No more loads; every version's batchers stopped (after the server stopped taking calls)."""
         self._closed = True
-        for task in self._scans:
+        for task in self._background:
             task.cancel()
-        await asyncio.gather(*self._scans, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
         async with self._lock:  # a load under way finishes its step first; its version is then dropped
             for served in self.served.values():
                 await _stop(served)
@@ -430,7 +453,10 @@ class Models:
                 raise missing
             self.missing = None
             self.unloaded = False
+            added = [served for number, served in chosen.items() if number not in self.served]
             self._publish(chosen)
+            if added:
+                self._task(self._add_heavy(added), "model-heavy-sessions")
             if failures:
                 raise failures[0]
             return list(self.served)
@@ -454,6 +480,20 @@ class Models:
         log.info("version %d: verified, sessions open and warm in %.2f s", number, time.perf_counter() - start)
         return served
 
+    async def _add_heavy(self, added: list[Served]) -> None:
+        """The sessions for heavy batches of the versions a load added, built once every retired version is
+        freed (the module's docstring says why), under the load lock: the next load starts after them."""
+        await asyncio.gather(*(served.freed.wait() for served in list(self._retired)))
+        async with self._lock:
+            for served in added:
+                if served.retired:
+                    continue
+                try:
+                    await asyncio.to_thread(add_heavy, served.model, served.loaded.sessions, self.config)
+                except Exception as exc:  # onnxruntime's own exception types: the version serves on without them
+                    log.error("version %d: sessions for heavy batches not built (%s): its heavy batches run without "
+                              "spinning", served.version, exc)  # fmt: skip
+
     def _failed(self, exc: LoadFailed) -> None:
         log.error("%s; still serving version(s) %s", exc, self.versions_text())
         self.metrics.model_load_failures.labels(exc.reason).inc()
@@ -474,6 +514,7 @@ class Models:
         for number, served in old.items():
             if number not in self.served:
                 served.retired = True
+                self._retired.add(served)
                 log.info("version %d: retired (%d call(s) still on it)", number, served.inflight)
                 if not served.inflight:
                     self._free(served)
@@ -494,6 +535,8 @@ class Models:
         served.batchers.clear()
         served.loaded.sessions.clear()  # the last references to the version's sessions: onnxruntime frees them
         await asyncio.to_thread(trim)  # it walks the heap: not on the event loop
+        self._retired.discard(served)
+        served.freed.set()
         log.info("version %d: freed", served.version)
 
     def index(self) -> list[tuple[int, str, str]]:

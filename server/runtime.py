@@ -17,7 +17,7 @@ import copy
 import io
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +31,7 @@ from .cpus import available_cpus
 
 SPIN_AFTER_S = 5e-3  # CPU batches predicted to run at least this long use the spinning session (CpuSession)
 THREADS_SLACK = 0.1  # more threads must make a full batch more than 10% faster to be used (CpuSession._fastest)
+NEVER = 1 << 62  # rows no batch reaches
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -68,6 +69,11 @@ class Session(Protocol):
 
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None: ...
 
+    def add_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
+        """Builds and warms what only heavy batches use (CPU: the spinning session; CUDA: nothing), after
+        warm_up: until then every batch runs as `run` does. A swap calls it once the version it replaces is freed."""
+        ...
+
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
         """The most rows of a batch that may run on the event loop: those predicted to take at most budget_s."""
         ...
@@ -82,53 +88,73 @@ class Session(Protocol):
         ...
 
 
+@dataclass
+class Spinning:
+    """A graph's spinning session, its intra-op threads and the rows from which a batch uses it: built after the
+    CpuSession (add_heavy) and shared with its with_outputs views, which exist by then."""
+
+    session: ort.InferenceSession | None = None
+    rows: int = NEVER
+    threads: int = 0  # 0 until add_heavy has measured them (--intra-op-threads 0)
+    timings: dict[int, float] = field(default_factory=dict)  # threads -> seconds of a full batch, when measured
+
+
 class CpuSession:
     """Two sessions of one graph: the event loop's, on one thread, and the worker's, whose pool threads spin.
 
     A batch on the event loop holds the loop's core for its whole run, so its session runs on that core alone:
     more intra-op threads would be woken for every operator of batches that take microseconds. The worker's
-    session is for heavy batches, which the loop hands over to keep reading requests: its pool threads spin,
-    since waking sleeping threads for every operator costs a long graph dearly (a conv decoder's full batch runs
-    markedly slower without spinning), and it has as many threads as pay at a full batch (`intra` 0: measured at
-    warm-up among 1 to the CPUs this process may use). Batches on the worker predicted to run shorter than
-    SPIN_AFTER_S use the loop's session there: spinning during medium batches under concurrency costs more than
-    it saves (BENCHMARKS.md has the measurements).
+    spinning session is for heavy batches, which the loop hands over to keep reading requests: waking sleeping
+    threads for every operator costs a long graph dearly (a conv decoder's full batch runs markedly slower
+    without spinning), and it has as many threads as pay at a full batch (`intra` 0: measured among 1 to the
+    CPUs this process may use). Batches on the worker predicted to run shorter than SPIN_AFTER_S use the loop's
+    session there: spinning during medium batches under concurrency costs more than it saves (BENCHMARKS.md has
+    the measurements). The spinning session is built by add_heavy, apart from the first: each warmed session
+    holds about half of what a version costs (its arena grown to a full batch), and a swap builds it only once
+    the old version is freed (models.Models), the measuring of its threads included.
     """
 
     provider = CPU
 
     def __init__(self, path: Path, input_name: str, output_names: list[str], intra: int, inter: int) -> None:
-        self.path, self.input_name, self.output_names, self.inter = path, input_name, output_names, inter
+        self.path, self.inter = path, inter
+        self.input_name, self.output_names = input_name, output_names
         self.session = ort.InferenceSession(str(path), _options(1, inter), providers=[CPU])
-        self.threads = intra  # the worker session's; 0 until warm_up has measured them
-        self.spinning = self._spinning(intra) if intra else self.session
-        self.spin_rows = 1 << 62  # rows from which a batch spins: set by warm_up from a measured run
+        self.spinning = Spinning(threads=intra)
         self.cost = Cost(0.0, 0.0)
-        self.timings: dict[int, float] = {}  # threads -> seconds of a full batch, when measured
-
-    def _spinning(self, threads: int) -> ort.InferenceSession:
-        return ort.InferenceSession(str(self.path), _options(threads, self.inter, spinning=True), providers=[CPU])
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.output_names, {self.input_name: x})
 
     def run_on_worker(self, x: np.ndarray) -> list[np.ndarray]:
-        session = self.spinning if len(x) >= self.spin_rows else self.session
+        # add_heavy sets the rows after the session, so a batch that reads its rows finds the session built.
+        spinning = self.spinning
+        session = spinning.session if len(x) >= spinning.rows else self.session
         return session.run(self.output_names, {self.input_name: x})
 
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None:
-        """`cost` of the loop's session, the worker's threads (when not given) and the rows from which batches
-        spin, each size run once untimed first so that the first requests pay no allocation or kernel set-up."""
+        """`cost` of the loop's session, each size run once untimed first so that the first requests pay no
+        allocation or kernel set-up."""
         self.cost = _measure(self.run, row_shape, max_rows)
-        if not self.threads:
-            self.threads, self.spinning, self.timings = self._fastest(row_shape, max_rows)
-        spinning = _measure(lambda x: self.spinning.run(self.output_names, {self.input_name: x}), row_shape, max_rows)
-        self.spin_rows = spinning.rows_within(SPIN_AFTER_S, max_rows) + 1
 
-    def _fastest(self, row_shape: tuple[int, ...], max_rows: int) -> tuple[int, ort.InferenceSession, dict]:
+    def add_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
+        """The spinning session (its threads measured when not given), warmed as warm_up warms the first, and the
+        rows from which batches use it."""
+        spinning = self.spinning
+        if not spinning.threads:
+            spinning.threads, spinning.timings = self._fastest(row_shape, max_rows)
+        session = self._spinning(spinning.threads)
+        cost = _measure(lambda x: session.run(self.output_names, {self.input_name: x}), row_shape, max_rows)
+        spinning.session = session
+        spinning.rows = cost.rows_within(SPIN_AFTER_S, max_rows) + 1
+
+    def _spinning(self, threads: int) -> ort.InferenceSession:
+        return ort.InferenceSession(str(self.path), _options(threads, self.inter, spinning=True), providers=[CPU])
+
+    def _fastest(self, row_shape: tuple[int, ...], max_rows: int) -> tuple[int, dict[int, float]]:
         """The fewest threads whose full batch runs within THREADS_SLACK of the fastest count's, among 1, powers of
-        two and the CPUs this process may use: threads that do not pay only take cores from the event loop. One
-        candidate session is alive at a time (a version loaded while serving holds no more than that)."""
+        two and the CPUs this process may use (threads that do not pay only take cores from the event loop), and
+        each count's time. One candidate session is alive at a time."""
         cpus = max(1, int(available_cpus()))
         counts = sorted({1, cpus, *(2**i for i in range(1, cpus.bit_length()) if 2**i < cpus)})
         x = np.zeros((max_rows, *row_shape), dtype=np.float32)
@@ -139,8 +165,7 @@ class CpuSession:
             timings[threads] = min(_timed(session.run, self.output_names, {self.input_name: x}) for _ in range(3))
             del session
         best = min(timings.values())
-        threads = min(t for t, seconds in timings.items() if seconds <= best * (1 + THREADS_SLACK))
-        return threads, self._spinning(threads), timings
+        return min(t for t, seconds in timings.items() if seconds <= best * (1 + THREADS_SLACK)), timings
 
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
         return self.cost.rows_within(budget_s, max_rows)
@@ -151,10 +176,11 @@ class CpuSession:
         return view
 
     def describe(self) -> str:
-        measured = ", ".join(f"{t}: {s * 1e3:.2f} ms" for t, s in self.timings.items())
+        spinning = self.spinning
+        measured = ", ".join(f"{t}: {s * 1e3:.2f} ms" for t, s in spinning.timings.items())
         chosen = f" (a full batch with 1, 2, ... threads: {measured})" if measured else ""
-        return (f"worker session {self.threads} intra-op thread(s){chosen}, pool threads spin for batches from "
-                f"{self.spin_rows} rows")  # fmt: skip
+        return (f"worker session {spinning.threads} intra-op thread(s){chosen}, pool threads spin for batches "
+                f"from {spinning.rows} rows")  # fmt: skip
 
 
 class CudaSession:
@@ -177,6 +203,9 @@ class CudaSession:
         """`cost` of the IO-binding path, at one row and at a full batch (kernel selection and the arena's first
         growth happen in the untimed first runs)."""
         self.cost = _measure(self.run, row_shape, max_rows)
+
+    def add_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
+        pass  # one session runs every batch
 
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
         return 0  # a GPU run waits on the device, which must not stall the event loop

@@ -109,10 +109,14 @@ async def run(server: ServerProcess, repo: Path, sources: list[Path], seconds: f
             returned = time.perf_counter()
             if not corrupt:
                 freed = f"version {version - 1 if swap != CORRUPT_AFTER + 1 else version - 2}: freed"
+                # The new version's sessions for heavy batches are built once the old one is freed (server/models.py):
+                # RSS is read with the swap complete.
+                logged = (freed, f"version {version}: sessions for heavy batches ready")
                 deadline = time.perf_counter() + 60
-                while not any(c.version == version for c in calls) or freed not in server.output():
+                while not any(c.version == version for c in calls) or not all(s in server.output() for s in logged):
                     if time.perf_counter() > deadline:
-                        raise RuntimeError(f"version {version} never answered, or the one before was never freed")
+                        raise RuntimeError(f"version {version} never answered or completed, or the one before was "
+                                           "never freed")  # fmt: skip
                     await asyncio.sleep(0.01)
                 first = min(c.start + c.seconds for c in calls if c.version == version)
                 rss.append(rss_mb(server))

@@ -1,23 +1,30 @@
 """The Python client as the README documents it: `from vaeserve import VaeClient`, the README's example run as
-written, interpolation (straight and spherical), the posterior-mean reconstruction and the asyncio client."""
+written, interpolation (straight and spherical), the posterior-mean reconstruction, the asyncio client, and the
+version that answered across a swap."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 import vaeserve
-from tests.harness import ROOT, ServerProcess
+from tests.conftest import run_cli
+from tests.harness import ROOT, ServerProcess, serving
 from vaeserve.client.api import AsyncVaeClient, VaeClient
 from vaeserve.client.pictures import write_grid
 from vaeserve.errors import VaeserveError
+from vaeserve.protos.inference import grpc_service_pb2 as pb
+from vaeserve.protos.inference import grpc_service_pb2_grpc as pb_grpc
 
 
 def digits(n: int, seed: int = 0) -> np.ndarray:
@@ -130,3 +137,39 @@ def test_the_async_client_answers_as_the_blocking_one(server: ServerProcess, cli
         for x, y in zip(got, expected, strict=True):
             np.testing.assert_array_equal(x, y)
     assert info == client.info()
+
+
+def test_the_client_says_which_version_answered_and_info_lists_the_served_ones(
+    model_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(model_repo / "vae" / "1", repo / "vae" / "1")
+    flags = ("--model-control", "explicit", "--version-policy", "latest:2")
+    with serving(repo, tmp_path / "serve.log", *flags) as server, VaeClient(server.target, timeout=30) as client:
+        assert client.model_version == 0  # no call answered yet
+        client.encode(digits(1))
+        assert client.model_version == 1
+        # Version 2 (version 1's graphs renumbered), published by a rename as export does, then loaded.
+        staging = repo / "vae" / ".publish-2"
+        shutil.copytree(repo / "vae" / "1", staging)
+        info = json.loads((staging / "model.json").read_text())
+        (staging / "model.json").write_text(json.dumps({**info, "version": 2}))
+        staging.rename(repo / "vae" / "2")
+        with grpc.insecure_channel(server.target) as channel:
+            load = pb.RepositoryModelLoadRequest(model_name="vae")
+            pb_grpc.GRPCInferenceServiceStub(channel).RepositoryModelLoad(load, timeout=120)
+        client.sample(2, seed=0)
+        assert client.model_version == 2  # the newest served answers a call that names no version
+        described = client.info()
+        assert list(described.served_versions) == [1, 2] and described.version == 2 and client.model_version == 2
+
+        async def decoded_by() -> int:
+            async with AsyncVaeClient(server.target, timeout=30) as aio:
+                assert aio.model_version == 0
+                await aio.decode(np.zeros((1, 8), np.float32))
+                return aio.model_version
+
+        assert asyncio.run(decoded_by()) == 2
+        run_cli("info", "--target", server.target)
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["version"] == 2 and printed["served_versions"] == [1, 2]

@@ -199,6 +199,7 @@ def test_info_prints_the_model_as_json(server: ServerProcess, capsys: pytest.Cap
     run_cli("info", "--target", server.target)
     info = json.loads(capsys.readouterr().out)
     assert info["name"] == "vae" and info["version"] == 1 and info["image_shape"] == [1, 8, 8]
+    assert info["served_versions"] == [1]
     assert info["execution_provider"] == "CPUExecutionProvider" and "latent_dim" in info["metadata"]
     assert info["expects"].startswith("8x8 grey images, float32 values in [0, 1], light strokes on a dark background")
 

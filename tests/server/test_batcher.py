@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -422,3 +424,29 @@ def test_output_checks_fail_only_the_requests_whose_rows_fail() -> None:
 
     run(main())
     assert [len(x) for x in graph.batches] == [1, 6]  # the bad request shared the run, then failed alone
+
+
+@pytest.mark.parametrize("waiting", [False, True])
+def test_a_stopped_batcher_frees_its_graph_without_the_garbage_collector(waiting: bool) -> None:
+    # A retired model version's sessions are freed when its batchers stop (models.Models._freed): a reference
+    # cycle through a stopped batcher would keep them until a full garbage collection, into the next swap.
+    async def main() -> weakref.ref:
+        graph = Graph()
+        graph_spec = spec("decoder", {"x": WIDTH}, (WIDTH, 1), lambda run, batch: run(batch["x"]))
+        b = Batcher(graph_spec, Runner(graph), Metrics().graph("decoder"), max_rows=64, max_delay_s=30.0)
+        b.start()
+        one = rows(0, 1).tobytes()
+        await asyncio.gather(b.submit({"x": one}, 1), b.submit({"x": one}, 1))  # one batch: two callers active
+        if waiting:  # stopped while a batch waits (up to the delay) for the second caller's next request
+            b.submit({"x": one}, 1)
+            await asyncio.to_thread(graph.running.clear)  # a loop turn: the batching task takes it and waits
+        await b.stop()
+        return weakref.ref(graph)
+
+    gc.collect()
+    gc.disable()
+    try:
+        graph = asyncio.run(main())
+        assert graph() is None, [type(o).__name__ for o in gc.get_referrers(graph())]
+    finally:
+        gc.enable()

@@ -31,39 +31,50 @@ def test_cpu_session_runs_the_graph_on_both_paths_and_with_io_binding(model_repo
     graph, why_not = open_session(path, "image", ["mean", "log_variance"], device="cpu")
     assert isinstance(graph, CpuSession) and graph.provider == CPU and why_not == "CPU requested"
     graph.warm_up((1, 8, 8), 16)
+    means = graph.with_outputs(["mean"])  # a view made before the spinning session exists (as the batchers are)
     x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
     plain = graph.run(x)
     bound = run_bound(ort.InferenceSession(str(path), providers=[CPU]), "image", ["mean", "log_variance"], x, "cpu")
-    assert graph.spin_rows >= 1  # measured at warm-up
+    before_heavy = graph.run_on_worker(x)  # no spinning session yet: the loop's session runs every batch
+    assert graph.spinning.session is None
     # What runs on the event loop is predicted from the warm-up timings: more time, never fewer rows.
     within = [graph.inline_rows(seconds, 16) for seconds in (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 10.0)]
     assert within[0] == 0 and within[-1] == 16 and within == sorted(within)
-    graph.spin_rows = 3  # so that 5 rows run on the worker's spinning session
+    graph.add_heavy((1, 8, 8), 16)
+    assert graph.spinning.rows >= 1  # measured as it was built
+    graph.spinning.rows = 3  # so that 5 rows run on the worker's spinning session
     on_worker = graph.run_on_worker(x)
-    assert graph.spinning is not graph.session
+    assert graph.spinning.session is not graph.session and means.spinning is graph.spinning
     assert [a.shape for a in plain] == [(5, 8), (5, 8)]
-    for a, b, c in zip(plain, bound, on_worker, strict=True):
+    for a, b, c, d in zip(plain, bound, on_worker, before_heavy, strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(a, d)
+    (mean,) = means.run_on_worker(x)
+    np.testing.assert_array_equal(mean, plain[0])
 
 
 def test_the_workers_threads_are_measured_and_the_loops_session_runs_on_one(model_repo: Path) -> None:
     path = model_repo / "vae" / "1" / "decoder.onnx"
     latent_dim = ort.InferenceSession(str(path), providers=[CPU]).get_inputs()[0].shape[1]
     graph, _ = open_session(path, "latent", ["image"], device="cpu", intra=0)
-    assert isinstance(graph, CpuSession) and graph.threads == 0  # chosen at warm-up
+    assert isinstance(graph, CpuSession) and graph.spinning.threads == 0  # chosen when the spinning one is built
     graph.warm_up((latent_dim,), 64)
+    graph.add_heavy((latent_dim,), 64)
+    spinning = graph.spinning
     cpus = max(1, int(available_cpus()))
-    assert set(graph.timings) >= {1, cpus} and max(graph.timings) == cpus  # 1 to the CPUs this process may use
-    fastest = min(graph.timings.values())
-    assert graph.timings[graph.threads] <= fastest * (1 + THREADS_SLACK)  # about as fast as any count ...
-    assert all(graph.timings[t] > fastest * (1 + THREADS_SLACK) for t in graph.timings if t < graph.threads)  # fewest
+    assert set(spinning.timings) >= {1, cpus} and max(spinning.timings) == cpus  # 1 to the CPUs it may use
+    fastest = min(spinning.timings.values())
+    assert spinning.timings[spinning.threads] <= fastest * (1 + THREADS_SLACK)  # about as fast as any count ...
+    assert all(seconds > fastest * (1 + THREADS_SLACK)
+               for t, seconds in spinning.timings.items() if t < spinning.threads)  # ... and the fewest  # fmt: skip
     assert graph.session.get_session_options().intra_op_num_threads == 1  # the event loop's batches: its core alone
-    assert graph.spinning.get_session_options().intra_op_num_threads == graph.threads
-    assert f"worker session {graph.threads} intra-op thread(s)" in graph.describe()
+    assert spinning.session.get_session_options().intra_op_num_threads == spinning.threads
+    assert f"worker session {spinning.threads} intra-op thread(s)" in graph.describe()
     given, _ = open_session(path, "latent", ["image"], device="cpu", intra=3)
     given.warm_up((latent_dim,), 64)
-    assert given.threads == 3 and given.timings == {}  # --intra-op-threads given: nothing measured
+    given.add_heavy((latent_dim,), 64)
+    assert given.spinning.threads == 3 and given.spinning.timings == {}  # --intra-op-threads given: not measured
 
 
 def test_the_gil_handoff_is_measured_under_a_busy_thread() -> None:

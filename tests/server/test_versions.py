@@ -254,8 +254,13 @@ def test_a_loaded_version_goes_live_under_load_with_no_failed_call_and_the_old_o
     assert all(server.metric(FAILURES % reason) == 0 for reason in ("not_found", "limits", "session", "warm_up"))
     assert info_series(server) == ["4"]
     wait_until(lambda: "version 2: freed" in server.output(), "version 2 to be freed")
+    ready = "version %d: sessions for heavy batches ready"
+    wait_until(lambda: ready % 4 in server.output(), "version 4's sessions for heavy batches")
     log = server.output()
     assert "version 1: freed" in log and log.count("version 3 not loaded (verify)") == 1
+    # A swap holds at most one extra version: the new one's sessions for heavy batches come after the old is freed.
+    for old, new in ((1, 2), (2, 4)):
+        assert log.index(f"version {old}: freed") < log.index(ready % new), log
 
 
 def test_unloading_the_last_version_refuses_calls_until_a_load(explicit: tuple[ServerProcess, Path]) -> None:
