@@ -65,6 +65,11 @@ def rss_mb(server: ServerProcess, field: str = "VmRSS") -> float:
     raise KeyError(field)
 
 
+def reset_peak(server: ServerProcess) -> None:
+    """Resets the process's VmHWM to its RSS now (Linux: clear_refs 5), so the next read is this window's peak."""
+    Path(f"/proc/{server.process.pid}/clear_refs").write_text("5")
+
+
 async def client(channel: grpc.aio.Channel, i: int, stop: asyncio.Event, end: float, calls: list[Call]) -> None:
     """Calls until `stop` is set (or, at the latest, until `end`)."""
     if i % 2:
@@ -100,6 +105,8 @@ async def run(server: ServerProcess, repo: Path, sources: list[Path], seconds: f
             corrupt = swap == CORRUPT_AFTER
             version += 1
             publish(sources[version % 2 == 0], repo, version, corrupt)  # even: conv, odd: MLP
+            before_mb = rss_mb(server)  # the steady state of the version served now, which the swap starts from
+            reset_peak(server)
             t0 = time.perf_counter()
             try:
                 await load_call(load, timeout=120)
@@ -121,7 +128,8 @@ async def run(server: ServerProcess, repo: Path, sources: list[Path], seconds: f
                 first = min(c.start + c.seconds for c in calls if c.version == version)
                 rss.append(rss_mb(server))
                 swaps.append({"version": version, "load_s": returned - t0, "live_s": first - t0, "start": t0,
-                              "until": first + SWAP_WINDOW_S})  # fmt: skip
+                              "until": first + SWAP_WINDOW_S, "before_mb": before_mb,
+                              "peak_mb": rss_mb(server, "VmHWM")})  # fmt: skip
             else:
                 swaps.append({"version": version, "refused": refused, "start": t0, "until": returned})
             await asyncio.sleep(max(0.0, t0 + interval - time.perf_counter()))
@@ -174,14 +182,21 @@ def main() -> None:
     rss = result["rss_after"]
     growth = rss[-1] / rss[0] - 1
     extra = result["peak_mb"] - result["steady_peak_mb"]
+    # Each swap against the RSS it started from: the whole run's peak also holds the difference between the
+    # models (the MLP served at the start, two conv versions in a conv -> conv swap after the corrupt one).
+    worst = max(good, key=lambda s: s["peak_mb"] - s["before_mb"])
+    swap_extra = worst["peak_mb"] - worst["before_mb"]
     ratio = result["p99_swaps_ms"] / result["p99_steady_ms"]
     print(json.dumps({**result, "one_model_mb": extra_mb}, indent=1, default=str))
     rows = [
         ["failed calls", f"{result['failed']} of {result['calls']:,}", "0", _ok(result["failed"] == 0)],
         ["p99 during swaps vs steady", f"{result['p99_swaps_ms']:.1f} vs {result['p99_steady_ms']:.1f} ms "
          f"({ratio:.2f}x; {result['calls_during']:,} calls during swaps)", "<= 2x", _ok(ratio <= 2)],
-        ["peak RSS above steady", f"{extra:.0f} MiB (one extra served version: {extra_mb:.0f} MiB)",
-         "<= one extra model", _ok(extra <= max(extra_mb, 1.0))],
+        ["peak RSS of a swap above the RSS it started from (the largest of the swaps)",
+         f"{swap_extra:.0f} MiB (version {worst['version']}; one extra served version: {extra_mb:.0f} MiB)",
+         "<= one extra model", _ok(swap_extra <= max(extra_mb, 1.0))],
+        ["the run's peak RSS above the steady state before the first swap", f"{extra:.0f} MiB (includes the "
+         "larger model replacing the smaller)", "", ""],
         ["RSS after the 10th swap vs the 1st", f"{rss[-1]:.0f} vs {rss[0]:.0f} MiB ({100 * growth:+.1f}%)",
          "within 10%", _ok(abs(growth) <= 0.10)],
         ["load call to the new version answering", f"median {statistics.median(live):.2f} s, max {max(live):.2f} s "
