@@ -54,7 +54,8 @@ class EchoVaeService(vae_pb2_grpc.VaeServiceServicer):
         return vae_pb2.ModelInfo(name="echo", latent_dim=self.latent_dim, image_shape=self.image_shape)
 
 
-async def serve(service: EchoVaeService, port: int) -> None:
+async def serve(service: vae_pb2_grpc.VaeServiceServicer, port: int) -> None:
+    """`service` on grpc.aio on 127.0.0.1:port until SIGTERM (the naive server's aio kind uses it too)."""
     server = grpc.aio.server()
     vae_pb2_grpc.add_VaeServiceServicer_to_server(service, server)
     server.add_insecure_port(f"127.0.0.1:{port}")

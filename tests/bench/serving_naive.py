@@ -25,6 +25,7 @@ import numpy as np
 from vaeserve.client.api import to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
 
+from .serving_echo import serve
 from .serving_model import Graphs, load_graphs, reparameterize
 
 WORKERS = 10  # grpc's Python examples: futures.ThreadPoolExecutor(max_workers=10)
@@ -74,17 +75,6 @@ class AsyncNaiveVaeService(vae_pb2_grpc.VaeServiceServicer):
         return self.sync.GetModelInfo(request, context)
 
 
-async def serve_aio(graphs: Graphs, port: int) -> None:
-    server = grpc.aio.server()
-    vae_pb2_grpc.add_VaeServiceServicer_to_server(AsyncNaiveVaeService(graphs), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(grace=1)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, required=True, help="a version folder holding encoder/decoder.onnx")
@@ -92,7 +82,7 @@ def main() -> int:
     p.add_argument("--aio", action="store_true", help="grpc.aio, one intra-op thread (default: sync thread pool)")
     args = p.parse_args()
     if args.aio:
-        asyncio.run(serve_aio(load_graphs(args.model_dir, intra_op_threads=1), args.port))
+        asyncio.run(serve(AsyncNaiveVaeService(load_graphs(args.model_dir, intra_op_threads=1)), args.port))
         return 0
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS))
     vae_pb2_grpc.add_VaeServiceServicer_to_server(NaiveVaeService(load_graphs(args.model_dir)), server)
