@@ -50,7 +50,7 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "max_queue": ("requests waiting per graph before new ones get RESOURCE_EXHAUSTED", {}),
     "inline_budget_us": ("batches predicted (from warm-up timings) to take at most this many microseconds run on "
                          "the event loop instead of the worker thread (CPU only; 0: always the thread; auto: the "
-                         "GIL hand-off a batch on the worker waits for under load, measured at start)", {}),
+                         "round trip to the worker thread, measured at start)", {}),
     "max_num_samples": ("most rows (samples, images, interpolation steps) in one request", {}),
     "max_importance_samples": ("most posterior samples per image a Score call may ask for", {}),
     "intra_op_threads": ("onnxruntime intra-op threads of the worker's session, for heavy batches (0: the fewest "

@@ -53,7 +53,7 @@ from . import graphs
 from .batcher import Batcher
 from .config import MB, Limits, ServeConfig
 from .errors import InvalidArgument, NotFound, NoVersion, ShuttingDown
-from .handoff import gil_handoff_s
+from .handoff import worker_handoff_s
 from .memory import trim
 from .metrics import Metrics
 from .policy import MAX_VERSION
@@ -232,7 +232,7 @@ def make_batchers(config: ServeConfig, loaded: Loaded, metrics: Metrics, tracing
                     "on it", model.version)  # fmt: skip
     inline_s = config.inline_budget_s
     if inline_s is None:
-        inline_s = gil_handoff_s()
+        inline_s = worker_handoff_s()
     batchers = {}
     for name, spec in specs.items():
         observer = metrics.graph(name)
@@ -241,7 +241,7 @@ def make_batchers(config: ServeConfig, loaded: Loaded, metrics: Metrics, tracing
         batchers[name] = Batcher(spec, runners[name], observer, max_rows=config.max_batch_size,
                                  max_delay_s=config.max_batch_delay_ms / 1000, max_queue=config.max_queue,
                                  inline_rows=runners[name].inline_rows(inline_s, config.max_batch_size))  # fmt: skip
-    why = "--inline-budget-us" if config.inline_budget_s is not None else "the GIL hand-off measured at start"
+    why = "a round trip to the worker, measured at start" if config.inline_budget_s is None else "--inline-budget-us"
     log.info("version %d: batches run on the event loop up to %d rows (encoder) and %d rows (decoder): predicted "
              "within %.0f us (%s)", model.version, batchers["encoder"].inline_rows, batchers["decoder"].inline_rows,
              inline_s * 1e6, why)  # fmt: skip

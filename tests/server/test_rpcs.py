@@ -43,7 +43,7 @@ def test_the_start_up_log_says_how_batches_run_and_why(server: ServerProcess) ->
     assert re.search(r"encoder: worker session \d+ intra-op thread\(s\) \(a full batch with 1, 2, \.\.\. threads: 1: ",
                      log), log  # fmt: skip
     assert re.search(r"batches run on the event loop up to \d+ rows \(encoder\) and \d+ rows \(decoder\): predicted "
-                     r"within \d+ us \(the GIL hand-off measured at start\)", log), log  # fmt: skip
+                     r"within \d+ us \(a round trip to the worker, measured at start\)", log), log  # fmt: skip
 
 
 def test_model_info(client: VaeClient) -> None:

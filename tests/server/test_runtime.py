@@ -4,7 +4,6 @@ where it binds host memory)."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from vaeserve.server.cpus import available_cpus
-from vaeserve.server.handoff import gil_handoff_s
+from vaeserve.server.handoff import worker_handoff_s
 from vaeserve.server.runtime import (
     CPU,
     THREADS_SLACK,
@@ -77,11 +76,9 @@ def test_the_workers_threads_are_measured_and_the_loops_session_runs_on_one(mode
     assert given.spinning.threads == 3 and given.spinning.timings == {}  # --intra-op-threads given: not measured
 
 
-def test_the_gil_handoff_is_measured_under_a_busy_thread() -> None:
-    # What a batch on the worker waits for under load: CPython hands the GIL over after a switch interval (a busy
-    # machine only makes the wait longer), measured once per process.
-    assert gil_handoff_s() >= sys.getswitchinterval() / 2
-    assert gil_handoff_s() == gil_handoff_s()
+def test_the_round_trip_to_the_worker_is_measured_once() -> None:
+    measured = worker_handoff_s()
+    assert 0 < measured < 1.0 and worker_handoff_s() == measured  # a thread's round trip, once per process
 
 
 def test_auto_uses_cuda_only_where_it_really_works(model_repo: Path) -> None:
