@@ -31,6 +31,7 @@ from tests.harness import (
 )
 from vaeserve.client.api import VaeClient, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
+from vaeserve.server.config import DeviceError, ServeConfig
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -68,6 +69,17 @@ def test_a_repository_that_fails_verification_stops_the_server_with_its_message(
     assert f"model 'digits' not found: {repo} holds vae; create a model with `make model REPO={repo} NAME=digits`" in (
         result.stderr
     )
+
+
+def test_an_unknown_device_is_refused_by_the_cli_and_the_config(model_repo: Path) -> None:
+    """One check (config.check_device) and one message, whether the device comes from a flag or a ServeConfig."""
+    result = run_serve(model_repo, "--device", "tpu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    refusal = "--device: expected one of auto, cpu, cuda, got "
+    assert result.stderr.splitlines()[-1] == f"vaeserve serve: error: {refusal}'tpu'"
+    for hostile in ("", "CUDA", " cpu", "cuda:0", "x" * 10_000, "nan", "-1", "\x00"):
+        with pytest.raises(DeviceError, match="^" + refusal):
+            ServeConfig(device=hostile).check()
 
 
 def test_device_cuda_without_cuda_fails_clearly(model_repo: Path) -> None:
