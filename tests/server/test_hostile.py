@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
-import signal
-import time
 from pathlib import Path
 
 import grpc
@@ -21,7 +19,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import METHOD, ServerProcess, cancel_storm, health_status, serving
+from tests.harness import (
+    METHOD,
+    ClientsThroughSigterm,
+    ServerProcess,
+    at_once,
+    cancel_storm,
+    closed_loops,
+    health_status,
+    serving,
+)
 from vaeserve.cli import main as vaeserve
 from vaeserve.client.api import VaeClient, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2
@@ -41,17 +48,7 @@ def peak_rss(server: ServerProcess) -> int:
 
 async def calls(target: str, requests: list[tuple[str, bytes]], timeout: float = 60) -> list[grpc.StatusCode]:
     """The requests (method, raw bytes) sent at once; the status of each."""
-    unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-    async with grpc.aio.insecure_channel(target, options=unlimited) as channel:
-
-        async def one(method: str, data: bytes) -> grpc.StatusCode:
-            try:
-                await channel.unary_unary(METHOD + method)(data, timeout=timeout)
-            except grpc.aio.AioRpcError as exc:
-                return exc.code()
-            return grpc.StatusCode.OK
-
-        return await asyncio.gather(*(one(m, d) for m, d in requests))
+    return [outcome.code for outcome in await at_once(target, [(METHOD + m, d) for m, d in requests], timeout)]
 
 
 def status(client_call) -> grpc.RpcError:
@@ -150,25 +147,10 @@ def test_overload_is_shed_at_once_with_resource_exhausted(conv_model_repo: Path,
     flags = ("--max-wait-ms", "20", "--max-batch-size", "64", "--max-concurrent-rpcs", "128")
 
     async def main(target: str) -> tuple[collections.Counter, dict[str, str]]:
-        seen, details = collections.Counter(), {}
-        end = time.monotonic() + 3.0
-        async with grpc.aio.insecure_channel(target) as channel:
-            call = channel.unary_unary(METHOD + "Sample")
-
-            async def client() -> None:
-                for _ in range(1000):
-                    if time.monotonic() > end:
-                        return
-                    try:
-                        await call(sample, timeout=30)
-                        seen["OK"] += 1
-                    except grpc.aio.AioRpcError as exc:
-                        seen[exc.code().name] += 1
-                        details.setdefault(exc.code().name, exc.details())
-                        await asyncio.sleep(0.01)  # a client backing off
-
-            await asyncio.gather(*(client() for _ in range(300)))
-        return seen, details
+        # 300 clients, each backing off 10 ms after a refusal.
+        tally = await closed_loops(target, METHOD + "Sample", sample, 300, 3.0, timeout=30, max_calls=1000,
+                                   backoff=lambda _: 0.01)  # fmt: skip
+        return tally.statuses, tally.details
 
     with serving(conv_model_repo, tmp_path / "serve.log", *flags) as server:
         seen, details = asyncio.run(main(server.target))
@@ -231,47 +213,21 @@ def test_health_watch_streams_are_bounded_and_the_metrics_port_serves_only_metri
     assert server.returncode == 0 and "Traceback" not in server.output()
 
 
-async def _load_through_sigterm(server: ServerProcess, clients: int = 32) -> list[tuple[bool, str]]:
+async def _load_through_sigterm(server: ServerProcess, clients: int = 32) -> tuple[collections.Counter, ...]:
     """`clients` closed-loop Encode(1) callers; SIGTERM once they all run. Each caller stops at its first refusal,
-    as one retrying another replica would. Every call's (started before the signal, status)."""
-    request = encode_request(1)
-    signalled: list[float] = []
-    results: list[tuple[bool, str]] = []
-    running = asyncio.Event()
-    started = 0
+    as one retrying another replica would. The status counts of the calls sent before the signal and after it."""
     async with grpc.aio.insecure_channel(server.target) as channel:
-        call = channel.unary_unary(METHOD + "Encode")
-
-        async def client() -> None:
-            nonlocal started
-            for n in range(20_000):
-                if n == 1:
-                    started += 1
-                    if started == clients:
-                        running.set()
-                before = not signalled
-                try:
-                    await call(request, timeout=30)
-                    results.append((before, "OK"))
-                except grpc.aio.AioRpcError as exc:
-                    results.append((before, exc.code().name))
-                    return
-
-        tasks = [asyncio.create_task(client()) for _ in range(clients)]
-        await asyncio.wait_for(running.wait(), 60)
-        signalled.append(time.monotonic())
-        server.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(asyncio.gather(*tasks), 60)
-    return results
+        callers = ClientsThroughSigterm(channel, server, "Encode", encode_request(1), clients, timeout=30)
+        await callers.started()
+        callers.send_sigterm()
+        return await asyncio.wait_for(callers.finished(), 60)
 
 
 @pytest.mark.parametrize("run", range(5))  # racy by nature: run it several times
 def test_sigterm_under_load_completes_every_call_already_sent(model_repo: Path, tmp_path: Path, run: int) -> None:
     with serving(model_repo, tmp_path / "serve.log", "--grace-period", "20") as server:
-        results = asyncio.run(_load_through_sigterm(server))
+        before, after = asyncio.run(_load_through_sigterm(server))
         assert server.wait(30) == 0
-    before = collections.Counter(code for sent_before, code in results if sent_before)
-    after = collections.Counter(code for sent_before, code in results if not sent_before)
     assert set(before) == {"OK"}, before  # every call sent before SIGTERM completed
     assert set(after) <= {"OK", "UNAVAILABLE"} and after["UNAVAILABLE"] == 32, after  # then each client was told
     assert "grace period over" not in server.output()

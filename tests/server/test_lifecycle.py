@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.harness import (
-    RetryingClients,
+    ClientsThroughSigterm,
     ServerProcess,
     free_port,
     free_ports,
@@ -229,12 +229,12 @@ async def _retry_through_sigterm(
     still ran; whether it had exited while the clients retried."""
     request = vae_pb2.EncodeRequest(images=to_tensor(np.zeros((1, 1, 8, 8), np.float32))).SerializeToString()
     async with grpc.aio.insecure_channel(server.target) as channel:
-        callers = RetryingClients(channel, server, "Encode", request, clients, bound_s)
+        callers = ClientsThroughSigterm(channel, server, "Encode", request, clients, retry_for_s=bound_s)
         await callers.started()
         callers.send_sigterm()
         closed = await _port_closes(server.port, bound_s)
         closed_while_in_flight = closed and not in_flight.done()
-        after = await callers.finished()
+        _, after = await callers.finished()
         exited = server.returncode is not None
     return after, closed_while_in_flight, exited
 
