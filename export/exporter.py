@@ -21,6 +21,8 @@ import torch
 
 from vaeserve import __version__
 from vaeserve.repository import (
+    DECODER,
+    ENCODER,
     FORMAT,
     FORMAT_VERSION,
     GRAPHS,
@@ -105,8 +107,8 @@ def _write_version(folder: Path, vae: VAE, ckpt: dict[str, Any], checkpoint: Pat
     signatures = graph_signatures(cfg.latent_dim, cfg.image_shape)
     metadata = build_metadata(vae, ckpt)
     examples = {
-        "encoder": torch.rand(EXAMPLE_BATCH, *cfg.image_shape),
-        "decoder": torch.randn(EXAMPLE_BATCH, cfg.latent_dim),
+        ENCODER: torch.rand(EXAMPLE_BATCH, *cfg.image_shape),
+        DECODER: torch.randn(EXAMPLE_BATCH, cfg.latent_dim),
     }
     graphs = {}
     for graph, module in graph_modules(vae).items():

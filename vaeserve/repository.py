@@ -30,7 +30,13 @@ from vaeserve.errors import VaeserveError
 FORMAT = "vaeserve-model"
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
-GRAPHS = ("encoder", "decoder")
+# The graphs and their tensors as the exported ONNX files name them: the contract, named here once and imported by
+# the exporter and the server (which adds its own graphs and tensors in server/graphs.py).
+ENCODER, DECODER = "encoder", "decoder"
+GRAPHS = (ENCODER, DECODER)
+IMAGE, LATENT = "image", "latent"  # the encoder's input and the decoder's output; the decoder's input
+MEAN, LOG_VARIANCE = "mean", "log_variance"  # the encoder's outputs: q(z|x)
+LOGITS = "logits"  # the decoder's second output: image = sigmoid(logits)
 PLAIN = "plain"
 VARIANT_KINDS = ("ort", "fp16", "int8")  # what `vaeserve export --variants` can build
 VARIANTS = (PLAIN, *VARIANT_KINDS)
@@ -79,10 +85,10 @@ def graph_signatures(
     """Expected {graph: {"inputs"|"outputs": {tensor name: shape}}}; None marks the dynamic batch axis."""
     image = [None, *image_shape]
     latent = [None, latent_dim]
-    decoded = {"image": image, "logits": image} if logits else {"image": image}
+    decoded = {IMAGE: image, LOGITS: image} if logits else {IMAGE: image}
     return {
-        "encoder": {"inputs": {"image": image}, "outputs": {"mean": latent, "log_variance": latent}},
-        "decoder": {"inputs": {"latent": latent}, "outputs": decoded},
+        ENCODER: {"inputs": {IMAGE: image}, "outputs": {MEAN: latent, LOG_VARIANCE: latent}},
+        DECODER: {"inputs": {LATENT: latent}, "outputs": decoded},
     }
 
 
@@ -203,7 +209,7 @@ def check_version(path: Path, name: str, version: int, variants: tuple[str, ...]
                 f"{where}: version {version} has no {variant!r} variant (it has: {', '.join(held)}; "
                 f"`vaeserve export --variants` builds them)"
             )
-    has_logits = "logits" in info["graphs"]["decoder"].get("outputs", {})
+    has_logits = LOGITS in info["graphs"][DECODER].get("outputs", {})
     signatures = graph_signatures(latent_dim, image_shape, has_logits)
     paths: dict[str, dict[str, Path]] = {}
     for variant in variants or held:
@@ -214,7 +220,7 @@ def check_version(path: Path, name: str, version: int, variants: tuple[str, ...]
     served = (variants or held)[0]
     return ModelVersion(path=path, name=name, version=version, latent_dim=latent_dim, image_shape=image_shape,
                         likelihood=likelihood, metadata=dict(metadata), variant=served, has_logits=has_logits,
-                        encoder_path=paths[served]["encoder"], decoder_path=paths[served]["decoder"],
+                        encoder_path=paths[served][ENCODER], decoder_path=paths[served][DECODER],
                         info=info, log_sigma=info.get("log_sigma"))  # fmt: skip
 
 
