@@ -23,15 +23,13 @@ from vaeserve import __version__
 from vaeserve.repository import (
     DECODER,
     ENCODER,
-    FORMAT,
-    FORMAT_VERSION,
     GRAPHS,
-    MODEL_JSON,
     RepositoryError,
     check_version,
     graph_signatures,
     sha256_file,
     version_numbers,
+    write_model_json,
 )
 from vaeserve.training.checkpoint import CheckpointError, load_model
 from vaeserve.training.model import VAE
@@ -126,9 +124,7 @@ def _write_version(folder: Path, vae: VAE, ckpt: dict[str, Any], checkpoint: Pat
         }
     parity = check_parity(vae, {graph: folder / graphs[graph]["file"] for graph in GRAPHS})
     log_sigma = vae.log_sigma.item() if cfg.likelihood == "gaussian" else None
-    info = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+    fields = {
         "name": name,
         "version": version,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -147,7 +143,7 @@ def _write_version(folder: Path, vae: VAE, ckpt: dict[str, Any], checkpoint: Pat
         "parity_max_abs_diff": parity,
         "variants": {},
     }
-    (folder / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    write_model_json(folder, fields)
 
 
 def _shapes(tensors: dict[str, list]) -> dict[str, list]:

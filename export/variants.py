@@ -25,7 +25,7 @@ import onnx
 import onnxruntime as ort
 
 from vaeserve.elbo import kl_to_standard_normal, log_likelihood, reparameterize
-from vaeserve.repository import GRAPHS, IMAGE, LATENT, LOGITS, MODEL_JSON, sha256_file
+from vaeserve.repository import GRAPHS, IMAGE, LATENT, LOGITS, MODEL_JSON, sha256_file, write_model_json
 from vaeserve.training.model import VAE
 
 # In nats per pixel, not relative to the ELBO: a Gaussian likelihood's ELBO sums large terms of both signs and
@@ -174,4 +174,4 @@ def write_variants(folder: Path, vae: VAE, ckpt: dict[str, Any], kinds: tuple[st
                 path.unlink()
             print(f"variant {kind}: test ELBO changes by {result['elbo_change_per_pixel']:+.2g} nats per pixel "
                   f"(limit {MAX_ELBO_CHANGE_PER_PIXEL:g}): not written", file=sys.stderr)  # fmt: skip
-    (folder / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    write_model_json(folder, info)
