@@ -21,15 +21,15 @@ import torch
 
 from vaeserve import __version__
 from vaeserve.repository import (
-    FORMAT,
-    FORMAT_VERSION,
+    DECODER,
+    ENCODER,
     GRAPHS,
-    MODEL_JSON,
     RepositoryError,
     check_version,
     graph_signatures,
     sha256_file,
     version_numbers,
+    write_model_json,
 )
 from vaeserve.training.checkpoint import CheckpointError, load_model
 from vaeserve.training.model import VAE
@@ -105,8 +105,8 @@ def _write_version(folder: Path, vae: VAE, ckpt: dict[str, Any], checkpoint: Pat
     signatures = graph_signatures(cfg.latent_dim, cfg.image_shape)
     metadata = build_metadata(vae, ckpt)
     examples = {
-        "encoder": torch.rand(EXAMPLE_BATCH, *cfg.image_shape),
-        "decoder": torch.randn(EXAMPLE_BATCH, cfg.latent_dim),
+        ENCODER: torch.rand(EXAMPLE_BATCH, *cfg.image_shape),
+        DECODER: torch.randn(EXAMPLE_BATCH, cfg.latent_dim),
     }
     graphs = {}
     for graph, module in graph_modules(vae).items():
@@ -124,9 +124,7 @@ def _write_version(folder: Path, vae: VAE, ckpt: dict[str, Any], checkpoint: Pat
         }
     parity = check_parity(vae, {graph: folder / graphs[graph]["file"] for graph in GRAPHS})
     log_sigma = vae.log_sigma.item() if cfg.likelihood == "gaussian" else None
-    info = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+    fields = {
         "name": name,
         "version": version,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -145,7 +143,7 @@ def _write_version(folder: Path, vae: VAE, ckpt: dict[str, Any], checkpoint: Pat
         "parity_max_abs_diff": parity,
         "variants": {},
     }
-    (folder / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    write_model_json(folder, fields)
 
 
 def _shapes(tensors: dict[str, list]) -> dict[str, list]:

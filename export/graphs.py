@@ -15,6 +15,7 @@ import onnx
 import torch
 from torch import nn
 
+from vaeserve.repository import DECODER, ENCODER
 from vaeserve.training.model import VAE
 
 # Opset 18 is the exporter's own (torchlib's) opset: emitted without the version converter that its default,
@@ -37,7 +38,7 @@ class DecoderMean(nn.Module):
 
 def graph_modules(vae: VAE) -> dict[str, nn.Module]:
     """The PyTorch modules each graph computes, the reference the parity checks compare against."""
-    return {"encoder": vae.encoder, "decoder": DecoderMean(vae)}
+    return {ENCODER: vae.encoder, DECODER: DecoderMean(vae)}
 
 
 def export_graph(module: nn.Module, example: torch.Tensor, signature: dict[str, dict[str, list]]) -> onnx.ModelProto:

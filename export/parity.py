@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vaeserve.errors import VaeserveError
+from vaeserve.repository import ENCODER
 from vaeserve.training.model import VAE
 
 from .graphs import graph_modules
@@ -28,7 +29,7 @@ class ParityError(VaeserveError):
 def random_inputs(vae: VAE, graph: str, batch: int, seed: int = 0) -> np.ndarray:
     """Images uniform in [0, 1] for the encoder, prior draws N(0, I) for the decoder."""
     rng = np.random.default_rng(seed)
-    if graph == "encoder":
+    if graph == ENCODER:
         return rng.random((batch, *vae.cfg.image_shape), dtype=np.float32)
     return rng.standard_normal((batch, vae.cfg.latent_dim), dtype=np.float32)
 

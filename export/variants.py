@@ -25,7 +25,7 @@ import onnx
 import onnxruntime as ort
 
 from vaeserve.elbo import kl_to_standard_normal, log_likelihood, reparameterize
-from vaeserve.repository import GRAPHS, MODEL_JSON, sha256_file
+from vaeserve.repository import GRAPHS, IMAGE, LATENT, LOGITS, MODEL_JSON, sha256_file, write_model_json
 from vaeserve.training.model import VAE
 
 # In nats per pixel, not relative to the ELBO: a Gaussian likelihood's ELBO sums large terms of both signs and
@@ -97,9 +97,9 @@ def neg_elbo(
     total = 0.0
     for start in range(0, len(images), EVAL_BATCH):
         x = images[start : start + EVAL_BATCH]
-        mean, log_variance = encoder.run(None, {"image": x})
+        mean, log_variance = encoder.run(None, {IMAGE: x})
         z = reparameterize(mean, log_variance, eps[start : start + EVAL_BATCH])
-        (logits,) = decoder.run(["logits"], {"latent": z.astype(np.float32)})
+        (logits,) = decoder.run([LOGITS], {LATENT: z.astype(np.float32)})
         kl = kl_to_standard_normal(mean.astype(np.float64), log_variance.astype(np.float64))
         total += kl.sum() - log_likelihood(x, logits, likelihood, log_sigma).sum()
     return total / len(images)
@@ -123,8 +123,8 @@ def throughput(
         done, wall, cpu = 0, time.perf_counter(), time.process_time()
         while (elapsed := time.perf_counter() - wall) < min_seconds or done == 0:
             for i in range(0, len(images), batch):
-                mean, _ = encoder.run(None, {"image": images[i : i + batch]})
-                decoder.run(None, {"latent": mean})
+                mean, _ = encoder.run(None, {IMAGE: images[i : i + batch]})
+                decoder.run(None, {LATENT: mean})
             done += len(images)
         cpu = time.process_time() - cpu
         best["images_per_s"] = max(best["images_per_s"], done / elapsed)
@@ -174,4 +174,4 @@ def write_variants(folder: Path, vae: VAE, ckpt: dict[str, Any], kinds: tuple[st
                 path.unlink()
             print(f"variant {kind}: test ELBO changes by {result['elbo_change_per_pixel']:+.2g} nats per pixel "
                   f"(limit {MAX_ELBO_CHANGE_PER_PIXEL:g}): not written", file=sys.stderr)  # fmt: skip
-    (folder / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    write_model_json(folder, info)

@@ -42,7 +42,8 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "metrics_host": ("address /metrics listens on (empty: --host)", {}),
     "health_port": ("plaintext port serving only the gRPC health service, for probes that speak no TLS "
                     "(0: none)", {}),
-    "device": ("execution provider: auto (CUDA when usable, else CPU), cpu, cuda", {"choices": DEVICES}),
+    # No argparse choices: a bad --device is refused by config.check_device, the one check and message.
+    "device": (f"execution provider: {', '.join(DEVICES)} (auto: CUDA when usable, else CPU)", {}),
     "cuda_mem_limit_mb": ("most GPU memory the CUDA arena may hold, in MiB (0: no limit)", {}),
     "max_batch_size": ("most rows per onnxruntime run", {}),
     "max_batch_delay_ms": ("longest a batch that is not full may wait for the requests of callers known to be "

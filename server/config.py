@@ -18,11 +18,21 @@ from .policy import VersionPolicy
 
 MB = 1 << 20
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # onnxruntime's execution provider: runtime.open_session
 MODEL_CONTROLS = ("none", "poll", "explicit")  # Triton's --model-control-mode names and meanings
 CORE_PENDING_LIMIT = 1 << 16
 ADMISSION_FLOOR = 64  # calls always admitted at once, whatever the measured rate (admission.py)
 AUTO = "auto"
+
+
+class DeviceError(VaeserveError):
+    pass
+
+
+def check_device(device: str) -> None:
+    """--device's one check: the CLI (through ServeConfig.check) and runtime.open_session both refuse with it."""
+    if device not in DEVICES:
+        raise DeviceError(f"--device: expected one of {', '.join(DEVICES)}, got {device!r}")
 
 
 @dataclass(frozen=True)
@@ -132,8 +142,7 @@ class ServeConfig:
                 f"--model-control: expected one of {', '.join(MODEL_CONTROLS)}, got {self.model_control!r}"
             )
         self.policy  # noqa: B018 (parses --version-policy and --version: a bad one is an error naming its flag)
-        if self.device not in DEVICES:
-            raise VaeserveError(f"--device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
+        check_device(self.device)
         if self.max_concurrent_rpcs < self.max_batch_size:
             # Fewer admitted calls than batch rows and no batch of single-row requests could ever fill.
             raise VaeserveError(

@@ -1,16 +1,18 @@
-"""The two graphs as the server runs them, each described once: what a request hands the batcher, what it gets
-back, the per-batch value checks, and how a batch's outputs are computed from one onnxruntime run.
+"""The graphs as the server runs them, each described once: what a request hands the batcher, what it gets back,
+the per-batch value checks, and how a batch's outputs are computed from one onnxruntime run.
 
-    encoder  images [C, H, W], eps [D]  ->  mean, log_variance, latents [D]
+    encoder  image [C, H, W], eps [D]  ->  mean, log_variance, latents [D]
              latents = mean + exp(0.5 * log_variance) * eps: the reparameterization, over the whole batch at
              once, each row with its own request's eps
-    decoder  latents [D]                ->  images [C, H, W]
-    likelihood  images [C, H, W], mean, log_variance, eps [D]  ->  log_px, log_w [1]: one posterior sample
+    decoder  latent [D]                ->  image [C, H, W]
+    likelihood  image [C, H, W], mean, log_variance, eps [D]  ->  log_px, log_w [1]: one posterior sample
              z = mean + exp(0.5 * log_variance) * eps per row, log p(x|z) from the decoder's logits, and the
              importance weight log p(x|z) + log p(z) - log q(z|x) (Score, scoring.py)
 
 The batcher joins the requests' rows into one array per input, runs `check` on them, calls `compute` with the
-session's run function and checks `check_outputs`; the servicer only names the inputs and outputs.
+session's run function and checks `check_outputs`; the servicers only name the inputs and outputs. Tensors the
+exported graphs have keep their ONNX names (vaeserve/repository.py, the contract); the names below are the
+server's own. The Open Inference Protocol serves these names as they are.
 """
 
 from __future__ import annotations
@@ -21,8 +23,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from vaeserve.elbo import log_importance_weight, log_likelihood, reparameterize
+from vaeserve.repository import DECODER, ENCODER, IMAGE, LATENT, LOG_VARIANCE, MEAN
 
 from . import validation
+
+LIKELIHOOD = "likelihood"  # the decoder run for Score: a batcher (and a metrics label) of its own
+GRAPHS = (ENCODER, DECODER, LIKELIHOOD)  # what the server runs, each a batcher
+EPS = "eps"  # a row's standard normal noise, for the reparameterization
+LATENTS = "latents"  # the encoder's posterior samples (vae.v1's EncodeResponse.latents, the OIP output's name)
+LOG_PX, LOG_W = "log_px", "log_w"  # a sample's log p(x|z) and importance weight
 
 RunFn = Callable[[np.ndarray], Sequence[np.ndarray]]  # a session's run: the graph's one input -> its outputs
 Arrays = Mapping[str, np.ndarray]  # a batch's inputs by name, [rows, *row_shape] each
@@ -37,7 +46,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    name: str  # "encoder" | "decoder": the metrics' graph label and the worker thread's name
+    name: str  # one of GRAPHS: the metrics' graph label and the worker thread's name
     inputs: tuple[TensorSpec, ...]  # what each request gives, rows aligned
     outputs: tuple[TensorSpec, ...]  # what each request gets back, in this order
     compute: Callable[[RunFn, Arrays], Sequence[np.ndarray]]  # one batch: the outputs, in order
@@ -56,33 +65,33 @@ class GraphSpec:
 
 
 def _encode(run: RunFn, batch: Arrays) -> list[np.ndarray]:
-    mean, log_variance = run(batch["images"])
-    return [mean, log_variance, reparameterize(mean, log_variance, batch["eps"])]
+    mean, log_variance = run(batch[IMAGE])
+    return [mean, log_variance, reparameterize(mean, log_variance, batch[EPS])]
 
 
 def _decode(run: RunFn, batch: Arrays) -> Sequence[np.ndarray]:
-    return run(batch["latents"])
+    return run(batch[LATENT])
 
 
 def encoder(image_shape: tuple[int, ...], latent_dim: int) -> GraphSpec:
     latent = (latent_dim,)
     return GraphSpec(
-        name="encoder",
+        name=ENCODER,
         # Without eps (Score and Interpolate need only the posterior), latents = mean.
-        inputs=(TensorSpec("images", tuple(image_shape)), TensorSpec("eps", latent, optional=True)),
-        outputs=(TensorSpec("mean", latent), TensorSpec("log_variance", latent), TensorSpec("latents", latent)),
+        inputs=(TensorSpec(IMAGE, tuple(image_shape)), TensorSpec(EPS, latent, optional=True)),
+        outputs=(TensorSpec(MEAN, latent), TensorSpec(LOG_VARIANCE, latent), TensorSpec(LATENTS, latent)),
         compute=_encode,
-        check=lambda batch: validation.check_images(batch["images"]),
+        check=lambda batch: validation.check_images(batch[IMAGE]),
     )
 
 
 def decoder(image_shape: tuple[int, ...], latent_dim: int) -> GraphSpec:
     return GraphSpec(
-        name="decoder",
-        inputs=(TensorSpec("latents", (latent_dim,)),),
-        outputs=(TensorSpec("images", tuple(image_shape)),),
+        name=DECODER,
+        inputs=(TensorSpec(LATENT, (latent_dim,)),),
+        outputs=(TensorSpec(IMAGE, tuple(image_shape)),),
         compute=_decode,
-        check=lambda batch: validation.check_latents(batch["latents"]),
+        check=lambda batch: validation.check_latents(batch[LATENT]),
         check_outputs=lambda outputs: validation.check_decoded(outputs[0]),
     )
 
@@ -93,21 +102,21 @@ def likelihood(image_shape: tuple[int, ...], latent_dim: int, kind: str, log_sig
     latent = (latent_dim,)
 
     def compute(run: RunFn, batch: Arrays) -> list[np.ndarray]:
-        mean, log_variance = batch["mean"], batch["log_variance"]
-        z = reparameterize(mean, log_variance, batch["eps"]).astype(np.float32)
+        mean, log_variance = batch[MEAN], batch[LOG_VARIANCE]
+        z = reparameterize(mean, log_variance, batch[EPS]).astype(np.float32)
         (logits,) = run(z)
-        log_px = log_likelihood(batch["images"], logits, kind, log_sigma)
+        log_px = log_likelihood(batch[IMAGE], logits, kind, log_sigma)
         log_w = log_importance_weight(z, mean, log_variance, log_px)
         return [log_px.astype(np.float32)[:, None], log_w.astype(np.float32)[:, None]]
 
     return GraphSpec(
-        name="likelihood",
+        name=LIKELIHOOD,
         inputs=(
-            TensorSpec("images", tuple(image_shape)),
-            TensorSpec("mean", latent),
-            TensorSpec("log_variance", latent),
-            TensorSpec("eps", latent),
+            TensorSpec(IMAGE, tuple(image_shape)),
+            TensorSpec(MEAN, latent),
+            TensorSpec(LOG_VARIANCE, latent),
+            TensorSpec(EPS, latent),
         ),
-        outputs=(TensorSpec("log_px", (1,)), TensorSpec("log_w", (1,))),
+        outputs=(TensorSpec(LOG_PX, (1,)), TensorSpec(LOG_W, (1,))),
         compute=compute,
     )

@@ -31,6 +31,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from vaeserve.errors import VaeserveError
+from vaeserve.repository import DECODER, ENCODER
+
+from .graphs import GRAPHS, LIKELIHOOD
 
 if TYPE_CHECKING:
     from .auth import Tokens
@@ -39,7 +42,6 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Powers of two: batches are integer row counts and max batch sizes are usually powers of two.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-GRAPHS = ("encoder", "decoder", "likelihood")  # likelihood: decoder runs for the Score RPC
 # Why a model version was refused while serving: the step that failed (models.py).
 LOAD_FAILURE_REASONS = ("not_found", "verify", "limits", "session", "warm_up")
 
@@ -131,8 +133,8 @@ class Metrics:
         if name not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, got {name!r}")
         if name not in self._graphs:
-            images = {"encoder": self.images_encoded, "decoder": self.images_generated,
-                      "likelihood": self.score_samples}[name]  # fmt: skip
+            images = {ENCODER: self.images_encoded, DECODER: self.images_generated,
+                      LIKELIHOOD: self.score_samples}[name]  # fmt: skip
             self._graphs[name] = GraphMetrics(
                 self.queue_wait.labels(name),
                 self.batch_size.labels(name),

@@ -40,6 +40,9 @@ from typing import Any
 from vaeserve.errors import VaeserveError
 from vaeserve.protos.vae.v1 import vae_pb2
 from vaeserve.repository import (
+    DECODER,
+    ENCODER,
+    LOGITS,
     MODEL_JSON,
     ModelVersion,
     RepositoryError,
@@ -53,6 +56,7 @@ from . import graphs
 from .batcher import Batcher
 from .config import MB, Limits, ServeConfig
 from .errors import InvalidArgument, NotFound, NoVersion, ShuttingDown
+from .graphs import LIKELIHOOD
 from .handoff import worker_handoff_s
 from .memory import trim
 from .metrics import Metrics
@@ -113,11 +117,11 @@ class Loaded:
     """A verified model version and its two warmed sessions."""
 
     model: ModelVersion
-    sessions: dict[str, Session]  # "encoder", "decoder"
+    sessions: dict[str, Session]  # by graph: ENCODER, DECODER
 
     @property
     def provider(self) -> str:
-        return self.sessions["decoder"].provider
+        return self.sessions[DECODER].provider
 
 
 def open_sessions(model: ModelVersion, config: ServeConfig) -> dict[str, Session]:
@@ -125,20 +129,20 @@ def open_sessions(model: ModelVersion, config: ServeConfig) -> dict[str, Session
     # Each graph's one input and what its session returns by default: the repository's signatures, less the
     # decoder's logits, computed only when asked (scoring).
     signatures = graph_signatures(model.latent_dim, model.image_shape, logits=False)
-    paths = {"encoder": model.encoder_path, "decoder": model.decoder_path}
+    paths = {ENCODER: model.encoder_path, DECODER: model.decoder_path}
     threads = (config.device, config.intra_op_threads, config.inter_op_threads, config.cuda_mem_limit_mb)
     sessions, why_not = {}, ""
     for name, path in paths.items():
         (graph_input,) = signatures[name]["inputs"]
         outputs = list(signatures[name]["outputs"])
         sessions[name], why_not = open_session(path, graph_input, outputs, *threads)
-    log.info("execution provider %s (--device %s%s)", sessions["decoder"].provider, config.device,
+    log.info("execution provider %s (--device %s%s)", sessions[DECODER].provider, config.device,
              f": {why_not}" if why_not else "")  # fmt: skip
     return sessions
 
 
 def _row_shapes(model: ModelVersion) -> dict[str, tuple[int, ...]]:
-    return {"encoder": model.image_shape, "decoder": (model.latent_dim,)}
+    return {ENCODER: model.image_shape, DECODER: (model.latent_dim,)}
 
 
 def warm_up(model: ModelVersion, sessions: dict[str, Session], config: ServeConfig) -> None:
@@ -221,12 +225,12 @@ def make_batchers(config: ServeConfig, loaded: Loaded, metrics: Metrics, tracing
     """A batcher per graph, by name (encoder, decoder, and likelihood when the decoder has a logits output), each
     built from the graph's description and observed by the metrics (and tracing)."""
     model, sessions = loaded.model, loaded.sessions
-    specs = {"encoder": graphs.encoder(model.image_shape, model.latent_dim),
-             "decoder": graphs.decoder(model.image_shape, model.latent_dim)}  # fmt: skip
+    specs = {ENCODER: graphs.encoder(model.image_shape, model.latent_dim),
+             DECODER: graphs.decoder(model.image_shape, model.latent_dim)}  # fmt: skip
     runners = dict(sessions)
     if model.has_logits:  # the decoder's session again, asked for its logits
-        specs["likelihood"] = graphs.likelihood(model.image_shape, model.latent_dim, model.likelihood, model.log_sigma)
-        runners["likelihood"] = sessions["decoder"].with_outputs(["logits"])
+        specs[LIKELIHOOD] = graphs.likelihood(model.image_shape, model.latent_dim, model.likelihood, model.log_sigma)
+        runners[LIKELIHOOD] = sessions[DECODER].with_outputs([LOGITS])
     else:
         log.warning("version %d's decoder has no logits output (an older export): Score answers FAILED_PRECONDITION "
                     "on it", model.version)  # fmt: skip
@@ -243,7 +247,7 @@ def make_batchers(config: ServeConfig, loaded: Loaded, metrics: Metrics, tracing
                                  inline_rows=runners[name].inline_rows(inline_s, config.max_batch_size))  # fmt: skip
     why = "a round trip to the worker, measured at start" if config.inline_budget_s is None else "--inline-budget-us"
     log.info("version %d: batches run on the event loop up to %d rows (encoder) and %d rows (decoder): predicted "
-             "within %.0f us (%s)", model.version, batchers["encoder"].inline_rows, batchers["decoder"].inline_rows,
+             "within %.0f us (%s)", model.version, batchers[ENCODER].inline_rows, batchers[DECODER].inline_rows,
              inline_s * 1e6, why)  # fmt: skip
     return batchers
 
@@ -269,22 +273,22 @@ class Served:
 
     @property
     def encoder(self) -> Batcher:
-        return self.batchers["encoder"]
+        return self.batchers[ENCODER]
 
     @property
     def decoder(self) -> Batcher:
-        return self.batchers["decoder"]
+        return self.batchers[DECODER]
 
     @property
     def likelihood(self) -> Batcher | None:
         """None for versions whose decoder has no logits output."""
-        return self.batchers.get("likelihood")
+        return self.batchers.get(LIKELIHOOD)
 
     @property
     def row_seconds(self) -> dict[str, float]:
         """Each graph's predicted seconds per row (warm-up); the likelihood graph runs the decoder's session."""
-        decoder = self.loaded.sessions["decoder"].cost.per_row_s
-        return {"encoder": self.loaded.sessions["encoder"].cost.per_row_s, "decoder": decoder, "likelihood": decoder}
+        decoder = self.loaded.sessions[DECODER].cost.per_row_s
+        return {ENCODER: self.loaded.sessions[ENCODER].cost.per_row_s, DECODER: decoder, LIKELIHOOD: decoder}
 
 
 @dataclass

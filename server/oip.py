@@ -27,16 +27,16 @@ import numpy as np
 
 from vaeserve import __version__
 from vaeserve.protos.inference import grpc_service_pb2 as pb
+from vaeserve.repository import DECODER, ENCODER, GRAPHS, IMAGE, LATENT, LOG_VARIANCE, MEAN
 
 from . import validation
 from .batcher import NONE
 from .errors import FailedPrecondition, InvalidArgument, NotFound, NoVersion, PermissionDenied
+from .graphs import EPS, LATENTS
 from .models import LoadFailed, Models, Served
 from .noise import draw_eps
 
-IMAGES = frozenset({"images"})
 FP32, UINT8 = "FP32", "UINT8"
-GRAPHS = ("encoder", "decoder")
 MAX_INDEX = 1024  # versions a RepositoryIndex lists at most, newest first
 MAX_REASON_CHARS = 1024
 UNLOAD_PARAMETERS = {"unload_dependents": "bool_param"}  # what tritonclient's unload_model sends; no dependents here
@@ -45,7 +45,7 @@ UNLOAD_PARAMETERS = {"unload_dependents": "bool_param"}  # what tritonclient's u
 @dataclass(frozen=True)
 class Model:
     name: str
-    graph: str  # the batcher it runs on: "encoder" | "decoder"
+    graph: str  # the batcher it runs on: ENCODER | DECODER
     input: str  # the protocol's input tensor name
     datatypes: tuple[str, ...]  # accepted for it; the first is what the metadata states
     row_shape: tuple[int, ...]
@@ -67,7 +67,7 @@ class OipServicer:
         """explicit: --model-control explicit (loads and unloads on request); repository_refused: why the
         repository calls are refused here ("": they are not)."""
         self.name = name
-        self.graphs = {f"{name}-{graph}": graph for graph in GRAPHS}
+        self.graphs = {f"{name}-{graph}": graph for graph in GRAPHS}  # the exported graphs, each a protocol model
         self.models = models
         self.max_rows = max_rows
         self.ready = ready
@@ -81,9 +81,9 @@ class OipServicer:
         if described is None:
             name, image, latent = self.name, tuple(served.model.image_shape), (served.model.latent_dim,)
             described = self._described[served] = {
-                "encoder": Model(f"{name}-encoder", "encoder", "image", (FP32, UINT8), image,
-                                 {"mean": latent, "log_variance": latent, "latents": latent}),
-                "decoder": Model(f"{name}-decoder", "decoder", "latent", (FP32,), latent, {"image": image}),
+                ENCODER: Model(f"{name}-{ENCODER}", ENCODER, IMAGE, (FP32, UINT8), image,
+                               {MEAN: latent, LOG_VARIANCE: latent, LATENTS: latent}),
+                DECODER: Model(f"{name}-{DECODER}", DECODER, LATENT, (FP32,), latent, {IMAGE: image}),
             }  # fmt: skip
         return described
 
@@ -164,15 +164,14 @@ class OipServicer:
             n, data, uint8 = self._input(request, model)
             wanted = self._outputs(request, model)
             timeout = context.time_remaining()
-            eps = draw_eps(_seed(request), n, v.model.latent_dim) if graph == "encoder" else b""
+            eps = draw_eps(_seed(request), n, v.model.latent_dim) if graph == ENCODER else b""
             try:
-                if graph == "encoder":
-                    encoded = await v.encoder.submit({"images": data, "eps": eps}, n, timeout,
-                                                     uint8_in=IMAGES if uint8 else NONE)  # fmt: skip
-                    results = {"mean": encoded["mean"], "log_variance": encoded["log_variance"],
-                               "latents": encoded["latents"]}  # fmt: skip
+                # The batchers' tensor names are the protocol's (graphs.py): their outputs are the reply's.
+                if graph == ENCODER:
+                    results = await v.encoder.submit({IMAGE: data, EPS: eps}, n, timeout,
+                                                     uint8_in=frozenset({IMAGE}) if uint8 else NONE)  # fmt: skip
                 else:
-                    results = {"image": (await v.decoder.submit({"latents": data}, n, timeout))["images"]}
+                    results = await v.decoder.submit({LATENT: data}, n, timeout)
             except InvalidArgument as exc:  # the batch's value checks name vae.v1's fields: name the tensor instead
                 raise exc.renamed(model.input) from exc
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(v.version), id=request.id)

@@ -24,9 +24,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from vaeserve.errors import VaeserveError
-
-from .config import DEVICES
+from .config import DeviceError, check_device
 from .cpus import available_cpus
 
 SPIN_AFTER_S = 5e-3  # CPU batches predicted to run at least this long use the spinning session (CpuSession)
@@ -34,10 +32,6 @@ THREADS_SLACK = 0.1  # more threads must make a full batch more than 10% faster 
 NEVER = 1 << 62  # rows no batch reaches
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-class DeviceError(VaeserveError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -241,8 +235,7 @@ def open_session(
     cuda_mem_limit_mb: int = 0,
 ) -> tuple[Session, str]:
     """The graph's session on `device` and, on CPU, why CUDA is not used (for the start-up log line)."""
-    if device not in DEVICES:
-        raise DeviceError(f"--device: expected one of {', '.join(DEVICES)}, got {device!r}")
+    check_device(device)
     why_not = "CPU requested"
     if device != "cpu":
         session, why_not = _try_cuda(path, _options(intra, inter), cuda_options(cuda_mem_limit_mb))

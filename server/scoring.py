@@ -23,7 +23,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from vaeserve import elbo
+from vaeserve.repository import IMAGE, LOG_VARIANCE, MEAN
 
+from .graphs import EPS, LOG_PX, LOG_W
 from .noise import Noise
 
 
@@ -53,16 +55,16 @@ class ImportanceSampler:
                 start,
                 stop,
                 {
-                    "images": self.images[image].tobytes(),
-                    "mean": self.mean[image].tobytes(),
-                    "log_variance": self.log_variance[image].tobytes(),
-                    "eps": self.noise.take((stop - start) * self.d),
+                    IMAGE: self.images[image].tobytes(),
+                    MEAN: self.mean[image].tobytes(),
+                    LOG_VARIANCE: self.log_variance[image].tobytes(),
+                    EPS: self.noise.take((stop - start) * self.d),
                 },
             )
 
     def add(self, start: int, stop: int, outputs: dict[str, bytes]) -> None:
-        self.log_px[start:stop] = np.frombuffer(outputs["log_px"], np.float32)
-        self.log_w[start:stop] = np.frombuffer(outputs["log_w"], np.float32)
+        self.log_px[start:stop] = np.frombuffer(outputs[LOG_PX], np.float32)
+        self.log_w[start:stop] = np.frombuffer(outputs[LOG_W], np.float32)
 
     def estimate(self) -> dict[str, np.ndarray]:
         """elbo, log_likelihood, reconstruction and kl per image, float32 [N]."""

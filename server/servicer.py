@@ -18,17 +18,19 @@ import grpc
 import numpy as np
 
 from vaeserve.protos.vae.v1 import vae_pb2
+from vaeserve.repository import DECODER, ENCODER, IMAGE, LATENT, LOG_VARIANCE, MEAN
 
 from . import validation
 from .batcher import NONE
 from .config import Limits
 from .errors import FailedPrecondition, InvalidArgument
+from .graphs import EPS, LATENTS, LIKELIHOOD
 from .models import Models, Served
 from .noise import draw_eps, noise
 from .paths import interpolate
 from .scoring import ImportanceSampler
 
-IMAGES = frozenset({"images"})
+UINT8_IMAGES = frozenset({IMAGE})  # the batchers' image tensor travels as uint8 bytes (Tensor.dtype UINT8)
 SCORE_CHUNKS_IN_FLIGHT = 2  # a Score's chunks (of at most a batch) queued at once: one runs while the next waits
 
 
@@ -53,10 +55,10 @@ class VaeServicer:
         self.scored = scored  # counts the images each Score call scored (metrics)
 
     def _images(self, v: Served, t: vae_pb2.Tensor, exactly: int = 0) -> tuple[int, bytes, frozenset[str]]:
-        """N, the bytes, and {"images"} when they are uint8."""
+        """N, the bytes, and UINT8_IMAGES when they are uint8."""
         shape = v.model.image_shape
         n, data = validation.rows(t, "images", shape, self.limits.rows, uint8_ok=True, exactly=exactly)
-        return n, data, IMAGES if t.dtype == vae_pb2.UINT8 else NONE
+        return n, data, UINT8_IMAGES if t.dtype == vae_pb2.UINT8 else NONE
 
     @staticmethod
     async def _encode(
@@ -68,7 +70,7 @@ class VaeServicer:
         context: grpc.aio.ServicerContext,
     ) -> dict:
         """mean, log_variance, and latents = mean + exp(0.5 * log_variance) * eps (None: only the posterior)."""
-        inputs = {"images": images} if eps is None else {"images": images, "eps": eps}
+        inputs = {IMAGE: images} if eps is None else {IMAGE: images, EPS: eps}
         return await v.encoder.submit(inputs, rows, context.time_remaining(), uint8_in=uint8)
 
     @staticmethod
@@ -76,9 +78,9 @@ class VaeServicer:
         v: Served, latents: bytes, rows: int, uint8: bool, context: grpc.aio.ServicerContext
     ) -> tuple[bytes, bool]:
         """The decoded images' bytes (uint8 when asked), and whether they are uint8."""
-        out = IMAGES if uint8 else NONE
-        decoded = await v.decoder.submit({"latents": latents}, rows, context.time_remaining(), uint8_out=out)
-        return decoded["images"], uint8
+        out = UINT8_IMAGES if uint8 else NONE
+        decoded = await v.decoder.submit({LATENT: latents}, rows, context.time_remaining(), uint8_out=out)
+        return decoded[IMAGE], uint8
 
     def work(self, method: str) -> Callable[[Any], dict[str, int]]:
         """The rows a call of `method` will run on each graph, read from its request before it is validated
@@ -92,19 +94,17 @@ class VaeServicer:
                 return {}
             n = validation.stated_rows(r.images.shape, most)
             k = min(max(r.num_importance_samples, 1), most_k)
-            return {"encoder": n, "likelihood": n * k}
+            return {ENCODER: n, LIKELIHOOD: n * k}
 
         works: dict[str, Callable[[Any], dict[str, int]]] = {
-            "Sample": lambda r: {"decoder": min(r.num_samples, most)},
-            "Encode": lambda r: {"encoder": validation.stated_rows(r.images.shape, most)},
-            "Decode": lambda r: {"decoder": validation.stated_rows(r.latents.shape, most)},
-            "Reconstruct": lambda r: dict.fromkeys(
-                ("encoder", "decoder"), validation.stated_rows(r.images.shape, most)
-            ),
+            "Sample": lambda r: {DECODER: min(r.num_samples, most)},
+            "Encode": lambda r: {ENCODER: validation.stated_rows(r.images.shape, most)},
+            "Decode": lambda r: {DECODER: validation.stated_rows(r.latents.shape, most)},
+            "Reconstruct": lambda r: dict.fromkeys((ENCODER, DECODER), validation.stated_rows(r.images.shape, most)),
             "Score": score,
             "Interpolate": lambda r: {
-                "encoder": 2 * r.HasField("images"),
-                "decoder": min(r.steps, self.limits.interpolation_steps),
+                ENCODER: 2 * r.HasField("images"),
+                DECODER: min(r.steps, self.limits.interpolation_steps),
             },
         }
         return works.get(method, lambda r: {})
@@ -131,9 +131,9 @@ class VaeServicer:
             encoded = await self._encode(v, images, n, draw_eps(_seed(request), n, d), uint8, context)
         response = vae_pb2.EncodeResponse(model_version=v.version)
         shape = (n, d)
-        _fill(response.mean, shape, encoded["mean"])
-        _fill(response.log_variance, shape, encoded["log_variance"])
-        _fill(response.latents, shape, encoded["latents"])
+        _fill(response.mean, shape, encoded[MEAN])
+        _fill(response.log_variance, shape, encoded[LOG_VARIANCE])
+        _fill(response.latents, shape, encoded[LATENTS])
         return response
 
     async def Decode(self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext) -> vae_pb2.DecodeResponse:
@@ -152,7 +152,7 @@ class VaeServicer:
             uint8_out = validation.image_dtype(request.image_dtype)
             d = v.model.latent_dim
             eps = draw_eps(_seed(request), n, d)
-            latents = (await self._encode(v, images, n, eps, uint8, context))["latents"]
+            latents = (await self._encode(v, images, n, eps, uint8, context))[LATENTS]
             reconstructions = await self._decode(v, latents, n, uint8_out, context)
         response = vae_pb2.ReconstructResponse(model_version=v.version)
         _fill(response.images, (n, *v.model.image_shape), *reconstructions)
@@ -173,8 +173,8 @@ class VaeServicer:
             k = validation.importance_samples(request.num_importance_samples, self.limits.importance_samples)
             d = v.model.latent_dim
             encoded = await self._encode(v, images, n, None, uint8, context)
-            mean = np.frombuffer(encoded["mean"], np.float32).reshape(n, d)
-            log_variance = np.frombuffer(encoded["log_variance"], np.float32).reshape(n, d)
+            mean = np.frombuffer(encoded[MEAN], np.float32).reshape(n, d)
+            log_variance = np.frombuffer(encoded[LOG_VARIANCE], np.float32).reshape(n, d)
             x = np.frombuffer(images, np.uint8 if uint8 else np.float32).reshape(n, -1)
             sampler = ImportanceSampler(mean, log_variance, x, k, noise(_seed(request)))
             pending: deque[tuple[int, int, asyncio.Future]] = deque()
@@ -211,7 +211,7 @@ class VaeServicer:
             d = v.model.latent_dim
             if given_images:
                 n, images, uint8 = self._images(v, request.images, exactly=2)
-                ends = (await self._encode(v, images, n, None, uint8, context))["mean"]
+                ends = (await self._encode(v, images, n, None, uint8, context))[MEAN]
             else:
                 _, ends = validation.rows(request.latents, "latents", (d,), self.limits.rows, exactly=2)
                 validation.check_latents(np.frombuffer(ends, np.float32))

@@ -1,6 +1,7 @@
-"""Fixtures shared across the suite: a small real digits run, the model repository exported from it, and a
-`vaeserve serve` of it with small limits (tests/harness.py starts it) with a client, for the server and client
-tests (directories with servers of other settings define their own `server`).
+"""Fixtures shared across the suite: a small real digits run, the model repository exported from it, a plain
+`vaeserve serve` of it shared by the whole session (`default_server`), and one with small limits per module with a
+client, for the server and client tests (tests/harness.py starts them; directories with servers of other settings
+define their own `server`).
 
 They go through the real CLI (`vaeserve.cli.main`), so every test downstream stands on what a user runs.
 Session-scoped: trained and exported once per `pytest` run.
@@ -80,6 +81,16 @@ def gaussian_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gaussian_model_repo(gaussian_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding vae/1 exported from `gaussian_run`."""
     return _export(tmp_path_factory, gaussian_run, "models-gaussian")
+
+
+@pytest.fixture(scope="session")
+def default_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A plain `vaeserve serve` of `model_repo` (default flags), started once and shared by every module that needs
+    nothing else of it. Its tests must not depend on a fresh server: no metric counted from zero (compare scrapes
+    before and after), no reliance on its admission or drain state, no signals; those start their own."""
+    with serving(model_repo, tmp_path_factory.mktemp("default-server") / "serve.log") as s:
+        yield s
+    assert s.returncode == 0, s.output()
 
 
 # The shared server: small limits so the limit cases are cheap to provoke.

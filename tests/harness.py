@@ -1,5 +1,6 @@
-"""One harness for tests, load runs and benchmarks: free loopback ports, and server processes that are started,
-waited on until ready, and stopped (SIGTERM, then SIGKILL) however the caller ends.
+"""One harness for tests, load runs and benchmarks: free loopback ports, server processes that are started,
+waited on until ready, and stopped (SIGTERM, then SIGKILL) however the caller ends, and the clients that load them
+and count how their calls end (`attempt`, `Tally`, `closed_loop`).
 
 `vaeserve_process(...)` starts a real `vaeserve serve` through the real CLI (`python -m vaeserve.cli serve ...`), ready
 when the standard health service says SERVING and the process logged it (with --reuse-port another process
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import os
 import random
 import re
@@ -21,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -247,6 +250,104 @@ def answers(method: str, request: bytes | Path) -> Callable[[ServerProcess], boo
     return ready
 
 
+UNLIMITED_MESSAGES = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+OK = grpc.StatusCode.OK
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one call ended: its status, the refusal's details, the reply's bytes (a raw call's), and when it was sent
+    and when it ended (time.perf_counter)."""
+
+    code: grpc.StatusCode
+    details: str
+    reply: bytes
+    sent: float
+    ended: float
+
+    @property
+    def ms(self) -> float:
+        return (self.ended - self.sent) * 1e3
+
+
+async def attempt(call: grpc.aio.UnaryUnaryMultiCallable, request: bytes, timeout: float) -> Outcome:
+    """One call of `call` (a raw method: bytes in, bytes out); how it ended. The one place the clients of the tests
+    and benchmarks read a call's status."""
+    sent = time.perf_counter()
+    try:
+        reply = await call(request, timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        return Outcome(exc.code(), exc.details() or "", b"", sent, time.perf_counter())
+    return Outcome(OK, "", reply, sent, time.perf_counter())
+
+
+@dataclass
+class Tally:
+    """Calls counted by status (by code name, as the benchmarks print them), the latencies of those answered (ms),
+    and the details each refused code first came with."""
+
+    statuses: collections.Counter = field(default_factory=collections.Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    details: dict[str, str] = field(default_factory=dict)
+
+    def add(self, outcome: Outcome) -> None:
+        self.statuses[outcome.code.name] += 1
+        if outcome.code == OK:
+            self.latencies_ms.append(outcome.ms)
+        else:
+            self.details.setdefault(outcome.code.name, outcome.details)
+
+
+async def closed_loop(
+    call: grpc.aio.UnaryUnaryMultiCallable,
+    request: bytes,
+    record: Callable[[Outcome], object],
+    until: float,
+    timeout: float,
+    max_calls: int = sys.maxsize,
+    backoff: Callable[[int], float] | None = None,
+) -> None:
+    """One client that sends `request` again as soon as its previous call ended, until time.perf_counter() reaches
+    `until` or it made `max_calls` calls; `record` gets each outcome. A refused call is retried at once, or after
+    backoff(n) seconds for the n-th refusal in a row (a client's retry policy)."""
+    refused = 0
+    for _ in range(max_calls):
+        if time.perf_counter() >= until:
+            return
+        outcome = await attempt(call, request, timeout)
+        record(outcome)
+        refused = 0 if outcome.code == OK else refused + 1
+        if refused and backoff is not None:
+            await asyncio.sleep(backoff(refused))
+
+
+async def closed_loops(
+    target: str,
+    method: str,
+    request: bytes,
+    clients: int,
+    seconds: float,
+    timeout: float,
+    max_calls: int = sys.maxsize,
+    backoff: Callable[[int], float] | None = None,
+) -> Tally:
+    """`clients` closed-loop clients (`closed_loop`) of one method (a full path) on one channel for `seconds`."""
+    tally = Tally()
+    until = time.perf_counter() + seconds
+    async with grpc.aio.insecure_channel(target, options=UNLIMITED_MESSAGES) as channel:
+        call = channel.unary_unary(method)
+        await asyncio.gather(*(closed_loop(call, request, tally.add, until, timeout, max_calls, backoff)
+                               for _ in range(clients)))  # fmt: skip
+    return tally
+
+
+async def at_once(target: str, requests: Sequence[tuple[str, bytes]], timeout: float) -> list[Outcome]:
+    """Each (full method path, serialized request) sent at once on one channel without message size limits; how
+    each ended, in order."""
+    async with grpc.aio.insecure_channel(target, options=UNLIMITED_MESSAGES) as channel:
+        return await asyncio.gather(*(attempt(channel.unary_unary(m), d, timeout) for m, d in requests))
+
+
 async def cancel_storm(
     target: str, work: Sequence[tuple[str, bytes]], seconds: float, callers: int = 16, max_calls: int = 5000
 ) -> tuple[collections.Counter, collections.Counter]:
@@ -254,32 +355,18 @@ async def cancel_storm(
     serialized request) pairs) until `seconds` pass or it made `max_calls` calls. A stormer's call either expires
     after 1 ms or is cancelled within 3 ms. Returns (the normal calls' status counts, the stormers' outcomes)."""
     rng = random.Random(0)
-    normal, storm = collections.Counter(), collections.Counter()
-    end = time.monotonic() + seconds
+    normal, storm = Tally(), collections.Counter()
+    until = time.perf_counter() + seconds
     async with grpc.aio.insecure_channel(target) as channel:
-
-        async def client(method: str, data: bytes) -> None:
-            call = channel.unary_unary(METHOD + method)
-            for _ in range(max_calls):
-                if time.monotonic() > end:
-                    return
-                try:
-                    await call(data, timeout=30)
-                    normal["OK"] += 1
-                except grpc.aio.AioRpcError as exc:
-                    normal[exc.code().name] += 1
 
         async def stormer(method: str, data: bytes) -> None:
             call = channel.unary_unary(METHOD + method)
             for _ in range(max_calls):
-                if time.monotonic() > end:
+                if time.perf_counter() >= until:
                     return
                 if rng.random() < 0.5:
-                    try:
-                        await call(data, timeout=0.001)
-                        storm["answered"] += 1
-                    except grpc.aio.AioRpcError as exc:
-                        storm[exc.code().name] += 1
+                    expired = await attempt(call, data, timeout=0.001)
+                    storm["answered" if expired.code == OK else expired.code.name] += 1
                 else:
                     cancelled = call(data, timeout=30)
                     await asyncio.sleep(rng.random() * 0.003)
@@ -291,41 +378,45 @@ async def cancel_storm(
                         storm["cancelled"] += 1
 
         n = len(work)
-        await asyncio.gather(*(client(*work[i % n]) for i in range(callers)),
-                             *(stormer(*work[i % n]) for i in range(callers)))  # fmt: skip
-    return normal, storm
+        clients = [closed_loop(channel.unary_unary(METHOD + method), data, normal.add, until, timeout=30,
+                               max_calls=max_calls)
+                   for method, data in (work[i % n] for i in range(callers))]  # fmt: skip
+        await asyncio.gather(*clients, *(stormer(*work[i % n]) for i in range(callers)))
+    return normal.statuses, storm
 
 
-class RetryingClients:
-    """`clients` callers of one method on `server` that retry every refusal at once, as a client with a retry policy
-    does, each call with `timeout`. `await started()` returns once each has had a call answered; `send_sigterm()` sends
-    the server SIGTERM; the callers stop once the server has exited or `bound_s` after the signal, and
-    `await finished()` returns the status counts of the calls sent after it."""
+class ClientsThroughSigterm:
+    """`clients` closed-loop callers of one method on `server`, each call with `timeout`. `await started()` returns
+    once each has had a call answered; `send_sigterm()` sends the server SIGTERM. A refused caller stops (as one that
+    turns to another replica does: every caller ends with one refusal), or with `retry_for_s` retries at once (as a
+    client with a retry policy does) until the server has exited or that many seconds after the signal.
+    `await finished()` returns the status counts of the calls sent before the signal and of those sent after it."""
 
     def __init__(self, channel: grpc.aio.Channel, server: ServerProcess, method: str, request: bytes, clients: int,
-                 bound_s: float, timeout: float = 10.0) -> None:  # fmt: skip
-        self.server, self.bound_s = server, bound_s
-        self.after: collections.Counter = collections.Counter()
+                 retry_for_s: float | None = None, timeout: float = 10.0) -> None:  # fmt: skip
+        self.server = server
+        self.before, self.after = collections.Counter(), collections.Counter()
         self.signalled: list[float] = []
         self._answered, self._all_answered = 0, asyncio.Event()
         call = channel.unary_unary(METHOD + method)
 
         async def client() -> None:
-            for n in range(10_000_000):
-                if self.signalled and (server.returncode is not None or time.monotonic() > self.signalled[0] + bound_s):
+            for n in itertools.count():
+                if (
+                    retry_for_s is not None
+                    and self.signalled
+                    and (server.returncode is not None or time.monotonic() > self.signalled[0] + retry_for_s)
+                ):
                     return
-                sent_after = bool(self.signalled)
-                try:
-                    await call(request, timeout=timeout)
-                    code = "OK"
-                except grpc.aio.AioRpcError as exc:
-                    code = exc.code().name
-                if sent_after:
-                    self.after[code] += 1
+                counts = self.after if self.signalled else self.before
+                outcome = await attempt(call, request, timeout)
+                counts[outcome.code.name] += 1
                 if n == 0:
                     self._answered += 1
                     if self._answered == clients:
                         self._all_answered.set()
+                if outcome.code != OK and retry_for_s is None:
+                    return
 
         self._tasks = [asyncio.create_task(client()) for _ in range(clients)]
 
@@ -336,6 +427,6 @@ class RetryingClients:
         self.signalled.append(time.monotonic())
         self.server.send_signal(signal.SIGTERM)
 
-    async def finished(self) -> collections.Counter:
+    async def finished(self) -> tuple[collections.Counter, collections.Counter]:
         await asyncio.gather(*self._tasks)
-        return self.after
+        return self.before, self.after

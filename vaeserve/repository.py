@@ -30,7 +30,13 @@ from vaeserve.errors import VaeserveError
 FORMAT = "vaeserve-model"
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
-GRAPHS = ("encoder", "decoder")
+# The graphs and their tensors as the exported ONNX files name them: the contract, named here once and imported by
+# the exporter and the server (which adds its own graphs and tensors in server/graphs.py).
+ENCODER, DECODER = "encoder", "decoder"
+GRAPHS = (ENCODER, DECODER)
+IMAGE, LATENT = "image", "latent"  # the encoder's input and the decoder's output; the decoder's input
+MEAN, LOG_VARIANCE = "mean", "log_variance"  # the encoder's outputs: q(z|x)
+LOGITS = "logits"  # the decoder's second output: image = sigmoid(logits)
 PLAIN = "plain"
 VARIANT_KINDS = ("ort", "fp16", "int8")  # what `vaeserve export --variants` can build
 VARIANTS = (PLAIN, *VARIANT_KINDS)
@@ -65,11 +71,21 @@ class ModelVersion:
         return (PLAIN, *self.info["variants"])
 
 
-# model.json's fields every reader relies on, and their JSON types (checked with type(), not isinstance: JSON true
-# and false are Python bools, which isinstance counts as ints). Export writes more (provenance, measurements);
-# `log_sigma` (a number for Gaussian models, null otherwise) is checked with the likelihood.
+# model.json's one schema, for its writer (export, through `write_model_json`) and its readers: every field and its
+# JSON types, checked with type(), not isinstance (JSON true and false are Python bools, which isinstance counts as
+# ints). The fields every reader relies on, required:
 MODEL_JSON_TYPES: dict[str, type] = {"name": str, "version": int, "latent_dim": int, "image_shape": list,
                                      "likelihood": str, "metadata": dict, "graphs": dict, "variants": dict}  # fmt: skip
+# Provenance and measurements: every export writes them (`export --variants` alone variant_measurements); a reader
+# checks the type of those present (an older export may lack some). log_sigma, a number for Gaussian models and
+# null otherwise, is also checked with the likelihood.
+NONE = type(None)
+MODEL_JSON_RECORDS: dict[str, tuple[type, ...]] = {
+    "log_sigma": (int, float, NONE), "created": (str,), "dataset": (dict,), "vaeserve_version": (str,),
+    "test_neg_elbo": (int, float, NONE), "opset": (int,), "source_checkpoint": (dict,), "model_config": (dict,),
+    "parity_max_abs_diff": (dict,), "variant_measurements": (dict,),
+}  # fmt: skip
+MODEL_JSON_OPTIONAL = ("variant_measurements",)
 MAX_LOG_SIGMA = 20.0  # e^20: far beyond any pixel scale; beyond it the likelihood's exp() overflows float64
 
 
@@ -79,10 +95,10 @@ def graph_signatures(
     """Expected {graph: {"inputs"|"outputs": {tensor name: shape}}}; None marks the dynamic batch axis."""
     image = [None, *image_shape]
     latent = [None, latent_dim]
-    decoded = {"image": image, "logits": image} if logits else {"image": image}
+    decoded = {IMAGE: image, LOGITS: image} if logits else {IMAGE: image}
     return {
-        "encoder": {"inputs": {"image": image}, "outputs": {"mean": latent, "log_variance": latent}},
-        "decoder": {"inputs": {"latent": latent}, "outputs": decoded},
+        ENCODER: {"inputs": {IMAGE: image}, "outputs": {MEAN: latent, LOG_VARIANCE: latent}},
+        DECODER: {"inputs": {LATENT: latent}, "outputs": decoded},
     }
 
 
@@ -203,7 +219,7 @@ def check_version(path: Path, name: str, version: int, variants: tuple[str, ...]
                 f"{where}: version {version} has no {variant!r} variant (it has: {', '.join(held)}; "
                 f"`vaeserve export --variants` builds them)"
             )
-    has_logits = "logits" in info["graphs"]["decoder"].get("outputs", {})
+    has_logits = LOGITS in info["graphs"][DECODER].get("outputs", {})
     signatures = graph_signatures(latent_dim, image_shape, has_logits)
     paths: dict[str, dict[str, Path]] = {}
     for variant in variants or held:
@@ -214,7 +230,7 @@ def check_version(path: Path, name: str, version: int, variants: tuple[str, ...]
     served = (variants or held)[0]
     return ModelVersion(path=path, name=name, version=version, latent_dim=latent_dim, image_shape=image_shape,
                         likelihood=likelihood, metadata=dict(metadata), variant=served, has_logits=has_logits,
-                        encoder_path=paths[served]["encoder"], decoder_path=paths[served]["decoder"],
+                        encoder_path=paths[served][ENCODER], decoder_path=paths[served][DECODER],
                         info=info, log_sigma=info.get("log_sigma"))  # fmt: skip
 
 
@@ -233,9 +249,7 @@ def _read_model_json(path: Path) -> dict[str, Any]:
         raise RepositoryError(f"{where}: not a vaeserve model description (no format={FORMAT!r} marker)")
     if info.get("format_version") != FORMAT_VERSION:
         raise RepositoryError(f"{where}: format_version {info.get('format_version')!r} is not {FORMAT_VERSION}")
-    for key, kind in MODEL_JSON_TYPES.items():
-        if type(info.get(key)) is not kind:
-            raise RepositoryError(f"{where}: {key} is missing or not a {kind.__name__}")
+    _check_required(info, where)
     shape = info["image_shape"]
     if len(shape) != 3 or not all(type(s) is int and s > 0 for s in shape) or info["latent_dim"] < 1:
         raise RepositoryError(f"{where}: image_shape {shape} / latent_dim {info['latent_dim']} are not valid")
@@ -249,6 +263,7 @@ def _read_model_json(path: Path) -> dict[str, Any]:
                                   f"[-{MAX_LOG_SIGMA:g}, {MAX_LOG_SIGMA:g}]")  # fmt: skip
     elif log_sigma is not None:
         raise RepositoryError(f"{where}: log_sigma {log_sigma!r}: only a Gaussian model has one (null here)")
+    _check_records(info, where)
     for graph in GRAPHS:
         if not isinstance(info["graphs"].get(graph), dict):
             raise RepositoryError(f"{where}: graphs.{graph} is missing")
@@ -258,6 +273,36 @@ def _read_model_json(path: Path) -> dict[str, Any]:
         if not isinstance(graphs, dict) or not all(isinstance(graphs.get(g), dict) for g in GRAPHS):
             raise RepositoryError(f"{where}: variants.{variant} needs an encoder and a decoder entry")
     return info
+
+
+def _check_required(info: dict[str, Any], where: Path) -> None:
+    for key, kind in MODEL_JSON_TYPES.items():
+        if type(info.get(key)) is not kind:
+            raise RepositoryError(f"{where}: {key} is missing or not a {kind.__name__}")
+
+
+def _check_records(info: dict[str, Any], where: Path) -> None:
+    for key, kinds in MODEL_JSON_RECORDS.items():
+        if key in info and type(info[key]) not in kinds:
+            names = " or ".join("null" if kind is NONE else kind.__name__ for kind in kinds)
+            raise RepositoryError(f"{where}: {key} is not a {names}")
+
+
+def write_model_json(folder: Path, fields: dict[str, Any]) -> None:
+    """Writes FOLDER/model.json: the format marker and `fields`, which must be the schema's, every one of each kind
+    (a field no reader knows is an error here, not a surprise later)."""
+    where = folder / MODEL_JSON
+    info = {"format": FORMAT, "format_version": FORMAT_VERSION, **fields}
+    known = {"format", "format_version", *MODEL_JSON_TYPES, *MODEL_JSON_RECORDS}
+    if unknown := sorted(info.keys() - known):
+        raise RepositoryError(f"{where}: {', '.join(unknown)}: not in model.json's schema (repository.py)")
+    if missing := sorted(known - info.keys() - set(MODEL_JSON_OPTIONAL)):
+        raise RepositoryError(f"{where}: {', '.join(missing)}: missing")
+    if (info["format"], info["format_version"]) != (FORMAT, FORMAT_VERSION):
+        raise RepositoryError(f"{where}: format {info['format']!r} {info['format_version']!r} is not this one's")
+    _check_required(info, where)
+    _check_records(info, where)
+    where.write_text(json.dumps(info, indent=2) + "\n")
 
 
 def _check_graph(

@@ -29,7 +29,6 @@ import json
 import math
 import multiprocessing
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -42,9 +41,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.harness import (
     METHOD,
-    RetryingClients,
+    UNLIMITED_MESSAGES,
+    ClientsThroughSigterm,
     ServerProcess,
+    Tally,
+    at_once,
+    attempt,
     cancel_storm,
+    closed_loops,
     explorer_ready,
     free_port,
     free_ports,
@@ -56,8 +60,6 @@ from vaeserve.protos.vae.v1 import vae_pb2
 
 from .bench_serving import TRAIN_EPOCHS, WORK, find_or_export
 from .report import markdown_table, write_section
-
-UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
 def server(python: str, repo: Path, log: Path, *flags: str) -> ServerProcess:
@@ -98,16 +100,8 @@ def message_limit(s: ServerProcess) -> int:
 
 
 async def send(target: str, requests: list[tuple[str, bytes]], timeout: float = 120) -> collections.Counter:
-    async with grpc.aio.insecure_channel(target, options=UNLIMITED) as channel:
-
-        async def one(method: str, data: bytes) -> str:
-            try:
-                await channel.unary_unary(METHOD + method)(data, timeout=timeout)
-                return "OK"
-            except grpc.aio.AioRpcError as exc:
-                return exc.code().name
-
-        return collections.Counter(await asyncio.gather(*(one(m, d) for m, d in requests)))
+    outcomes = await at_once(target, [(METHOD + m, d) for m, d in requests], timeout)
+    return collections.Counter(outcome.code.name for outcome in outcomes)
 
 
 def encode_bytes(rows: int, fill: float) -> bytes:
@@ -135,7 +129,7 @@ async def health_latency_during(target: str, attack: bytes, method: str, seconds
     """Health Check latencies (ms) while 4 callers send `attack` for `seconds`."""
     latencies: list[float] = []
     end = time.monotonic() + seconds
-    async with grpc.aio.insecure_channel(target, options=UNLIMITED) as channel:
+    async with grpc.aio.insecure_channel(target, options=UNLIMITED_MESSAGES) as channel:
         call = channel.unary_unary(METHOD + method)
         check = health_pb2_grpc.HealthStub(channel).Check
 
@@ -183,36 +177,17 @@ def malformed(python: str, repo: Path, work: Path) -> dict:
 
 
 async def through_sigterm(s: ServerProcess) -> tuple[collections.Counter, float]:
-    request = encode_bytes(1, 0.5)
-    signalled: list[float] = []
-    results: collections.Counter = collections.Counter()
+    """SIGTERM_CLIENTS callers of Encode(1), each stopping at its first refusal; SIGTERM once each has had a call
+    answered (the load is on). The statuses by ("before"/"after" the signal, code), and the seconds to the exit."""
     async with grpc.aio.insecure_channel(s.target) as channel:
-        call = channel.unary_unary(METHOD + "Encode")
-
-        answered, all_answered = 0, asyncio.Event()
-
-        async def client() -> None:
-            nonlocal answered
-            for i in range(100_000):
-                before = "before" if not signalled else "after"
-                try:
-                    await call(request, timeout=30)
-                    results[before, "OK"] += 1
-                except grpc.aio.AioRpcError as exc:
-                    results[before, exc.code().name] += 1
-                    return
-                if i == 0:
-                    answered += 1
-                    if answered == SIGTERM_CLIENTS:
-                        all_answered.set()
-
-        tasks = [asyncio.create_task(client()) for _ in range(SIGTERM_CLIENTS)]
-        await asyncio.wait_for(all_answered.wait(), 60)  # every client connected and calling: the load is on
-        signalled.append(time.monotonic())
-        s.send_signal(signal.SIGTERM)
-        await asyncio.gather(*tasks)
+        callers = ClientsThroughSigterm(channel, s, "Encode", encode_bytes(1, 0.5), SIGTERM_CLIENTS, timeout=30)
+        await callers.started()
+        callers.send_sigterm()
+        before, after = await callers.finished()
     exit_s = await asyncio.to_thread(s.wait, 60)
-    return results, time.monotonic() - signalled[0] if exit_s is not None else math.nan
+    results = collections.Counter({("before", code): n for code, n in before.items()})
+    results.update({("after", code): n for code, n in after.items()})
+    return results, time.monotonic() - callers.signalled[0] if exit_s is not None else math.nan
 
 
 OIP_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -228,12 +203,8 @@ def oip_repeated_outputs(rows: int, repeats: int) -> bytes:
 
 
 async def raw_call(target: str, method: str, data: bytes, timeout: float) -> str:
-    async with grpc.aio.insecure_channel(target, options=UNLIMITED) as channel:
-        try:
-            await channel.unary_unary(method)(data, timeout=timeout)
-            return "OK"
-        except grpc.aio.AioRpcError as exc:
-            return exc.code().name
+    (outcome,) = await at_once(target, [(method, data)], timeout)
+    return outcome.code.name
 
 
 def costly(python: str, repo: Path, work: Path) -> dict:
@@ -277,10 +248,12 @@ async def retrying_through_sigterm(s: ServerProcess, clients: int, bound_s: floa
     answered. They stop when the server has exited or `bound_s` after the signal. The statuses of the calls sent
     after the signal, and the seconds from the signal to the server's exit."""
     async with grpc.aio.insecure_channel(s.target) as channel:
-        callers = RetryingClients(channel, s, "Encode", encode_bytes(1, 0.5), clients, bound_s, timeout=30)
+        callers = ClientsThroughSigterm(
+            channel, s, "Encode", encode_bytes(1, 0.5), clients, retry_for_s=bound_s, timeout=30
+        )
         await callers.started()
         callers.send_sigterm()
-        after = await callers.finished()
+        _, after = await callers.finished()
     await asyncio.to_thread(s.wait, 120)
     return after, time.monotonic() - callers.signalled[0]
 
@@ -358,48 +331,26 @@ def storm(python: str, repo: Path, work: Path) -> dict:
     return {"normal": dict(normal), "storm_calls": sum(stormy.values()), "counted_unknown": unknown}
 
 
-async def closed_loop(target: str, request: bytes, method: str, clients: int, seconds: float,
-                      backoff: bool = False) -> tuple[collections.Counter, list[float]]:  # fmt: skip
-    statuses, latencies = collections.Counter(), []
-    end = time.monotonic() + seconds
-    async with grpc.aio.insecure_channel(target, options=UNLIMITED) as channel:
-        call = channel.unary_unary(METHOD + method)
+def exponential_backoff(refusals: int) -> float:
+    """What a client's retry policy waits after its n-th refusal in a row: 50 ms doubling up to 2 s, jittered."""
+    return min(2.0, 0.05 * 2 ** min(refusals - 1, 6)) * random.random()
 
-        async def client() -> None:
-            delay = 0.05
-            while time.monotonic() < end:
-                start = time.perf_counter()
-                try:
-                    await call(request, timeout=10)
-                    statuses["OK"] += 1
-                    latencies.append((time.perf_counter() - start) * 1e3)
-                    delay = 0.05
-                except grpc.aio.AioRpcError as exc:
-                    statuses[exc.code().name] += 1
-                    if backoff:  # what a client's retry policy does: exponential, jittered, capped
-                        await asyncio.sleep(delay * random.random())
-                        delay = min(2.0, delay * 2)
 
-        await asyncio.gather(*(client() for _ in range(clients)))
-    return statuses, latencies
+async def closed_loop_load(target: str, request: bytes, method: str, clients: int, seconds: float,
+                           backoff: bool = False) -> tuple[collections.Counter, list[float]]:  # fmt: skip
+    tally = await closed_loops(target, METHOD + method, request, clients, seconds, timeout=10,
+                               backoff=exponential_backoff if backoff else None)  # fmt: skip
+    return tally.statuses, tally.latencies_ms
 
 
 async def open_loop(target: str, request: bytes, method: str, rate: float, seconds: float,
                     deadline: float) -> tuple[collections.Counter, list[float], str]:  # fmt: skip
-    statuses, latencies, message = collections.Counter(), [], ""
-    async with grpc.aio.insecure_channel(target, options=UNLIMITED) as channel:
+    tally = Tally()
+    async with grpc.aio.insecure_channel(target, options=UNLIMITED_MESSAGES) as channel:
         call = channel.unary_unary(METHOD + method)
 
         async def one() -> None:
-            nonlocal message
-            start = time.perf_counter()
-            try:
-                await call(request, timeout=deadline)
-                statuses["OK"] += 1
-                latencies.append((time.perf_counter() - start) * 1e3)
-            except grpc.aio.AioRpcError as exc:
-                statuses[exc.code().name] += 1
-                message = message or (exc.details() if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "")
+            tally.add(await attempt(call, request, deadline))
 
         tasks, started, sent = [], time.perf_counter(), 0
         while (elapsed := time.perf_counter() - started) < seconds:
@@ -408,7 +359,7 @@ async def open_loop(target: str, request: bytes, method: str, rate: float, secon
                 sent += 1
             await asyncio.sleep(0.002)
         await asyncio.gather(*tasks)
-    return statuses, latencies, message
+    return tally.statuses, tally.latencies_ms, tally.details.get("RESOURCE_EXHAUSTED", "")
 
 
 def probe(target: str, request: bytes, method: str, seconds: float, results: multiprocessing.Queue) -> None:
@@ -416,7 +367,7 @@ def probe(target: str, request: bytes, method: str, seconds: float, results: mul
     every 50 ms, 2 s deadline. Puts (status counts, OK latencies in ms) on `results`."""
     statuses, latencies = collections.Counter(), []
     end = time.monotonic() + seconds
-    with grpc.insecure_channel(target, options=UNLIMITED) as channel:
+    with grpc.insecure_channel(target, options=UNLIMITED_MESSAGES) as channel:
         call = channel.unary_unary(METHOD + method)
         while time.monotonic() < end:
             start = time.perf_counter()
@@ -438,8 +389,8 @@ def overload(repo_conv: Path, repo_mlp: Path, work: Path, seconds: float) -> dic
     sample = vae_pb2.SampleRequest(num_samples=64).SerializeToString()
     out = {}
     with server(sys.executable, repo_conv, work / "overload.log") as s:
-        _, quiet = asyncio.run(closed_loop(s.target, sample, "Sample", 4, 5.0))
-        _, busy = asyncio.run(closed_loop(s.target, sample, "Sample", 32, 5.0))
+        _, quiet = asyncio.run(closed_loop_load(s.target, sample, "Sample", 4, 5.0))
+        _, busy = asyncio.run(closed_loop_load(s.target, sample, "Sample", 32, 5.0))
         capacity = len(busy) / 5.0
         spawn = multiprocessing.get_context("spawn")  # grpc does not survive fork
         probed = spawn.Queue()
@@ -448,7 +399,7 @@ def overload(repo_conv: Path, repo_mlp: Path, work: Path, seconds: float) -> dic
         statuses, latencies, message = asyncio.run(open_loop(s.target, sample, "Sample", 3 * capacity, seconds, 2.0))
         probe_statuses, probe_latencies = probed.get(timeout=seconds + 60)
         prober.join()
-        after, _ = asyncio.run(closed_loop(s.target, sample, "Sample", 1, 1.0))
+        after, _ = asyncio.run(closed_loop_load(s.target, sample, "Sample", 1, 1.0))
         out["open"] = {"call": "conv Sample(64)", "capacity_rps": capacity, "rate_rps": 3 * capacity,
                        "statuses": dict(statuses), "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
                        "unloaded_p99_ms": pct(quiet, 99), "rss_mb": peak_rss_mb(s), "after": dict(after),
@@ -457,9 +408,9 @@ def overload(repo_conv: Path, repo_mlp: Path, work: Path, seconds: float) -> dic
                        "message": message}  # fmt: skip
     encode = encode_bytes(1, 0.5)
     with server(sys.executable, repo_mlp, work / "crowd.log") as s:
-        _, quiet = asyncio.run(closed_loop(s.target, encode, "Encode", 32, 3.0))
-        statuses, latencies = asyncio.run(closed_loop(s.target, encode, "Encode", 1300, 15.0, backoff=True))
-        after, _ = asyncio.run(closed_loop(s.target, encode, "Encode", 1, 1.0))
+        _, quiet = asyncio.run(closed_loop_load(s.target, encode, "Encode", 32, 3.0))
+        statuses, latencies = asyncio.run(closed_loop_load(s.target, encode, "Encode", 1300, 15.0, backoff=True))
+        after, _ = asyncio.run(closed_loop_load(s.target, encode, "Encode", 1, 1.0))
         out["crowd"] = {"call": "digits Encode(1), 1,300 clients", "statuses": dict(statuses),
                         "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99), "c32_p99_ms": pct(quiet, 99),
                         "rss_mb": peak_rss_mb(s), "after": dict(after)}  # fmt: skip

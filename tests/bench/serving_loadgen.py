@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+from tests.harness import UNLIMITED_MESSAGES, Outcome, closed_loop  # the harness's clients: grpc only, no vaeserve
 
 
 def group_cpu_seconds(pgids: list[int] | None) -> float | None:
@@ -64,22 +64,19 @@ async def measure(
     errors: dict[str, int] = {}
     response_bytes = 0
 
-    async def client(call: grpc.aio.UnaryUnaryMultiCallable) -> None:
+    def record(outcome: Outcome) -> None:
+        """Every refusal counts; an answer counts when it was sent and received inside the measured window."""
         nonlocal response_bytes
-        while (begin := time.perf_counter()) < stop:
-            try:
-                response = await call(request, timeout=30)
-            except grpc.aio.AioRpcError as exc:
-                key = f"{exc.code().name}: {exc.details()}"
-                errors[key] = errors.get(key, 0) + 1
-                continue
-            end = time.perf_counter()
-            if begin >= start and end <= stop:
-                latencies.append(end - begin)
-                response_bytes = len(response)
+        if outcome.code != grpc.StatusCode.OK:
+            key = f"{outcome.code.name}: {outcome.details}"
+            errors[key] = errors.get(key, 0) + 1
+        elif outcome.sent >= start and outcome.ended <= stop:
+            latencies.append(outcome.ended - outcome.sent)
+            response_bytes = len(outcome.reply)
 
     # Clients spread round-robin over the targets' channels.
-    await asyncio.gather(cpu_at_window_edges(), *(client(calls[i % len(calls)]) for i in range(concurrency)))
+    clients = (closed_loop(calls[i % len(calls)], request, record, stop, timeout=30) for i in range(concurrency))
+    await asyncio.gather(cpu_at_window_edges(), *clients)
     ms = np.array(latencies) * 1e3 if latencies else np.zeros(1)
     server_cpu = None if not server_pgids else cpu[1] - cpu[0]
     return {
@@ -105,7 +102,7 @@ def scrape(url: str | None) -> str | None:
 
 async def run(args: argparse.Namespace) -> None:
     request = args.request.read_bytes()
-    channels = [grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for target in args.target]
+    channels = [grpc.aio.insecure_channel(target, options=UNLIMITED_MESSAGES) for target in args.target]
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), timeout=30)

@@ -13,7 +13,17 @@ import onnx
 import pytest
 
 from vaeserve.cli import main as vaeserve
-from vaeserve.repository import RepositoryError, open_version, resolve_version, sha256_file, verify_version
+from vaeserve.repository import (
+    MODEL_JSON_OPTIONAL,
+    MODEL_JSON_RECORDS,
+    MODEL_JSON_TYPES,
+    RepositoryError,
+    open_version,
+    resolve_version,
+    sha256_file,
+    verify_version,
+    write_model_json,
+)
 
 
 @pytest.fixture
@@ -206,4 +216,36 @@ def test_a_bernoulli_model_with_a_log_sigma_is_refused(version: Path) -> None:
     assert verify_version(version).log_sigma is None
     edit_json(version, lambda info: info.update(log_sigma=0.5))
     with pytest.raises(RepositoryError, match=re.escape("model.json: log_sigma 0.5: only a Gaussian model has one")):
+        verify_version(version)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gaussian"])
+def test_export_writes_exactly_the_schema_and_the_reader_accepts_it(exported: dict[str, Path], kind: str) -> None:
+    info = json.loads((exported[kind] / "model.json").read_text())
+    schema = {"format", "format_version", *MODEL_JSON_TYPES, *MODEL_JSON_RECORDS}
+    assert set(info) == schema - set(MODEL_JSON_OPTIONAL)  # every field, and none the reader does not know
+    assert verify_version(exported[kind]).info == info
+
+
+def test_model_json_cannot_be_written_with_a_field_the_schema_lacks(version: Path) -> None:
+    """The writer's check is the reader's: an unknown field, a missing one or a wrong type is refused on write."""
+    info = json.loads((version / "model.json").read_text())
+    cases = {
+        "unknown": ({**info, "temperature": 1.0}, "temperature: not in model.json's schema"),
+        "missing": ({k: v for k, v in info.items() if k != "opset"}, "opset: missing"),
+        "required type": ({**info, "latent_dim": "8"}, "latent_dim is missing or not a int"),
+        "record type": ({**info, "created": 2026}, "created is not a str"),
+        "nullable record": ({**info, "test_neg_elbo": "low"}, "test_neg_elbo is not a int or float or null"),
+        "format": ({**info, "format_version": 2}, "format 'vaeserve-model' 2 is not this one's"),
+        "empty": ({}, "missing"),
+    }
+    before = (version / "model.json").read_bytes()
+    for case, (fields, error) in cases.items():
+        with pytest.raises(RepositoryError, match=re.escape(error)):
+            write_model_json(version, fields)
+        assert (version / "model.json").read_bytes() == before, case  # nothing written
+    write_model_json(version, {**info, "variant_measurements": {}})  # the one optional field
+    assert verify_version(version).info["variant_measurements"] == {}
+    edit_json(version, lambda i: i.update(dataset=[]))  # a reader checks the records present too
+    with pytest.raises(RepositoryError, match=re.escape("model.json: dataset is not a dict")):
         verify_version(version)

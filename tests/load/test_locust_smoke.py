@@ -25,10 +25,9 @@ def read_stats(csv_prefix: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def target(model_repo: Path, tmp_path_factory: pytest.TempPathFactory):
-    """HOST:PORT of a `vaeserve serve` for the module's Locust runs."""
-    with harness.serving(model_repo, tmp_path_factory.mktemp("load") / "server.log") as server:
-        yield server.target
+def target(default_server: harness.ServerProcess) -> str:
+    """HOST:PORT of the suite's shared `vaeserve serve`, for the module's Locust runs."""
+    return default_server.target
 
 
 def test_mixed_traffic_has_no_failures_and_reaches_every_rpc(target: str, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -39,14 +38,8 @@ def triton(*args: str, **kwargs) -> subprocess.Popen | dict:
 
 
 @pytest.fixture(scope="module")
-def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with serving(model_repo, tmp_path_factory.mktemp("oip") / "serve.log") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def checked(server: ServerProcess) -> dict:
-    return triton("checks", server.target, "vae", str(ROWS))
+def checked(default_server: ServerProcess) -> dict:
+    return triton("checks", default_server.target, "vae", str(ROWS))
 
 
 def session(model_repo: Path, graph: str) -> ort.InferenceSession:
@@ -66,7 +59,9 @@ def test_health_and_metadata(checked: dict) -> None:
     assert decoder["outputs"] == [{"name": "image", "datatype": "FP32", "shape": ["-1", "1", "8", "8"]}]
 
 
-def test_inference_matches_onnxruntime_and_vae_v1(checked: dict, model_repo: Path, server: ServerProcess) -> None:
+def test_inference_matches_onnxruntime_and_vae_v1(
+    checked: dict, model_repo: Path, default_server: ServerProcess
+) -> None:
     x = np.asarray(checked["images"], np.float32)
     z = np.asarray(checked["latents"], np.float32)
     mean, log_variance = session(model_repo, "encoder").run(None, {"image": x})
@@ -81,7 +76,7 @@ def test_inference_matches_onnxruntime_and_vae_v1(checked: dict, model_repo: Pat
     # Seeded latents: reproducible, and the very ones vae.v1 draws for the same seed.
     first, second = (np.asarray(s["latents"], np.float32) for s in checked["seeded"])
     np.testing.assert_array_equal(first, second)
-    with VaeClient(server.target) as client:
+    with VaeClient(default_server.target) as client:
         np.testing.assert_array_equal(first, client.encode(x, seed=7)[2])
         np.testing.assert_array_equal(np.asarray(checked["decoded"]["image"], np.float32), client.decode(z))
 
@@ -112,9 +107,9 @@ def infer_request(model: str, name: str, array: np.ndarray, **contents) -> pb.Mo
     return request
 
 
-def test_typed_contents_work_like_raw_bytes(server: ServerProcess) -> None:
+def test_typed_contents_work_like_raw_bytes(default_server: ServerProcess) -> None:
     z = np.random.default_rng(2).standard_normal((3, 8), dtype=np.float32)
-    with grpc.insecure_channel(server.target) as channel:
+    with grpc.insecure_channel(default_server.target) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         raw = stub.ModelInfer(infer_request("vae-decoder", "latent", z), timeout=10)
         typed = stub.ModelInfer(infer_request("vae-decoder", "latent", z, fp32_contents=z.ravel()), timeout=10)
@@ -129,7 +124,7 @@ def test_typed_contents_work_like_raw_bytes(server: ServerProcess) -> None:
     assert [o.name for o in as_uint8.outputs] == ["mean", "log_variance", "latents"]
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == "image.contents: UINT8 values must be in 0..255"
-    counted = server.metric('vaeserve_requests_total{code="OK",method="oip.ModelInfer"}')
+    counted = default_server.metric('vaeserve_requests_total{code="OK",method="oip.ModelInfer"}')
     assert counted >= 3
 
 
@@ -209,8 +204,8 @@ CLEAN = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.N
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(_requests.map(lambda r: r.SerializeToString()), st.binary(max_size=512)))
-def test_any_infer_request_ends_with_a_clean_status(server: ServerProcess, data: bytes) -> None:
-    with grpc.insecure_channel(server.target) as channel:
+def test_any_infer_request_ends_with_a_clean_status(default_server: ServerProcess, data: bytes) -> None:
+    with grpc.insecure_channel(default_server.target) as channel:
         try:
             channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(data, timeout=30)
             code = grpc.StatusCode.OK
@@ -218,4 +213,4 @@ def test_any_infer_request_ends_with_a_clean_status(server: ServerProcess, data:
             code = exc.code()
             assert len(exc.details()) < 300, exc.details()  # bounded: never an echo of the input
     assert code in CLEAN, code
-    assert "Traceback" not in server.output()
+    assert "Traceback" not in default_server.output()

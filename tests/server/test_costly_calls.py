@@ -26,12 +26,6 @@ MAX_ROWS, MAX_K = 4096, 1000  # the default --max-num-samples and --max-importan
 SCORED = "vaeserve_score_samples_total"  # likelihood rows computed
 
 
-@pytest.fixture(scope="module")
-def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory):
-    with serving(model_repo, tmp_path_factory.mktemp("costly") / "serve.log") as server:
-        yield server
-
-
 def infer(target: str, model: str, outputs: list[str], rows: int = 1) -> oip.ModelInferResponse:
     name, shape = ("image", [rows, *SHAPE]) if model == "vae-encoder" else ("latent", [rows, 8])
     request = oip.ModelInferRequest(model_name=model, outputs=[oip.ModelInferRequest.InferRequestedOutputTensor(
@@ -49,34 +43,38 @@ def refusal(call) -> grpc.RpcError:
 
 
 @pytest.mark.parametrize(("model", "output"), [("vae-encoder", "latents"), ("vae-decoder", "image")])
-def test_an_output_named_many_times_is_refused_before_computing(server: ServerProcess, model: str, output: str) -> None:
+def test_an_output_named_many_times_is_refused_before_computing(
+    default_server: ServerProcess, model: str, output: str
+) -> None:
     counted = 'vaeserve_requests_total{code="INVALID_ARGUMENT",method="oip.ModelInfer"}'
-    before = server.metric(counted, 0)
+    before = default_server.metric(counted, 0)
     # 200 names once made 200 copies of the largest reply; 80,000 names of one row still fit the message limit.
     for repeats, rows in ((2, MAX_ROWS), (200, MAX_ROWS), (80_000, 1)):
-        error = refusal(lambda repeats=repeats, rows=rows: infer(server.target, model, [output] * repeats, rows))
+        error = refusal(
+            lambda repeats=repeats, rows=rows: infer(default_server.target, model, [output] * repeats, rows)
+        )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error.details() == f"outputs: {output!r} is asked for more than once: name each output once"
     # A call is counted as its handler ends, which can be just after the client has its status.
-    wait_until(lambda: server.metric(counted, 0) - before >= 3, "the refusals to be counted")
-    assert server.metric(counted) - before == 3
-    assert "Traceback" not in server.output()
+    wait_until(lambda: default_server.metric(counted, 0) - before >= 3, "the refusals to be counted")
+    assert default_server.metric(counted) - before == 3
+    assert "Traceback" not in default_server.output()
 
 
-def test_unknown_and_garbage_output_names_are_refused(server: ServerProcess) -> None:
+def test_unknown_and_garbage_output_names_are_refused(default_server: ServerProcess) -> None:
     for name in ("", "nope", "\x00\xff" * 1000, "latents " * 10):
-        error = refusal(lambda name=name: infer(server.target, "vae-encoder", ["mean", name]))
+        error = refusal(lambda name=name: infer(default_server.target, "vae-encoder", ["mean", name]))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error.details().startswith("outputs: vae-encoder has outputs mean, log_variance, latents, not ")
         assert len(error.details()) < 100 + 4 * 64  # the name is quoted short (64 characters, escaped)
 
 
-def test_the_largest_valid_reply_fits_the_message_limit(server: ServerProcess) -> None:
+def test_the_largest_valid_reply_fits_the_message_limit(default_server: ServerProcess) -> None:
     """Every output once, at the most rows: the biggest reply a request can ask for is served."""
-    reply = infer(server.target, "vae-encoder", ["mean", "log_variance", "latents"], rows=MAX_ROWS)
+    reply = infer(default_server.target, "vae-encoder", ["mean", "log_variance", "latents"], rows=MAX_ROWS)
     assert [o.name for o in reply.outputs] == ["mean", "log_variance", "latents"]
     assert [len(raw) for raw in reply.raw_output_contents] == [MAX_ROWS * 8 * 4] * 3
-    reply = infer(server.target, "vae-decoder", [], rows=MAX_ROWS)
+    reply = infer(default_server.target, "vae-decoder", [], rows=MAX_ROWS)
     assert [len(raw) for raw in reply.raw_output_contents] == [MAX_ROWS * 64 * 4]
 
 
@@ -85,14 +83,16 @@ def score_request(n: int, k: int, seed: int = 0) -> vae_pb2.ScoreRequest:
     return vae_pb2.ScoreRequest(images=to_tensor(images), num_importance_samples=k, seed=seed)
 
 
-async def _costliest_score_beside_others(server: ServerProcess) -> dict:
+async def _costliest_score_beside_others(default_server: ServerProcess) -> dict:
     """Starts the costliest Score admitted (N x K at their limits), and while it runs: a second one, small calls on
     the other graphs, and health checks; then cancels it."""
-    async with grpc.aio.insecure_channel(server.target) as channel:
+    async with grpc.aio.insecure_channel(default_server.target) as channel:
         stub = vae_pb2_grpc.VaeServiceStub(channel)
-        before = server.metric(SCORED, 0)
+        before = default_server.metric(SCORED, 0)
         costly = stub.Score(score_request(MAX_ROWS, MAX_K), timeout=600)
-        await asyncio.to_thread(wait_until, lambda: server.metric(SCORED, 0) > before, "the costly Score to start")
+        await asyncio.to_thread(
+            wait_until, lambda: default_server.metric(SCORED, 0) > before, "the costly Score to start"
+        )
         second = stub.Score(score_request(MAX_ROWS, MAX_K, seed=1), timeout=60)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await second
@@ -102,21 +102,21 @@ async def _costliest_score_beside_others(server: ServerProcess) -> dict:
             stub.Score(score_request(2, 3), timeout=60),  # a small Score gets its turn between the big one's batches
             return_exceptions=True,
         )
-        health = [await asyncio.to_thread(health_status, server.target) for _ in range(5)]
+        health = [await asyncio.to_thread(health_status, default_server.target) for _ in range(5)]
         still_running = not costly.done()
         costly.cancel()
         # The handler has ended once no call is in flight: its queued chunks were dropped then.
-        await asyncio.to_thread(wait_until, lambda: server.metric("vaeserve_inflight_requests") == 0,
+        await asyncio.to_thread(wait_until, lambda: default_server.metric("vaeserve_inflight_requests") == 0,
                                 "the cancelled Score's handler to end")  # fmt: skip
-        at_end = server.metric(SCORED)
+        at_end = default_server.metric(SCORED)
         # A Score of one row is computed after whatever batch was running when the handler ended.
         await stub.Score(score_request(1, 1), timeout=60)
         return {"refused": refused.value, "small": small, "health": health, "still_running": still_running,
-                "computed": at_end - before, "after": server.metric(SCORED) - at_end}  # fmt: skip
+                "computed": at_end - before, "after": default_server.metric(SCORED) - at_end}  # fmt: skip
 
 
-def test_the_costliest_score_is_charged_its_work_and_stops_when_cancelled(server: ServerProcess) -> None:
-    seen = asyncio.run(_costliest_score_beside_others(server))
+def test_the_costliest_score_is_charged_its_work_and_stops_when_cancelled(default_server: ServerProcess) -> None:
+    seen = asyncio.run(_costliest_score_beside_others(default_server))
     assert seen["still_running"]  # everything below happened while it ran
     refused = seen["refused"]
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -131,7 +131,7 @@ def test_the_costliest_score_is_charged_its_work_and_stops_when_cancelled(server
     assert seen["computed"] < MAX_ROWS * MAX_K / 2
     assert seen["after"] <= 1024 + 1
     counted = 'vaeserve_requests_total{code="RESOURCE_EXHAUSTED",method="Score"}'
-    wait_until(lambda: server.metric(counted, 0) >= 1, "the refused Score to be counted")
+    wait_until(lambda: default_server.metric(counted, 0) >= 1, "the refused Score to be counted")
 
 
 def test_an_idle_server_admits_the_costliest_score_and_answers_it(model_repo: Path, tmp_path: Path) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
-import signal
-import time
 from pathlib import Path
 
 import grpc
@@ -21,7 +19,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import METHOD, ServerProcess, cancel_storm, health_status, serving
+from tests.harness import (
+    METHOD,
+    ClientsThroughSigterm,
+    ServerProcess,
+    at_once,
+    cancel_storm,
+    closed_loops,
+    health_status,
+    serving,
+)
 from vaeserve.cli import main as vaeserve
 from vaeserve.client.api import VaeClient, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2
@@ -41,17 +48,7 @@ def peak_rss(server: ServerProcess) -> int:
 
 async def calls(target: str, requests: list[tuple[str, bytes]], timeout: float = 60) -> list[grpc.StatusCode]:
     """The requests (method, raw bytes) sent at once; the status of each."""
-    unlimited = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-    async with grpc.aio.insecure_channel(target, options=unlimited) as channel:
-
-        async def one(method: str, data: bytes) -> grpc.StatusCode:
-            try:
-                await channel.unary_unary(METHOD + method)(data, timeout=timeout)
-            except grpc.aio.AioRpcError as exc:
-                return exc.code()
-            return grpc.StatusCode.OK
-
-        return await asyncio.gather(*(one(m, d) for m, d in requests))
+    return [outcome.code for outcome in await at_once(target, [(METHOD + m, d) for m, d in requests], timeout)]
 
 
 def status(client_call) -> grpc.RpcError:
@@ -61,8 +58,10 @@ def status(client_call) -> grpc.RpcError:
 
 
 @pytest.fixture(scope="module")
-def default_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Default limits: the message size is derived from the digits model (about 1.1 MiB)."""
+def attacked_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Default limits: the message size is derived from the digits model (about 1.1 MiB). The module's own, not the
+    suite's shared `default_server`: it takes every hostile request below and must survive them (the last test), and
+    it counts its malformed-message log lines (logged once a minute) from a fresh log."""
     with serving(model_repo, tmp_path_factory.mktemp("hostile") / "serve.log") as server:
         yield server
 
@@ -72,9 +71,9 @@ def encode_request(rows: int, fill: float = 0.5) -> bytes:
     return vae_pb2.EncodeRequest(images=to_tensor(images)).SerializeToString()
 
 
-def test_message_limit_is_what_the_model_needs_and_memory_stays_bounded(default_server: ServerProcess) -> None:
-    assert "max message 1.13 MiB" in default_server.output()
-    target = default_server.target
+def test_message_limit_is_what_the_model_needs_and_memory_stays_bounded(attacked_server: ServerProcess) -> None:
+    assert "max message 1.13 MiB" in attacked_server.output()
+    target = attacked_server.target
     largest = encode_request(MAX_ROWS)  # the largest valid request: 1 MiB of images
     assert asyncio.run(calls(target, [("Encode", largest)])) == [grpc.StatusCode.OK]
     over = encode_request(2 * MAX_ROWS)  # 2 MiB: refused by the message limit before it is parsed
@@ -83,21 +82,21 @@ def test_message_limit_is_what_the_model_needs_and_memory_stays_bounded(default_
     assert statuses == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 8 + [grpc.StatusCode.INVALID_ARGUMENT] * 8
     sample = vae_pb2.SampleRequest(num_samples=MAX_ROWS).SerializeToString()
     assert asyncio.run(calls(target, [("Sample", sample)] * 16)) == [grpc.StatusCode.OK] * 16
-    assert peak_rss(default_server) < GIB
+    assert peak_rss(attacked_server) < GIB
 
 
-def test_a_shape_bomb_is_refused_with_a_bounded_message(default_server: ServerProcess) -> None:
+def test_a_shape_bomb_is_refused_with_a_bounded_message(attacked_server: ServerProcess) -> None:
     dims = 250_000  # as many dimensions as the message limit lets through
     bomb = vae_pb2.EncodeRequest(images=vae_pb2.Tensor(shape=[1] * dims, data=b""))
-    with VaeClient(default_server.target) as client:
+    with VaeClient(attacked_server.target) as client:
         error = status(lambda: client.stub.Encode(bomb, timeout=30))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error.details() == f"images.shape: expected [N, 1, 8, 8], got a shape of {dims} dimensions"
         assert client.sample(1, seed=0)[0].shape == (1, 1, 8, 8)
 
 
-def test_values_that_overflow_are_refused_naming_the_field(default_server: ServerProcess) -> None:
-    with VaeClient(default_server.target) as client:
+def test_values_that_overflow_are_refused_naming_the_field(attacked_server: ServerProcess) -> None:
+    with VaeClient(attacked_server.target) as client:
         huge = np.full((3, 8), 3.4e38, np.float32) * np.array([1, -1] * 4, np.float32)  # finite, far outside N(0, I)
         error = status(lambda: client.decode(huge))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -109,12 +108,12 @@ def test_values_that_overflow_are_refused_naming_the_field(default_server: Serve
         assert np.isfinite(images).all()
 
 
-def test_malformed_messages_are_invalid_argument_counted_and_logged_once(default_server: ServerProcess) -> None:
+def test_malformed_messages_are_invalid_argument_counted_and_logged_once(attacked_server: ServerProcess) -> None:
     garbage = [b"\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256)) * 3]
     methods = METHODS
     counted = 'vaeserve_requests_total{code="INVALID_ARGUMENT",method="Decode"}'
-    before = default_server.metric(counted, 0.0)
-    with grpc.insecure_channel(default_server.target) as channel:
+    before = attacked_server.metric(counted, 0.0)
+    with grpc.insecure_channel(attacked_server.target) as channel:
         for method in methods:
             for data in garbage * 20:
                 with pytest.raises(grpc.RpcError) as refused:
@@ -124,8 +123,8 @@ def test_malformed_messages_are_invalid_argument_counted_and_logged_once(default
                     method == "GetModelInfo"
                     and refused.value.details() == "request: not a valid vae.v1.GetModelInfoRequest message"
                 )
-    assert default_server.metric(counted) - before == 60
-    log = default_server.output()
+    assert attacked_server.metric(counted) - before == 60
+    log = attacked_server.output()
     assert "Traceback" not in log and "DecodeError" not in log
     assert sum("malformed request message" in line for line in log.splitlines()) == 1  # one line per minute
 
@@ -150,25 +149,10 @@ def test_overload_is_shed_at_once_with_resource_exhausted(conv_model_repo: Path,
     flags = ("--max-wait-ms", "20", "--max-batch-size", "64", "--max-concurrent-rpcs", "128")
 
     async def main(target: str) -> tuple[collections.Counter, dict[str, str]]:
-        seen, details = collections.Counter(), {}
-        end = time.monotonic() + 3.0
-        async with grpc.aio.insecure_channel(target) as channel:
-            call = channel.unary_unary(METHOD + "Sample")
-
-            async def client() -> None:
-                for _ in range(1000):
-                    if time.monotonic() > end:
-                        return
-                    try:
-                        await call(sample, timeout=30)
-                        seen["OK"] += 1
-                    except grpc.aio.AioRpcError as exc:
-                        seen[exc.code().name] += 1
-                        details.setdefault(exc.code().name, exc.details())
-                        await asyncio.sleep(0.01)  # a client backing off
-
-            await asyncio.gather(*(client() for _ in range(300)))
-        return seen, details
+        # 300 clients, each backing off 10 ms after a refusal.
+        tally = await closed_loops(target, METHOD + "Sample", sample, 300, 3.0, timeout=30, max_calls=1000,
+                                   backoff=lambda _: 0.01)  # fmt: skip
+        return tally.statuses, tally.details
 
     with serving(conv_model_repo, tmp_path / "serve.log", *flags) as server:
         seen, details = asyncio.run(main(server.target))
@@ -231,47 +215,21 @@ def test_health_watch_streams_are_bounded_and_the_metrics_port_serves_only_metri
     assert server.returncode == 0 and "Traceback" not in server.output()
 
 
-async def _load_through_sigterm(server: ServerProcess, clients: int = 32) -> list[tuple[bool, str]]:
+async def _load_through_sigterm(server: ServerProcess, clients: int = 32) -> tuple[collections.Counter, ...]:
     """`clients` closed-loop Encode(1) callers; SIGTERM once they all run. Each caller stops at its first refusal,
-    as one retrying another replica would. Every call's (started before the signal, status)."""
-    request = encode_request(1)
-    signalled: list[float] = []
-    results: list[tuple[bool, str]] = []
-    running = asyncio.Event()
-    started = 0
+    as one retrying another replica would. The status counts of the calls sent before the signal and after it."""
     async with grpc.aio.insecure_channel(server.target) as channel:
-        call = channel.unary_unary(METHOD + "Encode")
-
-        async def client() -> None:
-            nonlocal started
-            for n in range(20_000):
-                if n == 1:
-                    started += 1
-                    if started == clients:
-                        running.set()
-                before = not signalled
-                try:
-                    await call(request, timeout=30)
-                    results.append((before, "OK"))
-                except grpc.aio.AioRpcError as exc:
-                    results.append((before, exc.code().name))
-                    return
-
-        tasks = [asyncio.create_task(client()) for _ in range(clients)]
-        await asyncio.wait_for(running.wait(), 60)
-        signalled.append(time.monotonic())
-        server.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(asyncio.gather(*tasks), 60)
-    return results
+        callers = ClientsThroughSigterm(channel, server, "Encode", encode_request(1), clients, timeout=30)
+        await callers.started()
+        callers.send_sigterm()
+        return await asyncio.wait_for(callers.finished(), 60)
 
 
 @pytest.mark.parametrize("run", range(5))  # racy by nature: run it several times
 def test_sigterm_under_load_completes_every_call_already_sent(model_repo: Path, tmp_path: Path, run: int) -> None:
     with serving(model_repo, tmp_path / "serve.log", "--grace-period", "20") as server:
-        results = asyncio.run(_load_through_sigterm(server))
+        before, after = asyncio.run(_load_through_sigterm(server))
         assert server.wait(30) == 0
-    before = collections.Counter(code for sent_before, code in results if sent_before)
-    after = collections.Counter(code for sent_before, code in results if not sent_before)
     assert set(before) == {"OK"}, before  # every call sent before SIGTERM completed
     assert set(after) <= {"OK", "UNAVAILABLE"} and after["UNAVAILABLE"] == 32, after  # then each client was told
     assert "grace period over" not in server.output()
@@ -329,9 +287,9 @@ CLEAN = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.R
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(_messages.map(lambda m: (m[0], m[1].SerializeToString())), _raw))
-def test_any_request_ends_with_a_clean_status(default_server: ServerProcess, call: tuple[str, bytes]) -> None:
+def test_any_request_ends_with_a_clean_status(attacked_server: ServerProcess, call: tuple[str, bytes]) -> None:
     method, data = call
-    with grpc.insecure_channel(default_server.target, options=[("grpc.max_receive_message_length", -1)]) as channel:
+    with grpc.insecure_channel(attacked_server.target, options=[("grpc.max_receive_message_length", -1)]) as channel:
         try:
             channel.unary_unary(METHOD + method)(data, timeout=30)
             code = grpc.StatusCode.OK
@@ -341,11 +299,11 @@ def test_any_request_ends_with_a_clean_status(default_server: ServerProcess, cal
     assert code in CLEAN, (method, code)
 
 
-def test_the_server_survives_the_random_requests(default_server: ServerProcess) -> None:
+def test_the_server_survives_the_random_requests(attacked_server: ServerProcess) -> None:
     """After everything above (the module's server got every hostile request): healthy, bounded, quiet log."""
-    with VaeClient(default_server.target) as client:
+    with VaeClient(attacked_server.target) as client:
         assert client.sample(4, seed=1)[0].shape == (4, 1, 8, 8)
-    assert health_status(default_server.target) == health_pb2.HealthCheckResponse.SERVING
-    assert peak_rss(default_server) < GIB
-    assert "Traceback" not in default_server.output()
-    assert 'code="UNKNOWN"' not in default_server.metrics() and 'code="INTERNAL"' not in default_server.metrics()
+    assert health_status(attacked_server.target) == health_pb2.HealthCheckResponse.SERVING
+    assert peak_rss(attacked_server) < GIB
+    assert "Traceback" not in attacked_server.output()
+    assert 'code="UNKNOWN"' not in attacked_server.metrics() and 'code="INTERNAL"' not in attacked_server.metrics()

@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.harness import (
-    RetryingClients,
+    ClientsThroughSigterm,
     ServerProcess,
     free_port,
     free_ports,
@@ -31,6 +31,7 @@ from tests.harness import (
 )
 from vaeserve.client.api import VaeClient, to_tensor
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
+from vaeserve.server.config import DeviceError, ServeConfig
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -68,6 +69,17 @@ def test_a_repository_that_fails_verification_stops_the_server_with_its_message(
     assert f"model 'digits' not found: {repo} holds vae; create a model with `make model REPO={repo} NAME=digits`" in (
         result.stderr
     )
+
+
+def test_an_unknown_device_is_refused_by_the_cli_and_the_config(model_repo: Path) -> None:
+    """One check (config.check_device) and one message, whether the device comes from a flag or a ServeConfig."""
+    result = run_serve(model_repo, "--device", "tpu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    refusal = "--device: expected one of auto, cpu, cuda, got "
+    assert result.stderr.splitlines()[-1] == f"vaeserve serve: error: {refusal}'tpu'"
+    for hostile in ("", "CUDA", " cpu", "cuda:0", "x" * 10_000, "nan", "-1", "\x00"):
+        with pytest.raises(DeviceError, match="^" + refusal):
+            ServeConfig(device=hostile).check()
 
 
 def test_device_cuda_without_cuda_fails_clearly(model_repo: Path) -> None:
@@ -217,12 +229,12 @@ async def _retry_through_sigterm(
     still ran; whether it had exited while the clients retried."""
     request = vae_pb2.EncodeRequest(images=to_tensor(np.zeros((1, 1, 8, 8), np.float32))).SerializeToString()
     async with grpc.aio.insecure_channel(server.target) as channel:
-        callers = RetryingClients(channel, server, "Encode", request, clients, bound_s)
+        callers = ClientsThroughSigterm(channel, server, "Encode", request, clients, retry_for_s=bound_s)
         await callers.started()
         callers.send_sigterm()
         closed = await _port_closes(server.port, bound_s)
         closed_while_in_flight = closed and not in_flight.done()
-        after = await callers.finished()
+        _, after = await callers.finished()
         exited = server.returncode is not None
     return after, closed_while_in_flight, exited
 

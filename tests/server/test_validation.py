@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from vaeserve.client.api import to_tensor
 from vaeserve.elbo import reparameterize
 from vaeserve.protos.vae.v1 import vae_pb2
+from vaeserve.repository import IMAGE
 from vaeserve.server import graphs, validation
 from vaeserve.server.errors import InvalidArgument
 from vaeserve.server.noise import Noise, draw_eps
@@ -176,7 +177,7 @@ def test_the_encoders_batch_function_reparameterizes_each_row_with_its_own_eps()
     images = rng.random((5, *IMAGE_SHAPE), dtype=np.float32)
     eps = np.frombuffer(draw_eps(3, 5, 3), np.float32).reshape(5, 3)
     encoder = graphs.encoder(IMAGE_SHAPE, latent_dim=3)
-    got_mean, got_log_variance, z = encoder.compute(lambda x: [mean, log_variance], {"images": images, "eps": eps})
+    got_mean, got_log_variance, z = encoder.compute(lambda x: [mean, log_variance], {IMAGE: images, graphs.EPS: eps})
     assert got_mean is mean and got_log_variance is log_variance
     for i in range(5):  # a row's z is the same computed alone
         np.testing.assert_array_equal(z[i], reparameterize(mean[i : i + 1], log_variance[i : i + 1], eps[i : i + 1])[0])

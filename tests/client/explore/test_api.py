@@ -65,12 +65,12 @@ def test_the_page_and_the_model(explorer: ExplorerServer) -> None:
     assert picture(model["digits"][0]["image"]).shape == (10, 10)  # one 8x8 digit in its 1-pixel frame
 
 
-def test_samples_follow_the_seed(explorer: ExplorerServer, server: ServerProcess) -> None:
+def test_samples_follow_the_seed(explorer: ExplorerServer, default_server: ServerProcess) -> None:
     seven = request(explorer, "/api/sample", {"seed": 7, "temperature": 1.0, "n": 4})
     again = request(explorer, "/api/sample", {"seed": 7, "temperature": 1.0, "n": 4})
     other = request(explorer, "/api/sample", {"seed": 8, "temperature": 1.0, "n": 4})
     assert seven[0] == 200 and seven == again and other[1]["image"] != seven[1]["image"]
-    with VaeClient(server.target) as client:
+    with VaeClient(default_server.target) as client:
         images, _ = client.sample(4, seed=7)
     grid = picture(seven[1]["image"])
     assert grid.shape == (2 * 9 + 1, 2 * 9 + 1)
@@ -78,12 +78,12 @@ def test_samples_follow_the_seed(explorer: ExplorerServer, server: ServerProcess
     assert request(explorer, "/api/sample", {"seed": None, "temperature": 0.5, "n": 1})[0] == 200
 
 
-def test_interpolation_and_traversal_pictures(explorer: ExplorerServer, server: ServerProcess) -> None:
+def test_interpolation_and_traversal_pictures(explorer: ExplorerServer, default_server: ServerProcess) -> None:
     status, answer = request(explorer, "/api/interpolate",
                              {"a": {"digit": 0}, "b": {"digit": 14}, "steps": 6, "spherical": True})  # fmt: skip
     assert status == 200 and picture(answer["image"]).shape == (10, 6 * 9 + 1)
     digits = explorer.explorer.digits
-    with VaeClient(server.target) as client:
+    with VaeClient(default_server.target) as client:
         expected, _ = client.interpolate(digits[0], digits[14], 6, spherical=True)
     np.testing.assert_array_equal(picture(answer["image"])[1:9, 1:9], (expected[0, 0] * 255).round())
 
@@ -93,10 +93,12 @@ def test_interpolation_and_traversal_pictures(explorer: ExplorerServer, server: 
     assert traversal.shape[1] > 5 * 9 + 1
 
 
-def test_score_places_an_image_among_the_bundled_digits(explorer: ExplorerServer, server: ServerProcess) -> None:
+def test_score_places_an_image_among_the_bundled_digits(
+    explorer: ExplorerServer, default_server: ServerProcess
+) -> None:
     status, digit = request(explorer, "/api/score", {"image": {"digit": 5}})
     assert status == 200 and digit["verdict"] == "typical" and digit["nll"] <= digit["highest"]
-    with VaeClient(server.target) as client:
+    with VaeClient(default_server.target) as client:
         expected = -client.score(explorer.explorer.digits[5:6], 100, seed=0)["log_likelihood"][0]
     assert digit["nll"] == pytest.approx(float(expected))
     noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 8), dtype=np.uint8))
@@ -251,7 +253,7 @@ def test_the_bundled_digits_are_test_digits_of_the_default_model() -> None:
         np.testing.assert_array_equal(bundled["labels"], labels[index])
 
 
-def test_explore_command_errors_are_one_line(server: ServerProcess, tmp_path: Path) -> None:
+def test_explore_command_errors_are_one_line(default_server: ServerProcess, tmp_path: Path) -> None:
     def explore(*flags: str) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "vaeserve.cli", "explore", *flags]
         return subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -261,24 +263,25 @@ def test_explore_command_errors_are_one_line(server: ServerProcess, tmp_path: Pa
     assert result.returncode == 2 and result.stderr.startswith(f"vaeserve explore: error: {nobody}: UNAVAILABLE: ")
     assert result.stderr.endswith(f"(is a server running at {nobody}? `make serve` starts one)\n")
 
-    result = explore("--target", server.target, "--port", str(server.port))  # the gRPC server holds that port
+    held = default_server.port  # the gRPC server holds that port
+    result = explore("--target", default_server.target, "--port", str(held))
     assert (result.returncode, result.stderr) == (
         2,
-        f"vaeserve explore: error: --port {server.port}: 127.0.0.1:{server.port} is in use (another vaeserve?); "
+        f"vaeserve explore: error: --port {held}: 127.0.0.1:{held} is in use (another vaeserve?); "
         "choose another with --port\n",
     )
-    result = explore("--target", server.target, "--host", "10.255.255.1")
+    result = explore("--target", default_server.target, "--host", "10.255.255.1")
     assert (result.returncode, result.stderr) == (
         2,
         "vaeserve explore: error: --host 10.255.255.1: not an address of this machine, cannot listen on it (Cannot "
         "assign requested address)\n",
     )
-    result = explore("--target", server.target, "--host", "nonexistent.invalid")
+    result = explore("--target", default_server.target, "--host", "nonexistent.invalid")
     assert result.returncode == 2 and result.stderr.startswith(
         "vaeserve explore: error: --host nonexistent.invalid: cannot resolve it to an address to listen on ("
     )
     for value in ("-1", "65536", "nan", "", "eighty", "1e9"):
-        result = explore("--target", server.target, "--port", value)
+        result = explore("--target", default_server.target, "--port", value)
         assert result.returncode == 2 and f"argument --port: expected an integer in [0, 65535], got {value!r}" in (
             result.stderr
         )
@@ -351,10 +354,10 @@ def trickled_until_closed(sock: socket.socket, attempts: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def strict(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def strict(default_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A `vaeserve explore` process (the real command and its flags) that gives each request 1 s to arrive."""
     port = free_port()
-    argv = [sys.executable, "-m", "vaeserve.cli", "explore", "--target", server.target, "--port", str(port),
+    argv = [sys.executable, "-m", "vaeserve.cli", "explore", "--target", default_server.target, "--port", str(port),
             "--request-timeout-s", "1"]  # fmt: skip
     with ServerProcess(
         argv, tmp_path_factory.mktemp("strict") / "explore.log", port, explorer_ready, name="explore"

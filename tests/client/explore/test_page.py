@@ -36,10 +36,10 @@ def api(url: str, path: str, body: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def page(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def page(default_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a `vaeserve explore` process (the real command) for `server`."""
     port = free_port()
-    argv = [sys.executable, "-m", "vaeserve.cli", "explore", "--target", server.target, "--port", str(port)]
+    argv = [sys.executable, "-m", "vaeserve.cli", "explore", "--target", default_server.target, "--port", str(port)]
     log = tmp_path_factory.mktemp("explore") / "explore.log"
     explorer = ServerProcess(argv, log, port, explorer_ready, name="vaeserve explore")
     with explorer:
