@@ -3,7 +3,7 @@
 `write_shapes(folder, count, size, seed)` draws `count` pictures of one shape each (circle, square or triangle,
 filled, on black) with a seeded random hue, size and position, into folder/SHAPE/NNNNN.png (the subfolder is the
 label), and writes folder/factors.csv: file (relative), shape (index into SHAPES), hue, scale, x, y (all in
-[0, 1]), the truth a linear probe of the latent space is checked against.
+[0, 1]), the truth a linear probe of the latent space is checked against; `read_factors` reads it back.
 """
 
 from __future__ import annotations
@@ -56,3 +56,10 @@ def write_shapes(folder: Path, count: int, size: int = 64, seed: int = 0) -> Pat
         writer.writerow(["file", *FACTORS])
         writer.writerows(rows)
     return path
+
+
+def read_factors(folder: Path, files: list[str]) -> dict[str, np.ndarray]:
+    """Each factor's values for `files` (relative to `folder`, as split.json lists them), in their order."""
+    with (folder / FACTORS_FILE).open(newline="") as f:
+        rows = {row["file"]: row for row in csv.DictReader(f)}
+    return {name: np.array([float(rows[file][name]) for file in files]) for name in FACTORS}

@@ -116,6 +116,15 @@ def shown(value: object) -> str:
     return reprlib.repr(value)
 
 
+def traversal(mean: np.ndarray, span: float, steps: int) -> np.ndarray:
+    """[D * steps, D] latents: dimension d (row d) moved from mean - span to mean + span in `steps` even steps,
+    the others held at `mean` [D]."""
+    dims = len(mean)
+    latents = np.repeat(mean[None, None], dims, axis=0).repeat(steps, axis=1)  # [dims, steps, dims]
+    latents[np.arange(dims), :, np.arange(dims)] += np.linspace(-span, span, steps, dtype=np.float32)
+    return latents.reshape(dims * steps, dims)
+
+
 @dataclass
 class Explorer:
     """What the page's calls need: the client, the model's description, the bundled digits in its input shape."""
@@ -184,11 +193,8 @@ class Explorer:
         steps = number(body, "steps", int, 2, MAX_TRAVERSE_STEPS)
         span = number(body, "span", float, 0.1, MAX_SPAN)
         mean = self.client.encode(self.source(body, "image")[None])[0][0]
-        dims = len(mean)
-        latents = np.repeat(mean[None, None], dims, axis=0).repeat(steps, axis=1)  # [dims, steps, dims]
-        latents[np.arange(dims), :, np.arange(dims)] += np.linspace(-span, span, steps, dtype=np.float32)
-        images = self.client.decode(latents.reshape(dims * steps, dims))
-        return {"image": self.png(images, columns=steps, row_labels=tuple(f"z{d + 1}" for d in range(dims)))}
+        images = self.client.decode(traversal(mean, span, steps))
+        return {"image": self.png(images, columns=steps, row_labels=tuple(f"z{d + 1}" for d in range(len(mean))))}
 
     def score(self, body: dict) -> dict:
         """-log p(x) of one image, beside the same figure for the bundled test digits: an image less likely than
