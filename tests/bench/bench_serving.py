@@ -130,6 +130,7 @@ class Bench:
         self.points: list[Point] = []
         self.notes: list[str] = []
         self.profiles: list[str] = []
+        self.rounds = 0  # rounds measured so far: which system starts the next one
 
     def find(self, model: str, call: Call, system: str, concurrency: int) -> Point | None:
         return next((p for p in self.points if (p.model, p.call, p.system, p.concurrency) ==
@@ -240,10 +241,12 @@ class Bench:
             for concurrency in levels:
                 active = [t for t in targets if t.levels is None or concurrency in t.levels]
                 rounds: dict[str, list[dict]] = {t.system: [] for t in active}
-                for turn in range(self.args.rounds if concurrency == 32 else 1):
+                for _ in range(self.args.rounds if concurrency == 32 else 1):
                     # Each round starts with another system: the first of a round was measured 10-25% slower
                     # than the same server measured later (two identical vaeserve installations, either first).
-                    for target in active[turn % len(active) :] + active[: turn % len(active)]:
+                    first = self.rounds % len(active)
+                    self.rounds += 1
+                    for target in active[first:] + active[:first]:
                         method, request = target.request(call)
                         results = self.load(target.servers, method, request, (concurrency,), target.metrics_url)
                         rounds[target.system] += results
