@@ -13,9 +13,10 @@ event loop (between two batches of every graph). A version that leaves the set t
 batchers stop and its sessions are dropped when the last call on it ends. One load runs at a time.
 
 Memory: a swap holds the old version and the new one at once, never more. A version's sessions are mostly
-arenas grown by warm-up to a full batch, and on CPU each graph has two (runtime.CpuSession): the new version
-goes live with the one every batch can use, and its spinning sessions, which only heavy batches use, are built
-once the versions it replaced are freed (`_add_heavy`). Until then its heavy batches run without spinning
+arenas grown by warm-up to a full batch, and on CPU a graph may have two (runtime.CpuSession): the new version
+goes live with the one every batch can use, and its spinning sessions, which only heavy batches use, are measured
+and built once the versions it replaced are freed (`_add_heavy`). A version built like one served before (a
+retrained model) reuses that one's timings (runtime.Measured), so its swap times no full batch under load. Until then its heavy batches run without spinning
 (a conv decoder's Sample(1024) 80 -> 62 calls/s: BENCHMARKS.md, "Design measurements"), for the moments the
 old version's last calls and the build take; building them before the switch put the swap's peak RSS above one
 extra served version (BENCHMARKS.md, "Model versions going live while serving").
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -124,6 +126,13 @@ class Loaded:
         return self.sessions[DECODER].provider
 
 
+def architecture(model: ModelVersion, graph: str) -> str | None:
+    """What a graph of this version shares with the same graph of other versions built alike: the training
+    configuration export records (layers and sizes), the variant and the graph. None for exports without it."""
+    built = model.info.get("model_config")
+    return None if built is None else json.dumps([graph, model.variant, built], sort_keys=True)
+
+
 def open_sessions(model: ModelVersion, config: ServeConfig) -> dict[str, Session]:
     """Both graphs' sessions on the chosen device (one log line on the provider)."""
     # Each graph's one input and what its session returns by default: the repository's signatures, less the
@@ -135,7 +144,7 @@ def open_sessions(model: ModelVersion, config: ServeConfig) -> dict[str, Session
     for name, path in paths.items():
         (graph_input,) = signatures[name]["inputs"]
         outputs = list(signatures[name]["outputs"])
-        sessions[name], why_not = open_session(path, graph_input, outputs, *threads)
+        sessions[name], why_not = open_session(path, graph_input, outputs, *threads, architecture(model, name))
     log.info("execution provider %s (--device %s%s)", sessions[DECODER].provider, config.device,
              f": {why_not}" if why_not else "")  # fmt: skip
     return sessions
@@ -152,7 +161,10 @@ def warm_up(model: ModelVersion, sessions: dict[str, Session], config: ServeConf
 
 
 def add_heavy(model: ModelVersion, sessions: dict[str, Session], config: ServeConfig) -> None:
-    """Each graph's sessions for heavy batches, built and warmed (runtime.Session.add_heavy)."""
+    """Each graph's sessions for heavy batches, measured, then built and warmed (runtime.Session.add_heavy)."""
+    for name, session in sessions.items():  # every graph measured before any builds what it keeps (runtime)
+        session.measure_heavy(_row_shapes(model)[name], config.max_batch_size)
+        trim()  # the candidate sessions measuring built and dropped go back to the OS before the next's
     for name, session in sessions.items():
         session.add_heavy(_row_shapes(model)[name], config.max_batch_size)
     described = "; ".join(f"{name}: {session.describe()}" for name, session in sessions.items())

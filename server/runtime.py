@@ -7,7 +7,10 @@ what counts. `auto` falls back to CPU with one log line; `cuda` refuses to start
 Both kinds are timed alone at warm-up, at one row and at a full batch (`Cost`): that predicts how long a batch
 of n rows runs, which the batcher uses to choose between the event loop and its worker thread. A run timed
 inside a busy server would also hold the wait for the GIL after onnxruntime returns, which grows with the
-load, not with the batch.
+load, not with the batch. So what was timed is kept per architecture (`Measured`): a later version built
+alike (a retrained model: the same operators and shapes, other weights) is warmed up but not timed again,
+keeping the timings taken alone at start-up instead of timing full batches on every thread count beside the
+calls a swap keeps serving (BENCHMARKS.md, "Model versions going live while serving").
 """
 
 from __future__ import annotations
@@ -32,6 +35,19 @@ THREADS_SLACK = 0.1  # more threads must make a full batch more than 10% faster 
 NEVER = 1 << 62  # rows no batch reaches
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+LOOP = "loop"  # Measured.costs' key of the session batches on the event loop run (the only one on CUDA)
+
+
+@dataclass
+class Measured:
+    """What warm-up timed for one architecture's graph: each session's Cost (LOOP, or the spinning session's
+    thread count) and the worker's intra-op threads with each count's full batch, when measured."""
+
+    costs: dict[str | int, Cost] = field(default_factory=dict)
+    threads: tuple[int, dict[int, float]] | None = None
+
+
+MEASURED: dict[tuple[str, str], Measured] = {}  # by provider and architecture, for the process's lifetime
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,9 @@ class Cost:
             return max_rows
         return min(max_rows, int((seconds - self.fixed_s) / self.per_row_s))
 
+    def seconds(self, rows: int) -> float:
+        return self.fixed_s + self.per_row_s * rows
+
 
 class Session(Protocol):
     """One graph with one input: `run(x)` for batches on the event loop, `run_on_worker(x)` for batches the
@@ -63,9 +82,16 @@ class Session(Protocol):
 
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None: ...
 
+    def measure_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
+        """Times what add_heavy needs to choose (CPU: the worker's threads), after warm_up, holding at most one
+        session beside the version's own at a time: a version measures every graph before add_heavy builds
+        any, so that measuring never holds more than what the version keeps (models.add_heavy)."""
+        ...
+
     def add_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
         """Builds and warms what only heavy batches use (CPU: the spinning session; CUDA: nothing), after
-        warm_up: until then every batch runs as `run` does. A swap calls it once the version it replaces is freed."""
+        measure_heavy: until then every batch runs as `run` does. A swap calls both once the version it replaces
+        is freed."""
         ...
 
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
@@ -91,6 +117,7 @@ class Spinning:
     rows: int = NEVER
     threads: int = 0  # 0 until add_heavy has measured them (--intra-op-threads 0)
     timings: dict[int, float] = field(default_factory=dict)  # threads -> seconds of a full batch, when measured
+    reused: bool = False  # threads and timings measured for an earlier version of the architecture
 
 
 class CpuSession:
@@ -105,16 +132,22 @@ class CpuSession:
     session there: spinning during medium batches under concurrency costs more than it saves (BENCHMARKS.md has
     the measurements). The spinning session is built by add_heavy, apart from the first: each warmed session
     holds about half of what a version costs (its arena grown to a full batch), and a swap builds it only once
-    the old version is freed (models.Models), the measuring of its threads included.
+    the old version is freed (models.Models), the measuring of its threads included. One thread (given, or the
+    fastest measured) has no pool threads to spin, and a graph whose full batch runs within SPIN_AFTER_S (on one
+    thread, or on the spinning session once timed) has no batch to spin for: the worker then runs the loop's
+    session, and no second one is kept.
     """
 
     provider = CPU
 
-    def __init__(self, path: Path, input_name: str, output_names: list[str], intra: int, inter: int) -> None:
+    def __init__(
+        self, path: Path, input_name: str, output_names: list[str], intra: int, inter: int, measured: Measured
+    ) -> None:
         self.path, self.inter = path, inter
         self.input_name, self.output_names = input_name, output_names
         self.session = ort.InferenceSession(str(path), _options(1, inter), providers=[CPU])
         self.spinning = Spinning(threads=intra)
+        self.measured = measured
         self.cost = Cost(0.0, 0.0)
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
@@ -129,18 +162,37 @@ class CpuSession:
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None:
         """`cost` of the loop's session, each size run once untimed first so that the first requests pay no
         allocation or kernel set-up."""
-        self.cost = _measure(self.run, row_shape, max_rows)
+        self.cost = _measure(self.run, row_shape, max_rows, self.measured, LOOP)
+
+    def measure_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
+        """The worker's threads, when neither given nor measured for the architecture, and the spinning
+        session's Cost: each candidate session built, timed and dropped."""
+        spinning, measured = self.spinning, self.measured
+        if self.cost.seconds(max_rows) < SPIN_AFTER_S:
+            return  # a full batch on the loop's one thread already runs within SPIN_AFTER_S: no batch would spin
+        if not spinning.threads:
+            spinning.reused = measured.threads is not None
+            if measured.threads is None:
+                measured.threads = self._fastest(row_shape, max_rows)
+            spinning.threads, spinning.timings = measured.threads
+        if spinning.threads > 1 and spinning.threads not in measured.costs:
+            _measure(self._runner(self._spinning(spinning.threads)), row_shape, max_rows, measured, spinning.threads)
 
     def add_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
-        """The spinning session (its threads measured when not given), warmed as warm_up warms the first, and the
-        rows from which batches use it."""
-        spinning = self.spinning
-        if not spinning.threads:
-            spinning.threads, spinning.timings = self._fastest(row_shape, max_rows)
-        session = self._spinning(spinning.threads)
-        cost = _measure(lambda x: session.run(self.output_names, {self.input_name: x}), row_shape, max_rows)
-        spinning.session = session
-        spinning.rows = cost.rows_within(SPIN_AFTER_S, max_rows) + 1
+        """The spinning session, warmed as warm_up warms the first, and the rows from which batches use it; none
+        where measure_heavy found no batch to spin for."""
+        cost = self.measured.costs.get(self.spinning.threads)
+        if self.spinning.threads < 2 or cost is None:
+            return  # one thread, or a full batch too short to spin for: the loop's session runs every batch
+        rows = cost.rows_within(SPIN_AFTER_S, max_rows) + 1
+        if rows > max_rows:
+            return  # not even a full batch runs long enough on it to spin for
+        session = self._spinning(self.spinning.threads)
+        _measure(self._runner(session), row_shape, max_rows, self.measured, self.spinning.threads)  # warmed only
+        self.spinning.session, self.spinning.rows = session, rows
+
+    def _runner(self, session: ort.InferenceSession) -> Callable[[np.ndarray], list[np.ndarray]]:
+        return lambda x: session.run(self.output_names, {self.input_name: x})
 
     def _spinning(self, threads: int) -> ort.InferenceSession:
         return ort.InferenceSession(str(self.path), _options(threads, self.inter, spinning=True), providers=[CPU])
@@ -152,8 +204,8 @@ class CpuSession:
         cpus = max(1, int(available_cpus()))
         counts = sorted({1, cpus, *(2**i for i in range(1, cpus.bit_length()) if 2**i < cpus)})
         x = np.zeros((max_rows, *row_shape), dtype=np.float32)
-        timings = {}
-        for threads in counts:
+        timings = {1: self.cost.seconds(max_rows)}  # the loop's session: one thread, timed alike at warm-up
+        for threads in counts[1:]:
             session = self._spinning(threads)
             session.run(self.output_names, {self.input_name: x})  # allocations, not timed
             timings[threads] = min(_timed(session.run, self.output_names, {self.input_name: x}) for _ in range(3))
@@ -172,7 +224,15 @@ class CpuSession:
     def describe(self) -> str:
         spinning = self.spinning
         measured = ", ".join(f"{t}: {s * 1e3:.2f} ms" for t, s in spinning.timings.items())
-        chosen = f" (a full batch with 1, 2, ... threads: {measured})" if measured else ""
+        earlier = ", measured for an earlier version of this architecture" if spinning.reused else ""
+        chosen = f" (a full batch with 1, 2, ... threads: {measured}{earlier})" if measured else ""
+        if spinning.session is None:
+            if spinning.threads == 1:
+                why = "one thread has no pool threads to spin"
+            else:
+                on = f"{spinning.threads} threads" if spinning.threads else "one thread"
+                why = f"a full batch on {on} runs within {SPIN_AFTER_S * 1e3:g} ms: no batch to spin for"
+            return f"the worker runs the event loop's session, 1 intra-op thread{chosen} ({why})"
         return (f"worker session {spinning.threads} intra-op thread(s){chosen}, pool threads spin for batches "
                 f"from {spinning.rows} rows")  # fmt: skip
 
@@ -184,8 +244,11 @@ class CudaSession:
 
     provider = CUDA
 
-    def __init__(self, session: ort.InferenceSession, input_name: str, output_names: list[str]) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, input_name: str, output_names: list[str], measured: Measured
+    ) -> None:
         self.session, self.input_name, self.output_names = session, input_name, output_names
+        self.measured = measured
         self.cost = Cost(0.0, 0.0)
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
@@ -196,10 +259,12 @@ class CudaSession:
     def warm_up(self, row_shape: tuple[int, ...], max_rows: int) -> None:
         """`cost` of the IO-binding path, at one row and at a full batch (kernel selection and the arena's first
         growth happen in the untimed first runs)."""
-        self.cost = _measure(self.run, row_shape, max_rows)
+        self.cost = _measure(self.run, row_shape, max_rows, self.measured, LOOP)
 
-    def add_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
+    def measure_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
         pass  # one session runs every batch
+
+    add_heavy = measure_heavy
 
     def inline_rows(self, budget_s: float, max_rows: int) -> int:
         return 0  # a GPU run waits on the device, which must not stall the event loop
@@ -233,17 +298,24 @@ def open_session(
     intra: int = 1,
     inter: int = 1,
     cuda_mem_limit_mb: int = 0,
+    architecture: str | None = None,
 ) -> tuple[Session, str]:
-    """The graph's session on `device` and, on CPU, why CUDA is not used (for the start-up log line)."""
+    """The graph's session on `device` and, on CPU, why CUDA is not used (for the start-up log line).
+    `architecture`: what this graph shares with the graphs of other versions built alike, whose timings it then
+    reuses (`Measured`); None: nothing shared, everything timed."""
     check_device(device)
     why_not = "CPU requested"
     if device != "cpu":
         session, why_not = _try_cuda(path, _options(intra, inter), cuda_options(cuda_mem_limit_mb))
         if session is not None:
-            return CudaSession(session, input_name, output_names), ""
+            return CudaSession(session, input_name, output_names, _measured(CUDA, architecture)), ""
         if device == "cuda":
             raise DeviceError(f"--device cuda: {why_not}")
-    return CpuSession(path, input_name, output_names, intra, inter), why_not
+    return CpuSession(path, input_name, output_names, intra, inter, _measured(CPU, architecture)), why_not
+
+
+def _measured(provider: str, architecture: str | None) -> Measured:
+    return Measured() if architecture is None else MEASURED.setdefault((provider, architecture), Measured())
 
 
 def _options(intra_op_threads: int, inter_op_threads: int, spinning: bool = False) -> ort.SessionOptions:
@@ -303,15 +375,22 @@ def _try_cuda(
     return session, ""
 
 
-def _measure(run: Callable[[np.ndarray], object], row_shape: tuple[int, ...], max_rows: int) -> Cost:
-    """Warms `run` up and fits its Cost to the best of three runs at one row and at max_rows."""
+def _measure(
+    run: Callable[[np.ndarray], object], row_shape: tuple[int, ...], max_rows: int, measured: Measured, key: str | int
+) -> Cost:
+    """Warms `run` up and fits its Cost to the best of three runs at one row and at max_rows, unless `measured`
+    already holds the Cost under `key` (then it is only warmed up)."""
+    known = measured.costs.get(key)
     best = {}
     for rows in sorted({1, max_rows}):
         x = np.zeros((rows, *row_shape), dtype=np.float32)
         run(x)  # allocations and kernel set-up, not timed
-        best[rows] = min(_timed(run, x) for _ in range(3))
-    per_row = (best[max_rows] - best[1]) / (max_rows - 1) if max_rows > 1 else best[1]
-    return Cost(best[1] - per_row, max(per_row, 0.0))
+        if known is None:
+            best[rows] = min(_timed(run, x) for _ in range(3))
+    if known is None:
+        per_row = (best[max_rows] - best[1]) / (max_rows - 1) if max_rows > 1 else best[1]
+        known = measured.costs[key] = Cost(best[1] - per_row, max(per_row, 0.0))
+    return known
 
 
 def _timed(fn: Callable[..., object], *args: object) -> float:

@@ -3,6 +3,7 @@ where it binds host memory)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -10,10 +11,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from vaeserve.repository import open_version
 from vaeserve.server.cpus import available_cpus
+from vaeserve.server.models import architecture
 from vaeserve.server.handoff import worker_handoff_s
 from vaeserve.server.runtime import (
     CPU,
+    SPIN_AFTER_S,
     THREADS_SLACK,
     Cost,
     CpuSession,
@@ -25,9 +29,27 @@ from vaeserve.server.runtime import (
 )
 
 
+def warm_for_spinning(graph: CpuSession, row_shape: tuple[int, ...]) -> int:
+    """Warms `graph` up at a full batch its loop's session runs for at least 8 x SPIN_AFTER_S, whatever the
+    machine, and returns its rows: a full batch that still runs longer than SPIN_AFTER_S on the spinning session
+    (a shorter one never spins: add_heavy builds nothing), on up to 8 threads even if they scaled perfectly."""
+    rows = 16
+    graph.warm_up(row_shape, rows)
+    while graph.cost.seconds(rows) < 8 * SPIN_AFTER_S:
+        rows *= 2
+        graph.warm_up(row_shape, rows)
+    return rows
+
+
+def add_heavy(graph: CpuSession, row_shape: tuple[int, ...], max_rows: int) -> None:
+    """As a version does (models.add_heavy): measured, then built."""
+    graph.measure_heavy(row_shape, max_rows)
+    graph.add_heavy(row_shape, max_rows)
+
+
 def test_cpu_session_runs_the_graph_on_both_paths_and_with_io_binding(model_repo: Path) -> None:
     path = model_repo / "vae" / "1" / "encoder.onnx"
-    graph, why_not = open_session(path, "image", ["mean", "log_variance"], device="cpu")
+    graph, why_not = open_session(path, "image", ["mean", "log_variance"], device="cpu", intra=2)
     assert isinstance(graph, CpuSession) and graph.provider == CPU and why_not == "CPU requested"
     graph.warm_up((1, 8, 8), 16)
     means = graph.with_outputs(["mean"])  # a view made before the spinning session exists (as the batchers are)
@@ -39,7 +61,7 @@ def test_cpu_session_runs_the_graph_on_both_paths_and_with_io_binding(model_repo
     # What runs on the event loop is predicted from the warm-up timings: more time, never fewer rows.
     within = [graph.inline_rows(seconds, 16) for seconds in (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 10.0)]
     assert within[0] == 0 and within[-1] == 16 and within == sorted(within)
-    graph.add_heavy((1, 8, 8), 16)
+    add_heavy(graph, (1, 8, 8), warm_for_spinning(graph, (1, 8, 8)))
     assert graph.spinning.rows >= 1  # measured as it was built
     graph.spinning.rows = 3  # so that 5 rows run on the worker's spinning session
     on_worker = graph.run_on_worker(x)
@@ -58,8 +80,8 @@ def test_the_workers_threads_are_measured_and_the_loops_session_runs_on_one(mode
     latent_dim = ort.InferenceSession(str(path), providers=[CPU]).get_inputs()[0].shape[1]
     graph, _ = open_session(path, "latent", ["image"], device="cpu", intra=0)
     assert isinstance(graph, CpuSession) and graph.spinning.threads == 0  # chosen when the spinning one is built
-    graph.warm_up((latent_dim,), 64)
-    graph.add_heavy((latent_dim,), 64)
+    rows = warm_for_spinning(graph, (latent_dim,))
+    add_heavy(graph, (latent_dim,), rows)
     spinning = graph.spinning
     cpus = max(1, int(available_cpus()))
     assert set(spinning.timings) >= {1, cpus} and max(spinning.timings) == cpus  # 1 to the CPUs it may use
@@ -68,12 +90,67 @@ def test_the_workers_threads_are_measured_and_the_loops_session_runs_on_one(mode
     assert all(seconds > fastest * (1 + THREADS_SLACK)
                for t, seconds in spinning.timings.items() if t < spinning.threads)  # ... and the fewest  # fmt: skip
     assert graph.session.get_session_options().intra_op_num_threads == 1  # the event loop's batches: its core alone
-    assert spinning.session.get_session_options().intra_op_num_threads == spinning.threads
-    assert f"worker session {spinning.threads} intra-op thread(s)" in graph.describe()
+    if spinning.threads == 1:  # test_one_thread_builds_no_second_session
+        assert spinning.session is None
+    else:
+        assert spinning.session.get_session_options().intra_op_num_threads == spinning.threads
+        assert f"worker session {spinning.threads} intra-op thread(s)" in graph.describe()
+    assert spinning.timings[1] == graph.cost.seconds(rows)  # one thread: the loop's own session, timed at warm-up
     given, _ = open_session(path, "latent", ["image"], device="cpu", intra=3)
-    given.warm_up((latent_dim,), 64)
-    given.add_heavy((latent_dim,), 64)
+    add_heavy(given, (latent_dim,), warm_for_spinning(given, (latent_dim,)))
     assert given.spinning.threads == 3 and given.spinning.timings == {}  # --intra-op-threads given: not measured
+    assert given.spinning.session is not None
+
+
+@pytest.mark.parametrize("intra", [0, 1])
+def test_no_second_session_when_nothing_would_spin(model_repo: Path, intra: int) -> None:
+    """One intra-op thread has no pool threads to spin; a graph whose full batch runs within SPIN_AFTER_S on
+    one thread has no batch to spin for (neither are its threads measured): the worker runs the loop's session."""
+    path = model_repo / "vae" / "1" / "decoder.onnx"
+    graph, _ = open_session(path, "latent", ["image"], device="cpu", intra=intra)
+    assert isinstance(graph, CpuSession)
+    latent_dim = graph.session.get_inputs()[0].shape[1]
+    if intra == 1:
+        rows = warm_for_spinning(graph, (latent_dim,))  # long enough to spin for, but one thread
+    else:
+        rows = 16
+        graph.warm_up((latent_dim,), rows)
+        assert graph.cost.seconds(rows) < SPIN_AFTER_S  # 16 rows of the digits MLP: microseconds
+    add_heavy(graph, (latent_dim,), rows)
+    assert graph.spinning.session is None and graph.spinning.rows > rows  # no batch reaches a second session
+    assert graph.spinning.timings == {}  # nothing measured for a session not built
+    assert "the worker runs the event loop's session, 1 intra-op thread" in graph.describe()
+    z = np.random.default_rng(0).standard_normal((rows, latent_dim), dtype=np.float32)
+    np.testing.assert_array_equal(graph.run_on_worker(z)[0], graph.run(z)[0])
+
+
+def test_what_was_timed_is_reused_by_later_versions_of_the_architecture(model_repo: Path) -> None:
+    """A later version built alike (models.architecture: the same training configuration, variant and graph)
+    is warmed up, but neither its costs nor the worker's threads are timed again."""
+    model = open_version(model_repo, "vae", 1)
+    key = architecture(model, "decoder")
+    retrained = dataclasses.replace(model, version=2, info={**model.info, "version": 2})
+    assert key is not None and architecture(retrained, "decoder") == key != architecture(model, "encoder")
+    older = dataclasses.replace(model, info={k: v for k, v in model.info.items() if k != "model_config"})
+    assert architecture(older, "decoder") is None  # an export without the record: timed every time
+    key += "-" + os.urandom(4).hex()  # not the key other tests' sessions in this process were timed under
+    graphs = []
+    for shared in (key, key, key + "-other", None):
+        graph, _ = open_session(model.decoder_path, "latent", ["image"], device="cpu", intra=0, architecture=shared)
+        assert isinstance(graph, CpuSession)
+        add_heavy(graph, (model.latent_dim,), warm_for_spinning(graph, (model.latent_dim,)))
+        graphs.append(graph)
+    first, again, other, unshared = graphs
+    assert again.measured is first.measured and again.cost is first.cost  # the first's timings, not new ones
+    assert (again.spinning.threads, again.spinning.timings) == (first.spinning.threads, first.spinning.timings)
+    assert again.spinning.reused and "measured for an earlier version of this architecture" in again.describe()
+    assert again.spinning.rows == first.spinning.rows  # from the spinning session's reused cost
+    for fresh in (other, unshared):  # another architecture, or none: timed afresh
+        assert fresh.measured is not first.measured and fresh.cost is not first.cost and not fresh.spinning.reused
+    assert not first.spinning.reused and "earlier version" not in first.describe()
+    x = np.random.default_rng(0).standard_normal((64, model.latent_dim), dtype=np.float32)
+    np.testing.assert_array_equal(again.run_on_worker(x)[0], first.run_on_worker(x)[0])  # warmed, and serving
+    assert first.spinning.timings  # measured: a full batch long enough to spin for
 
 
 def test_the_round_trip_to_the_worker_is_measured_once() -> None:
