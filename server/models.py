@@ -15,11 +15,12 @@ batchers stop and its sessions are dropped when the last call on it ends. One lo
 Memory: a swap holds the old version and the new one at once, never more. A version's sessions are mostly
 arenas grown by warm-up to a full batch, and on CPU a graph may have two (runtime.CpuSession): the new version
 goes live with the one every batch can use, and its spinning sessions, which only heavy batches use, are measured
-and built once the versions it replaced are freed (`_add_heavy`). A version built like one served before (a
-retrained model) reuses that one's timings (runtime.Measured), so its swap times no full batch under load. Until then its heavy batches run without spinning
-(a conv decoder's Sample(1024) 80 -> 62 calls/s: BENCHMARKS.md, "Design measurements"), for the moments the
-old version's last calls and the build take; building them before the switch put the swap's peak RSS above one
-extra served version (BENCHMARKS.md, "Model versions going live while serving").
+and built once the versions it replaced are freed (`_add_heavy`). Until then its heavy batches run without
+spinning (a conv decoder's Sample(1024) 80 -> 62 calls/s: BENCHMARKS.md, "Design measurements"), for the
+moments the old version's last calls and the build take; building them before the switch put the swap's peak
+RSS above one extra served version (BENCHMARKS.md, "Model versions going live while serving"). A version built
+like one served before (a retrained model) reuses that one's timings (runtime.Measured): its swap times no full
+batch beside the calls it keeps serving.
 
 A version that fails a step is one log line and one count of vaeserve_model_load_failures_total{reason}; what
 was served keeps serving, and the next load starts afresh. Under poll a failed version is not retried until its

@@ -6,8 +6,8 @@ number by an atomic rename, as export does; the 1st and the 10th swap both bring
 corrupt version (a truncated decoder) is loaded between them. Measured: failed calls, p99 of the calls that
 started during a swap (from the load call until a second after the new version first answered) against the
 p99 of all others, each swap's peak RSS above the RSS it started from (against what the larger version adds
-to a server serving both under the same clients), RSS after the 10th swap against after the 1st (old versions freed), and the
-time from the load call to the new version's first answer.
+to a server serving both under the same clients), RSS after the 10th swap against after the 1st (old versions
+freed), and the time from the load call to the new version's first answer.
 """
 
 from __future__ import annotations
@@ -207,7 +207,8 @@ def main() -> None:
         ["p99 during swaps vs steady", f"{result['p99_swaps_ms']:.1f} vs {result['p99_steady_ms']:.1f} ms "
          f"({ratio:.2f}x; {result['calls_during']:,} calls during swaps)", "<= 2x", _ok(ratio <= 2)],
         ["peak RSS of a swap above the RSS it started from (the largest of the swaps)",
-         f"{swap_extra:.0f} MiB (version {worst['version']}; one extra served version: {extra_mb:.0f} MiB, median of {FOOTPRINT_STARTS} starts)",
+         f"{swap_extra:.0f} MiB (version {worst['version']}; one extra served version: {extra_mb:.0f} MiB, median "
+         f"of {FOOTPRINT_STARTS} starts)",
          "<= one extra model", _ok(swap_extra <= max(extra_mb, 1.0))],
         ["the run's peak RSS above the steady state before the first swap", f"{extra:.0f} MiB (includes the "
          "larger model replacing the smaller)", "", ""],

@@ -13,8 +13,8 @@ import pytest
 
 from vaeserve.repository import open_version
 from vaeserve.server.cpus import available_cpus
-from vaeserve.server.models import architecture
 from vaeserve.server.handoff import worker_handoff_s
+from vaeserve.server.models import architecture
 from vaeserve.server.runtime import (
     CPU,
     SPIN_AFTER_S,
