@@ -50,8 +50,8 @@ SERVE_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
                            "active (a lone caller never waits)", {}),
     "max_queue": ("requests waiting per graph before new ones get RESOURCE_EXHAUSTED", {}),
     "inline_budget_us": ("batches predicted (from warm-up timings) to take at most this many microseconds run on "
-                         "the event loop instead of the worker thread (CPU only; 0: always the thread; auto: the "
-                         "round trip to the worker thread, measured at start)", {}),
+                         "the event loop instead of the worker thread (CPU only; 0: always the thread; auto: 200, "
+                         "or the round trip to the worker thread measured at start where that is longer)", {}),
     "max_num_samples": ("most rows (samples, images, interpolation steps) in one request", {}),
     "max_importance_samples": ("most posterior samples per image a Score call may ask for", {}),
     "intra_op_threads": ("onnxruntime intra-op threads of the worker's session, for heavy batches (0: the fewest "

@@ -84,7 +84,7 @@ class ServeConfig:
     max_batch_delay_ms: float = 3.0
     max_queue: int = 1024
     # Batches predicted (from warm-up timings) to run within this run on the event loop (CPU only): batcher.py.
-    # auto: the round trip to the worker thread, measured at start (handoff.py says why no more).
+    # auto: how long one batch may hold the event loop, or the round trip to the worker where longer (handoff.py).
     inline_budget_us: str = AUTO
     max_num_samples: int = 4096
     # Score's K: `vaeserve evaluate`'s default, the importance-weighted bound it reports.

@@ -60,7 +60,7 @@ from .batcher import Batcher
 from .config import MB, Limits, ServeConfig
 from .errors import InvalidArgument, NotFound, NoVersion, ShuttingDown
 from .graphs import LIKELIHOOD
-from .handoff import worker_handoff_s
+from .handoff import auto_inline_budget_s, worker_handoff_s
 from .memory import trim
 from .metrics import Metrics
 from .policy import MAX_VERSION
@@ -249,7 +249,7 @@ def make_batchers(config: ServeConfig, loaded: Loaded, metrics: Metrics, tracing
                     "on it", model.version)  # fmt: skip
     inline_s = config.inline_budget_s
     if inline_s is None:
-        inline_s = worker_handoff_s()
+        inline_s = auto_inline_budget_s()
     batchers = {}
     for name, spec in specs.items():
         observer = metrics.graph(name)
@@ -258,7 +258,10 @@ def make_batchers(config: ServeConfig, loaded: Loaded, metrics: Metrics, tracing
         batchers[name] = Batcher(spec, runners[name], observer, max_rows=config.max_batch_size,
                                  max_delay_s=config.max_batch_delay_ms / 1000, max_queue=config.max_queue,
                                  inline_rows=runners[name].inline_rows(inline_s, config.max_batch_size))  # fmt: skip
-    why = "a round trip to the worker, measured at start" if config.inline_budget_s is None else "--inline-budget-us"
+    why = "--inline-budget-us"
+    if config.inline_budget_s is None:
+        why = (f"auto: how long one batch may hold the event loop, or the round trip to the worker thread where "
+               f"longer ({worker_handoff_s() * 1e6:.0f} us, measured at start)")  # fmt: skip
     log.info("version %d: batches run on the event loop up to %d rows (encoder) and %d rows (decoder): predicted "
              "within %.0f us (%s)", model.version, batchers[ENCODER].inline_rows, batchers[DECODER].inline_rows,
              inline_s * 1e6, why)  # fmt: skip

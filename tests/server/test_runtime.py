@@ -13,7 +13,7 @@ import pytest
 
 from vaeserve.repository import open_version
 from vaeserve.server.cpus import available_cpus
-from vaeserve.server.handoff import worker_handoff_s
+from vaeserve.server.handoff import LOOP_HOLD_S, auto_inline_budget_s, worker_handoff_s
 from vaeserve.server.models import architecture
 from vaeserve.server.runtime import (
     CPU,
@@ -156,6 +156,8 @@ def test_what_was_timed_is_reused_by_later_versions_of_the_architecture(model_re
 def test_the_round_trip_to_the_worker_is_measured_once() -> None:
     measured = worker_handoff_s()
     assert 0 < measured < 1.0 and worker_handoff_s() == measured  # a thread's round trip, once per process
+    # auto: one batch holds the event loop for at most LOOP_HOLD_S, unless handing it over costs more
+    assert auto_inline_budget_s() == max(LOOP_HOLD_S, measured)
 
 
 def test_auto_uses_cuda_only_where_it_really_works(model_repo: Path) -> None:
