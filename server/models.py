@@ -163,11 +163,12 @@ def warm_up(model: ModelVersion, sessions: dict[str, Session], config: ServeConf
 
 def add_heavy(model: ModelVersion, sessions: dict[str, Session], config: ServeConfig) -> None:
     """Each graph's sessions for heavy batches, measured, then built and warmed (runtime.Session.add_heavy)."""
+    shapes = _row_shapes(model)
     for name, session in sessions.items():  # every graph measured before any builds what it keeps (runtime)
-        session.measure_heavy(_row_shapes(model)[name], config.max_batch_size)
+        session.measure_heavy(shapes[name], config.max_batch_size)
         trim()  # the candidate sessions measuring built and dropped go back to the OS before the next's
     for name, session in sessions.items():
-        session.add_heavy(_row_shapes(model)[name], config.max_batch_size)
+        session.add_heavy(shapes[name], config.max_batch_size)
     described = "; ".join(f"{name}: {session.describe()}" for name, session in sessions.items())
     log.info("version %d: sessions for heavy batches ready (%s)", model.version, described)
 

@@ -166,7 +166,8 @@ class CpuSession:
 
     def measure_heavy(self, row_shape: tuple[int, ...], max_rows: int) -> None:
         """The worker's threads, when neither given nor measured for the architecture, and the spinning
-        session's Cost: each candidate session built, timed and dropped."""
+        session's Cost (timed with them, or alone for given threads): each candidate session built, timed and
+        dropped."""
         spinning, measured = self.spinning, self.measured
         if self.cost.seconds(max_rows) < SPIN_AFTER_S:
             return  # a full batch on the loop's one thread already runs within SPIN_AFTER_S: no batch would spin
@@ -200,16 +201,14 @@ class CpuSession:
     def _fastest(self, row_shape: tuple[int, ...], max_rows: int) -> tuple[int, dict[int, float]]:
         """The fewest threads whose full batch runs within THREADS_SLACK of the fastest count's, among 1, powers of
         two and the CPUs this process may use (threads that do not pay only take cores from the event loop), and
-        each count's time. One candidate session is alive at a time."""
+        each count's time. Each candidate's Cost is kept in `measured` (the chosen one's is the spinning session's);
+        one candidate session is alive at a time."""
         cpus = max(1, int(available_cpus()))
         counts = sorted({1, cpus, *(2**i for i in range(1, cpus.bit_length()) if 2**i < cpus)})
-        x = np.zeros((max_rows, *row_shape), dtype=np.float32)
         timings = {1: self.cost.seconds(max_rows)}  # the loop's session: one thread, timed alike at warm-up
         for threads in counts[1:]:
-            session = self._spinning(threads)
-            session.run(self.output_names, {self.input_name: x})  # allocations, not timed
-            timings[threads] = min(_timed(session.run, self.output_names, {self.input_name: x}) for _ in range(3))
-            del session
+            cost = _measure(self._runner(self._spinning(threads)), row_shape, max_rows, self.measured, threads)
+            timings[threads] = cost.seconds(max_rows)
         best = min(timings.values())
         return min(t for t, seconds in timings.items() if seconds <= best * (1 + THREADS_SLACK)), timings
 
