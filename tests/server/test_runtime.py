@@ -4,9 +4,9 @@ where it binds host memory)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-import time
-from collections.abc import Callable
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -41,18 +41,12 @@ def warm_for_spinning(graph: CpuSession, row_shape: tuple[int, ...]) -> int:
     while True:
         x = np.zeros((rows, *row_shape), dtype=np.float32)
         graph.run(x)  # allocations, not timed
-        if min(timed(graph.run, x) for _ in range(3)) >= 8 * SPIN_AFTER_S:
+        if min(timeit.repeat(functools.partial(graph.run, x), number=1, repeat=3)) >= 8 * SPIN_AFTER_S:
             break
         rows *= 2
         assert rows <= 1 << 20, f"{graph.path} ran {rows >> 1} rows within {8 * SPIN_AFTER_S} s"
     graph.warm_up(row_shape, rows)
     return rows
-
-
-def timed(fn: Callable[[np.ndarray], object], x: np.ndarray) -> float:
-    start = time.perf_counter()
-    fn(x)
-    return time.perf_counter() - start
 
 
 def add_heavy(graph: CpuSession, row_shape: tuple[int, ...], max_rows: int) -> None:
