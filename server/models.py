@@ -30,12 +30,11 @@ folder changes (a copy still being written finishes), so a bad export is one lin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,6 +316,27 @@ class Failure:
     stamp: tuple
 
 
+class Held:
+    """`with models.using(version) as served:` holds `served` for the block. A class rather than a
+    @contextlib.contextmanager: every call enters one, and a generator's three extra frames cost each call
+    (BENCHMARKS.md, "Design measurements")."""
+
+    __slots__ = ("models", "served")
+
+    def __init__(self, models: Models, served: Served) -> None:
+        self.models, self.served = models, served
+
+    def __enter__(self) -> Served:
+        self.served.inflight += 1
+        return self.served
+
+    def __exit__(self, *exc: object) -> None:
+        served = self.served
+        served.inflight -= 1
+        if served.retired and not served.inflight:
+            self.models.free(served)
+
+
 @dataclass
 class Models:
     """The served versions, by number, and the loads and unloads that change them."""
@@ -375,17 +395,9 @@ class Models:
             raise NotFound(f"model_version: version {version} is not served (served: {self.versions_text()})")
         return served
 
-    @contextlib.contextmanager
-    def using(self, version: int) -> Iterator[Served]:
+    def using(self, version: int) -> Held:
         """The version `version` names, held for the block: it is not freed before the block ends."""
-        served = self.get(version)
-        served.inflight += 1
-        try:
-            yield served
-        finally:
-            served.inflight -= 1
-            if served.retired and not served.inflight:
-                self._free(served)
+        return Held(self, self.get(version))
 
     def versions_text(self) -> str:
         return _listed(self.served)
@@ -538,7 +550,7 @@ class Models:
                 self._retired.add(served)
                 log.info("version %d: retired (%d call(s) still on it)", number, served.inflight)
                 if not served.inflight:
-                    self._free(served)
+                    self.free(served)
         if added or len(old) != len(self.served):
             log.info("serving version(s) %s", self.versions_text())
         self.metrics.set_model_info(self.config.name, [(s.version, s.loaded.provider, s.model.variant)
@@ -546,7 +558,8 @@ class Models:
         for listener in self.changed:
             listener(self)
 
-    def _free(self, served: Served) -> None:
+    def free(self, served: Served) -> None:
+        """Frees a retired version's sessions, in the background: once no call is on it."""
         task = asyncio.get_running_loop().create_task(self._freed(served), name=f"free-{served.version}")
         self._freeing.add(task)
         task.add_done_callback(self._freeing.discard)

@@ -7,6 +7,11 @@ call, rather than gRPC's UNKNOWN with a traceback in the log per call; and admis
 request, so it can charge a call its work. Each method is built once, at registration, outside in:
 `wrap` (counting, the token check) around the request's bytes, the parse, `admit` around the servicer's method.
 
+Every service is registered as a generic handler only, never as "registered methods": grpc.aio's server loop
+keeps one pending request per registered method and waits on all of them (asyncio.wait) for every call it
+accepts, so each registered method costs every call; with the 19 methods of our three services that was 8% of
+the server's CPU per call (BENCHMARKS.md, "Design measurements"). A generic handler costs a call one dict lookup.
+
 Below this module everything raises `RequestError`s; this is the one place they become a call's status.
 """
 
@@ -45,7 +50,20 @@ def add_service(
         handler = grpc.unary_unary_rpc_method_handler(behavior, None, response_type.SerializeToString)
         handlers[method.name] = wrap(method.name, handler)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)  # looked up before the generic ones
+
+
+class GenericOnly:
+    """`server` as a generated `add_XServicer_to_server` sees it: its methods become generic handlers only (the
+    generated code registers them both ways; see the module's docstring for why not as registered methods)."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        """Nothing: the same handlers came as a generic handler."""
 
 
 def _gone(context: grpc.aio.ServicerContext) -> bool:

@@ -238,14 +238,14 @@ async def build(config: ServeConfig, loaded: list[Loaded], security: Security) -
     health_servicer = BoundedHealth(config.max_health_watches, streams)
     for service in ("", SERVICE.full_name):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, rpc.GenericOnly(server))
     if config.reflection:
         add_reflection(server, streams, tokens)
     port = listen(server, config.host, config.port, "--port", security.credentials)
     health_server = None
     if config.health_port:
         health_server = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, rpc.GenericOnly(health_server))
         listen(health_server, config.host, config.health_port, "--health-port", None)
     app = App(config, server, port, message_bytes, health_server, health_servicer, streams, admission, tokens,
               admin_tokens, models, metrics, tracing)  # fmt: skip
