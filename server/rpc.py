@@ -9,7 +9,7 @@ request, so it can charge a call its work. Each method is built once, at registr
 
 Every service is registered as a generic handler only, never as "registered methods": grpc.aio's server loop
 keeps one pending request per registered method and waits on all of them (asyncio.wait) for every call it
-accepts, so each registered method costs every call; with the 19 methods of our three services that was 8% of
+accepts, so each registered method costs every call; with the 19 methods of our three services that was 6-9% of
 the server's CPU per call (BENCHMARKS.md, "Design measurements"). A generic handler costs a call one dict lookup.
 
 Below this module everything raises `RequestError`s; this is the one place they become a call's status.
