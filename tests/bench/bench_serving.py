@@ -111,6 +111,7 @@ class Point:
     batch: float | None = None  # mean rows per onnxruntime run (vaeserve: from /metrics; compute: the one it ran)
     cpu_us: float | None = None  # server CPU time per request (all its processes)
     errors: dict[str, int] = field(default_factory=dict)
+    rounds: list[float] = field(default_factory=list)  # req/s of every round the point is the median of
 
 
 @dataclass
@@ -155,15 +156,16 @@ class Bench:
             raise RuntimeError(f"load generator failed against {servers[0].name}:\n{out.stderr[-3000:]}")
         return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
-    def record(self, model: str, call: Call, system: str, results: list[dict]) -> None:
+    def record(self, model: str, call: Call, system: str, results: list[dict], rounds: list[float] = ()) -> None:
         for r in results:
             p = Point(model, call.name, system, r["concurrency"], r["rps"], r["p50"], r["p95"], r["p99"],
-                      cpu_us=r["server_cpu_us"], errors=r["errors"])  # fmt: skip
+                      cpu_us=r["server_cpu_us"], errors=r["errors"], rounds=sorted(rounds))  # fmt: skip
             if r.get("metrics_after"):
                 p.batch = mean_batch(r["metrics_before"], r["metrics_after"], call.graph)
             self.points.append(p)
             errors = f"  ERRORS {p.errors}" if p.errors else ""
             batch = f"  batch {p.batch:.1f}" if p.batch else ""
+            batch += f"  rounds {spread_text(p)}" if p.rounds else ""
             print(f"{model:4} {call.name:12} {system:10} c={p.concurrency:<3} {p.rps:8.0f} req/s  p50 {p.p50:7.2f} ms"
                   f"  p99 {p.p99:7.2f} ms  cpu {fmt(p.cpu_us, 0)} us/req{batch}{errors}", flush=True)  # fmt: skip
 
@@ -233,15 +235,16 @@ class Bench:
         )
 
     def measure(self, model: str, schedule: list[tuple[Call, tuple[int, ...], list[Target]]]) -> None:
-        """For each call and concurrency, one point per target, the targets back to back. At concurrency 32 (the
-        goals' throughput points) the targets take turns for --rounds rounds and each keeps its median round: one
-        round moves by up to ~20% on a shared 2-core machine (measured, 10 rounds of vaeserve Sample(16): 4,812 to
-        7,431 req/s), as the requests of 32 clients settle into batches of different sizes."""
+        """For each call and concurrency, one point per target, the targets back to back. At concurrency 32 and
+        above (the goals' throughput points, and the before/after comparison's) the targets take turns for --rounds
+        rounds and each keeps its median round, its rounds kept beside it: one round moves by up to ~20% on a shared
+        2-core machine (measured, 10 rounds of vaeserve Sample(16): 4,812 to 7,431 req/s), as the requests of 32
+        clients settle into batches of different sizes and the VM's speed drifts."""
         for call, levels, targets in schedule:
             for concurrency in levels:
                 active = [t for t in targets if t.levels is None or concurrency in t.levels]
                 rounds: dict[str, list[dict]] = {t.system: [] for t in active}
-                for _ in range(self.args.rounds if concurrency == 32 else 1):
+                for _ in range(self.args.rounds if concurrency >= 32 else 1):
                     # Each round starts with another system: the first of a round was measured 10-25% slower
                     # than the same server measured later (two identical vaeserve installations, either first).
                     first = self.rounds % len(active)
@@ -251,7 +254,8 @@ class Bench:
                         results = self.load(target.servers, method, request, (concurrency,), target.metrics_url)
                         rounds[target.system] += results
                 for system, results in rounds.items():
-                    self.record(model, call, system, [sorted(results, key=lambda r: r["rps"])[len(results) // 2]])
+                    median = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
+                    self.record(model, call, system, [median], [r["rps"] for r in results] if len(results) > 1 else [])
 
     def compute_limit(self, model: str, model_dir: Path) -> None:
         """For each vaeserve point: requests/s if every batch vaeserve formed cost only its onnxruntime run."""
@@ -432,9 +436,40 @@ def points_table(bench: Bench, model: str, call: Call) -> str:
                         key=lambda p: p.concurrency):  # fmt: skip
             errors = f" ({sum(p.errors.values())} errors)" if p.errors else ""
             p50 = fmt(p.p50, 3 if p.p50 < 0.1 else 2)  # a compute "latency" is one run: microseconds
-            rows.append([system, p.concurrency, f"{p.rps:,.0f}{errors}", p50, fmt(p.p95), fmt(p.p99),
-                         fmt(p.cpu_us, 0), fmt(p.batch, 1)])  # fmt: skip
-    header = ["system", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "server CPU µs/req", "rows/run"]
+            rows.append([system, p.concurrency, f"{p.rps:,.0f}{errors}", spread_text(p) or "—", p50, fmt(p.p95),
+                         fmt(p.p99), fmt(p.cpu_us, 0), fmt(p.batch, 1)])  # fmt: skip
+    header = ["system", "concurrency", "req/s", "rounds' req/s", "p50 ms", "p95 ms", "p99 ms", "server CPU µs/req",
+              "rows/run"]  # fmt: skip
+    return markdown_table(header, rows)
+
+
+def spread_text(p: Point) -> str:
+    """The lowest and highest of a point's rounds, `5,944–7,390`; empty for a single run."""
+    return f"{p.rounds[0]:,.0f}–{p.rounds[-1]:,.0f}" if p.rounds else ""
+
+
+def change_verdict(now: Point, before: Point) -> str:
+    """Whether `now`'s median differs from `before`'s beyond the noise: outside the range of `before`'s rounds
+    (measured in the same alternated rounds, so the range is what the same machine gave the other installation)."""
+    if now.errors or before.errors or len(before.rounds) < 2:
+        return "not comparable"
+    if now.rps < before.rounds[0]:
+        return "**slower beyond noise**"
+    return "faster beyond noise" if now.rps > before.rounds[-1] else "within noise"
+
+
+def before_after_table(bench: Bench) -> str:
+    """vaeserve against `vaeserve before` (--baseline) at every point both were measured at in rounds."""
+    rows = []
+    for now in (p for p in bench.points if p.system == "vaeserve" and p.rounds):
+        key = (now.model, now.call, "vaeserve before", now.concurrency)
+        before = next((p for p in bench.points if (p.model, p.call, p.system, p.concurrency) == key), None)
+        if before is None:
+            continue
+        rows.append([now.model, now.call, now.concurrency, f"{now.rps:,.0f}", spread_text(now), f"{before.rps:,.0f}",
+                     spread_text(before), f"{now.rps / before.rps - 1:+.0%}", change_verdict(now, before)])  # fmt: skip
+    header = ["model", "call", "concurrency", "now req/s", "now's rounds", "before req/s", "before's rounds",
+              "change", "verdict"]  # fmt: skip
     return markdown_table(header, rows)
 
 
@@ -514,8 +549,9 @@ def report(bench: Bench, gs: list[Goal], decoder_images_per_s: dict[str, float])
     a = bench.args
     parts = [
         f"Closed-loop gRPC clients (tests/bench/serving_loadgen.py, one process beside the server, same raw request "
-        f"bytes for every server), {a.warmup:g} s warm-up then {a.duration:g} s per point; at concurrency 32 the "
-        f"systems take turns for {a.rounds} rounds and each point is its system's median round. Systems: **vaeserve** "
+        f"bytes for every server), {a.warmup:g} s warm-up then {a.duration:g} s per point; at concurrency 32 and "
+        f"above the systems take turns for {a.rounds} rounds, each point is its system's median round and "
+        f"*rounds' req/s* the lowest and highest of them. Systems: **vaeserve** "
         f"as shipped (`vaeserve serve`, default flags); **vaeserve x2**: two such processes on their own ports, the "
         f"clients spread over them evenly (as pods behind a Service; `--reuse-port` puts them on one port, where "
         f"the kernel spreads connections by hash, unevenly for a few connections); **naive**: the same proto and "
@@ -531,6 +567,12 @@ def report(bench: Bench, gs: list[Goal], decoder_images_per_s: dict[str, float])
         sample1024_context(bench, decoder_images_per_s),
         f"![serving benchmark]({PLOT.relative_to(ROOT)})",
     ]
+    if any(p.system == "vaeserve before" for p in bench.points):
+        parts.append(
+            "### vaeserve against vaeserve before (--baseline)\n\nThe same points, measured in the same alternated "
+            "rounds. A change is beyond noise where this checkout's median lies outside the range of the "
+            "baseline's rounds.\n\n" + before_after_table(bench)
+        )
     for model in ("mlp", "conv", "default", "mnist-mlp"):
         for call in CALLS:
             if any((p.model, p.call) == (model, call.name) for p in bench.points):
@@ -543,7 +585,7 @@ def report(bench: Bench, gs: list[Goal], decoder_images_per_s: dict[str, float])
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="concurrency 1 and 32 only, 3 s points (default: off)")
-    p.add_argument("--rounds", type=int, default=5, help="alternated rounds at concurrency 32, median kept "
+    p.add_argument("--rounds", type=int, default=5, help="alternated rounds at concurrency 32 and above, median kept "
                    "(default: %(default)s)")  # fmt: skip
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per point (default: %(default)s)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each (default: %(default)s)")
