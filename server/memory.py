@@ -1,21 +1,32 @@
-"""glibc malloc settings for a server whose responses are megabytes: keep large buffers for reuse.
+"""How the server process keeps memory: glibc's large buffers reused, Python's long-lived objects frozen.
 
 glibc serves allocations over its mmap threshold with fresh mmap'd pages and unmaps them on free, so every
 large buffer a call makes (onnxruntime's output, the response's bytes, the serialized message) page-faults
 its whole size in again, which for megabyte responses costs more than building them (BENCHMARKS.md, "Design
 measurements"). The cost is that freed memory up to the trim threshold stays with the process instead of
 going back to the OS.
+
+Python's garbage collector walks every object it tracks on each full collection: a serving process's ~44,000
+(modules, gRPC, numpy, protobuf, the served versions) at up to 15 ms a time, several times a second under load,
+since calls in flight live long enough to be promoted to the oldest generation. Those objects live as long as
+the process or their version, so once the server is ready they are frozen (gc.freeze) and collections walk
+only what calls create. And the youngest generation is collected every YOUNG_THRESHOLD new objects instead of
+Python's 700: each collection walks the objects of the calls in flight (most of a call's objects are freed by
+reference counting long before), so collecting less often walks about as much each time, many times less
+often. BENCHMARKS.md, "Design measurements", has both: the p99 and 8% of a small call's CPU, then 3-6% more.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 
 M_TRIM_THRESHOLD = -1  # <malloc.h>
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD = 256 << 20  # free heap kept before any is returned to the OS
+YOUNG_THRESHOLD = 20_000  # new objects between collections of the youngest generation (gc's threshold0)
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -48,3 +59,21 @@ def keep_large_buffers() -> bool:
     # mallopt returns 1 on success. The mmap threshold goes first: setting it also stops glibc from adjusting
     # both thresholds by itself.
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def freeze_heap() -> int:
+    """One full collection, then every object still alive is left out of later collections (gc.freeze) and the
+    youngest generation is collected every YOUNG_THRESHOLD new objects; how many objects are frozen."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    return gc.get_freeze_count()
+
+
+def refreeze_heap() -> None:
+    """After a model version is freed: the frozen objects are collectable again for one full collection, so what
+    the version left in reference cycles goes, and the rest is frozen again. Nothing where nothing was frozen
+    (the heap of a process that is not `vaeserve serve`)."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        freeze_heap()

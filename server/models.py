@@ -60,7 +60,7 @@ from .config import MB, Limits, ServeConfig
 from .errors import InvalidArgument, NotFound, NoVersion, ShuttingDown
 from .graphs import LIKELIHOOD
 from .handoff import auto_inline_budget_s, worker_handoff_s
-from .memory import trim
+from .memory import refreeze_heap, trim
 from .metrics import Metrics
 from .policy import MAX_VERSION
 from .runtime import Session, open_session
@@ -568,6 +568,7 @@ class Models:
         await _stop(served)
         served.batchers.clear()
         served.loaded.sessions.clear()  # the last references to the version's sessions: onnxruntime frees them
+        refreeze_heap()  # one full collection (~15 ms on the loop, once per version) frees its frozen cycles
         await asyncio.to_thread(trim)  # it walks the heap: not on the event loop
         self._retired.discard(served)
         served.freed.set()

@@ -97,7 +97,7 @@ def test_flags_come_from_the_environment_and_are_checked(model_repo: Path, tmp_p
     lines = [json.loads(line) for line in server.output().splitlines()]
     messages = " | ".join(line["message"] for line in lines)
     for fact in ("event loop uvloop", "model vae version 1", "execution provider CPUExecutionProvider",
-                 "intra-op thread", "gRPC listening on",
+                 "intra-op thread", "gRPC listening on", "objects alive at start frozen",
                  "max 7 rows", "SERVING", "draining", "stopped"):  # fmt: skip
         assert fact in messages
 

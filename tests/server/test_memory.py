@@ -1,18 +1,19 @@
-"""keep_large_buffers: a Sample(1024)-sized response no longer page-faults its megabytes in on every call."""
+"""memory.py: a Sample(1024)-sized response no longer page-faults its megabytes in on every call; the objects
+alive once the server is ready are out of the garbage collector's walks, and a freed version's cycles still go."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from vaeserve.server.memory import keep_large_buffers
+from vaeserve.server.memory import YOUNG_THRESHOLD, keep_large_buffers
 
 # Builds and serializes a 28x28 Sample(1024) response (3.2 MB of images) 20 times; prints minor faults per call.
 SCRIPT = """
 import resource, sys
 import numpy as np
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.server.memory import keep_large_buffers
+from vaeserve.server.memory import YOUNG_THRESHOLD, keep_large_buffers
 
 if sys.argv[1] == "keep":
     assert keep_large_buffers()
@@ -44,3 +45,43 @@ def test_large_responses_reuse_heap_memory_instead_of_faulting_it_in() -> None:
 
 def test_it_is_applied_on_glibc() -> None:
     assert keep_large_buffers()  # this test suite runs on glibc Linux (CI and the images)
+
+
+# In a process of its own: freezing is for a whole process, and pytest's must keep collecting. Prints one line per
+# step: the frozen count and whether an object kept in a reference cycle is still alive.
+FREEZING = """
+import gc, weakref
+from vaeserve.server.memory import freeze_heap, refreeze_heap
+
+class Node:
+    pass
+
+def cycle():
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+refreeze_heap()  # never frozen: nothing happens
+print(gc.get_freeze_count())
+garbage = cycle()  # already unreachable: the collection before freezing frees it
+freeze_heap()
+print(gc.get_freeze_count() > 0, garbage() is None, gc.get_threshold()[0])
+node = Node()
+node.itself = node
+version = weakref.ref(node)
+freeze_heap()  # frozen while alive, as a served version's objects are
+del node
+gc.collect()
+print(version() is not None)  # frozen: ordinary collections leave it
+refreeze_heap()  # the version was freed
+print(gc.get_freeze_count() > 0, version() is None)
+"""
+
+
+def test_freezing_leaves_live_objects_out_and_refreezing_frees_a_dropped_versions_cycles() -> None:
+    out = subprocess.run([sys.executable, "-c", FREEZING], capture_output=True, text=True, timeout=60, check=True)
+    never_frozen, frozen, kept, refrozen = out.stdout.splitlines()
+    assert never_frozen == "0"
+    assert frozen == f"True True {YOUNG_THRESHOLD}", "garbage alive before freezing must be collected, not frozen"
+    assert kept == "True"
+    assert refrozen == "True True", "a cycle frozen while alive must be freed once its version is"
