@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,11 +21,28 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
+def commit() -> str:
+    """`commit abc1234`: the checkout's, with "and uncommitted changes" where tracked files other than what the
+    benchmarks write (BENCHMARKS.md, figures in docs/) differ from it; "no git checkout" outside one."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "no git checkout"
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    ours = [
+        path for path in changed if path != BENCHMARKS.name and not (path.startswith("docs/") and path.endswith(".png"))
+    ]
+    return f"commit {head}" + (" and uncommitted changes" if ours else "")
+
+
 def write_section(name: str, title: str, body: str) -> None:
     """Replace (or append) the section delimited by `<!-- bench:NAME -->` markers."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    section = f"{start}\n## {title}\n\n_Run {stamp} on {machine()}._\n\n{body.strip()}\n{end}"
+    section = f"{start}\n## {title}\n\n_Run {stamp} at {commit()} on {machine()}._\n\n{body.strip()}\n{end}"
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
