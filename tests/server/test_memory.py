@@ -13,7 +13,7 @@ SCRIPT = """
 import resource, sys
 import numpy as np
 from vaeserve.protos.vae.v1 import vae_pb2
-from vaeserve.server.memory import YOUNG_THRESHOLD, keep_large_buffers
+from vaeserve.server.memory import keep_large_buffers
 
 if sys.argv[1] == "keep":
     assert keep_large_buffers()
