@@ -95,6 +95,7 @@ class Call:
 
 CALLS = (ENCODE1, SAMPLE16, ENCODE32, SAMPLE1024, DECODE16) = (
     Call("Encode", 1), Call("Sample", 16), Call("Encode", 32), Call("Sample", 1024), Call("Decode", 16))  # fmt: skip
+CALL_NAMED = {call.name: call for call in CALLS}  # a Point's call back to its Call
 OIP_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
@@ -261,10 +262,9 @@ class Bench:
                         rounds[target.system] += results
                 for system, results in rounds.items():
                     median = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
-                    if len(results) > 1:
-                        self.record(model, call, system, [median], [r["rps"] for r in results], ids)
-                    else:
-                        self.record(model, call, system, [median])
+                    many = len(results) > 1  # a single run has no rounds to show
+                    self.record(model, call, system, [median], [r["rps"] for r in results] if many else [],
+                                ids if many else [])  # fmt: skip
 
     def compute_limit(self, model: str, model_dir: Path) -> None:
         """For each vaeserve point: requests/s if every batch vaeserve formed cost only its onnxruntime run."""
@@ -382,7 +382,7 @@ class Goal:
 def round_ratios(a: Point | None, b: Point | None) -> list[float]:
     """a's req/s over b's in each round, where both were measured in the same rounds (back to back, so each ratio
     carries less of the machine's drift than a ratio of medians); empty otherwise."""
-    if a is None or b is None or a.errors or b.errors or not a.round_ids or a.round_ids != b.round_ids:
+    if ratio(a, b, "rps") is None or not a.round_ids or a.round_ids != b.round_ids:
         return []
     return [x / y for x, y in zip(a.rounds, b.rounds, strict=True)]
 
@@ -491,8 +491,7 @@ def before_after_table(bench: Bench) -> str:
     """vaeserve against `vaeserve before` (--baseline) at every point both were measured at in rounds."""
     rows = []
     for now in (p for p in bench.points if p.system == "vaeserve" and p.rounds):
-        key = (now.model, now.call, "vaeserve before", now.concurrency)
-        before = next((p for p in bench.points if (p.model, p.call, p.system, p.concurrency) == key), None)
+        before = bench.find(now.model, CALL_NAMED[now.call], "vaeserve before", now.concurrency)
         if before is None:
             continue
         rows.append([now.model, now.call, now.concurrency, f"{now.rps:,.0f}", spread_text(now), f"{before.rps:,.0f}",
