@@ -115,7 +115,7 @@ class Admission:
                 raise ShuttingDown("the server is shutting down: retry the call")
             if self.inflight >= self.limit:
                 raise Overloaded(self._overloaded())
-            rows = {graph: n for graph, n in work(request).items() if n}
+            rows = work(request)
             for graph, n in rows.items():
                 if n > self.batch_rows and self._seconds(graph) > self.max_wait_s:
                     raise Overloaded(self._busy(graph))

@@ -24,7 +24,7 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc import aio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -34,6 +34,7 @@ from vaeserve.errors import VaeserveError
 from vaeserve.repository import DECODER, ENCODER
 
 from .graphs import GRAPHS, LIKELIHOOD
+from .loop_metrics import CounterChild, HistogramChild, LoopCounter, LoopHistogram
 
 if TYPE_CHECKING:
     from .auth import Tokens
@@ -62,52 +63,50 @@ class Metrics:
             PlatformCollector(registry=registry)
             GCCollector(registry=registry)
         self.registry = registry
-        self.requests = Counter(
-            "vaeserve_requests_total",
-            "RPCs finished, by method and gRPC status code.",
-            ("method", "code"),
-            registry=registry,
+        # Written per call or per batch, on the event loop's thread: loop_metrics.py's lock-free families.
+        self.requests = LoopCounter(
+            "vaeserve_requests_total", "RPCs finished, by method and gRPC status code.", ("method", "code"), registry
         )
-        self.request_duration = Histogram(
+        self.request_duration = LoopHistogram(
             "vaeserve_request_duration_seconds",
             "RPC time from handler start to response, by method.",
             ("method",),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry,
         )
         self.inflight = Gauge("vaeserve_inflight_requests", "RPCs being handled now.", registry=registry)
-        self.queue_wait = Histogram(
+        self.queue_wait = LoopHistogram(
             "vaeserve_queue_wait_seconds",
             "Time a request waited in the batching queue before its batch ran.",
             ("graph",),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry,
         )
-        self.batch_size = Histogram(
-            "vaeserve_batch_size", "Rows per onnxruntime run.", ("graph",), buckets=BATCH_BUCKETS, registry=registry
+        self.batch_size = LoopHistogram(
+            "vaeserve_batch_size", "Rows per onnxruntime run.", ("graph",), BATCH_BUCKETS, registry
         )
-        self.inference_duration = Histogram(
+        self.inference_duration = LoopHistogram(
             "vaeserve_inference_duration_seconds",
             "onnxruntime session.run time per batch.",
             ("graph",),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry,
         )
         self.queue_depth = Gauge(
             "vaeserve_queue_depth", "Requests waiting to be batched.", ("graph",), registry=registry
         )
-        self.images_generated = Counter(
-            "vaeserve_images_generated_total", "Images produced by the decoder.", registry=registry
-        )
-        self.images_encoded = Counter(
-            "vaeserve_images_encoded_total", "Images run through the encoder.", registry=registry
-        )
-        self.images_scored = Counter(
-            "vaeserve_images_scored_total", "Images scored by the Score RPC (each with K samples).", registry=registry
-        )
-        self.score_samples = Counter(
-            "vaeserve_score_samples_total", "Posterior samples decoded for the Score RPC.", registry=registry
-        )
+        self.images_generated = LoopCounter(
+            "vaeserve_images_generated_total", "Images produced by the decoder.", (), registry
+        ).labels()
+        self.images_encoded = LoopCounter(
+            "vaeserve_images_encoded_total", "Images run through the encoder.", (), registry
+        ).labels()
+        self.images_scored = LoopCounter(
+            "vaeserve_images_scored_total", "Images scored by the Score RPC (each with K samples).", (), registry
+        ).labels()
+        self.score_samples = LoopCounter(
+            "vaeserve_score_samples_total", "Posterior samples decoded for the Score RPC.", (), registry
+        ).labels()
         self.model_info = Gauge(
             "vaeserve_model_info",
             "The served model versions, one series each; always 1.",
@@ -235,7 +234,12 @@ class GraphMetrics:
     """Metrics of one graph's batching queue and onnxruntime runs."""
 
     def __init__(
-        self, queue_wait: Histogram, batch_size: Histogram, inference: Histogram, depth: Gauge, images: Counter
+        self,
+        queue_wait: HistogramChild,
+        batch_size: HistogramChild,
+        inference: HistogramChild,
+        depth: Gauge,
+        images: CounterChild,
     ):
         self._queue_wait = queue_wait
         self._batch_size = batch_size
@@ -271,12 +275,20 @@ class _MethodMetrics:
     def __init__(self, metrics: Metrics, inflight: _Inflight, method: str) -> None:
         self._requests = metrics.requests
         self._method = method
-        # status (a grpc.StatusCode, or None when the handler set none) -> bound Counter.inc of its series
+        # status (a grpc.StatusCode, or None when the handler set none) -> bound inc of its series
         self._incs: dict[grpc.StatusCode | None, Callable[[], None]] = {}
         self.observe = metrics.request_duration.labels(method).observe
         self.inflight = inflight
 
-    def count(self, code: grpc.StatusCode | None) -> None:
+    def start(self) -> float:
+        """A call begins: it is in flight from now; returns its start time for `finish`."""
+        self.inflight.n += 1
+        return time.perf_counter()
+
+    def finish(self, start: float, code: grpc.StatusCode | None) -> None:
+        """A call that began at `start` ended with `code`: its duration and status are counted."""
+        self.observe(time.perf_counter() - start)
+        self.inflight.n -= 1
         inc = self._incs.get(code)
         if inc is None:
             inc = self._incs[code] = self._requests.labels(self._method, _CODE_NAMES.get(code, "UNKNOWN")).inc
@@ -307,39 +319,29 @@ def _cancelled_status(context: aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
 
 
-class _Counted:
-    """One call, counted: in flight while its handler runs, then its duration and final status.
-
-    The status is the handler's (`context.code()`: None means OK) when it returned or aborted, CANCELLED or
-    DEADLINE_EXCEEDED when gRPC cancelled it or the call ended under it (answering a call whose client has gone
-    raises), and UNKNOWN (what gRPC sends) for any other exception.
-    """
-
-    __slots__ = ("context", "m", "start")
-
-    def __init__(self, m: _MethodMetrics, context: aio.ServicerContext) -> None:
-        self.m, self.context = m, context
-
-    def __enter__(self) -> None:
-        self.m.inflight.n += 1
-        self.start = time.perf_counter()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        self.m.observe(time.perf_counter() - self.start)
-        self.m.inflight.n -= 1
-        if exc_type is None or issubclass(exc_type, aio.AbortError):
-            code = self.context.code()
-        elif issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)) or self.context.done():
-            code = _cancelled_status(self.context)
-        else:
-            code = grpc.StatusCode.UNKNOWN
-        self.m.count(code)
+def _status(exc: BaseException, context: aio.ServicerContext) -> grpc.StatusCode | None:
+    """The status of a call whose handler raised `exc`: the handler's own (`context.code()`, None meaning OK)
+    when it aborted, CANCELLED or DEADLINE_EXCEEDED when gRPC cancelled it or the call ended under it (answering a
+    call whose client has gone raises), and UNKNOWN (what gRPC sends) for any other exception."""
+    if isinstance(exc, aio.AbortError):
+        return context.code()
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)) or context.done():
+        return _cancelled_status(context)
+    return grpc.StatusCode.UNKNOWN
 
 
+# The wrappers count a call with a try block of their own rather than a context manager: no object and no
+# __enter__/__exit__ calls per call.
 def _count_unary_response(m: _MethodMetrics, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handler(request_or_iterator: Any, context: aio.ServicerContext) -> Any:
-        with _Counted(m, context):
-            return await behavior(request_or_iterator, context)
+        start = m.start()
+        try:
+            response = await behavior(request_or_iterator, context)
+        except BaseException as exc:
+            m.finish(start, _status(exc, context))
+            raise
+        m.finish(start, context.code())
+        return response
 
     return handler
 
@@ -347,12 +349,17 @@ def _count_unary_response(m: _MethodMetrics, behavior: Callable[..., Awaitable[A
 def _count_stream_response(m: _MethodMetrics, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
     # Streaming handlers are either async generators or coroutines that call context.write(); both end here.
     async def handler(request_or_iterator: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-        with _Counted(m, context):
+        start = m.start()
+        try:
             responses = behavior(request_or_iterator, context)
             if hasattr(responses, "__aiter__"):
                 async for response in responses:
                     yield response
             else:
                 await responses
+        except BaseException as exc:
+            m.finish(start, _status(exc, context))
+            raise
+        m.finish(start, context.code())
 
     return handler
