@@ -21,16 +21,17 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
-def commit() -> str:
+def commit(root: Path = ROOT) -> str:
     """`commit abc1234`: the checkout's, with "and uncommitted changes" where tracked files other than what the
     benchmarks write (BENCHMARKS.md, figures in docs/) differ from it; "no git checkout" outside one."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True).stdout
 
-    head = git("rev-parse", "--short", "HEAD")
+    head = git("rev-parse", "--short", "HEAD").strip()
     if not head:
         return "no git checkout"
+    # Not stripped: a porcelain line is "XY path", and " M" of the first line must keep its space.
     changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     ours = [
         path for path in changed if path != BENCHMARKS.name and not (path.startswith("docs/") and path.endswith(".png"))
