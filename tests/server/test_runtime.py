@@ -36,7 +36,9 @@ def warm_for_spinning(graph: CpuSession, row_shape: tuple[int, ...]) -> int:
     machine, and returns its rows: a full batch that still runs longer than SPIN_AFTER_S on the spinning session
     (a shorter one never spins: add_heavy builds nothing), on up to 8 threads even if they scaled perfectly.
     Each size is timed here, not read off graph.cost: a Cost kept for the architecture was fitted at the first
-    version's sizes, and one fitted to microsecond runs on a busy machine may predict no growth with rows."""
+    version's sizes, and one fitted to microsecond runs on a busy machine may predict no growth with rows. So the
+    graph must not have been warmed up at other sizes before (its Cost is kept, not timed again: a server warms
+    every graph at one size, --max-batch-size): add_heavy would decide from the Cost of a small batch."""
     rows = 16
     while True:
         x = np.zeros((rows, *row_shape), dtype=np.float32)
@@ -46,6 +48,7 @@ def warm_for_spinning(graph: CpuSession, row_shape: tuple[int, ...]) -> int:
         rows *= 2
         assert rows <= 1 << 20, f"{graph.path} ran {rows >> 1} rows within {8 * SPIN_AFTER_S} s"
     graph.warm_up(row_shape, rows)
+    assert graph.cost.seconds(rows) >= SPIN_AFTER_S, f"{graph.path}: a Cost fitted at other sizes ({graph.cost})"
     return rows
 
 
@@ -59,7 +62,7 @@ def test_cpu_session_runs_the_graph_on_both_paths_and_with_io_binding(model_repo
     path = model_repo / "vae" / "1" / "encoder.onnx"
     graph, why_not = open_session(path, "image", ["mean", "log_variance"], device="cpu", intra=2)
     assert isinstance(graph, CpuSession) and graph.provider == CPU and why_not == "CPU requested"
-    graph.warm_up((1, 8, 8), 16)
+    rows = warm_for_spinning(graph, (1, 8, 8))  # before any other warm-up: the Cost add_heavy decides from
     means = graph.with_outputs(["mean"])  # a view made before the spinning session exists (as the batchers are)
     x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
     plain = graph.run(x)
@@ -69,8 +72,8 @@ def test_cpu_session_runs_the_graph_on_both_paths_and_with_io_binding(model_repo
     # What runs on the event loop is predicted from the warm-up timings: more time, never fewer rows.
     within = [graph.inline_rows(seconds, 16) for seconds in (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 10.0)]
     assert within[0] == 0 and within[-1] == 16 and within == sorted(within)
-    add_heavy(graph, (1, 8, 8), warm_for_spinning(graph, (1, 8, 8)))
-    assert graph.spinning.rows >= 1  # measured as it was built
+    add_heavy(graph, (1, 8, 8), rows)
+    assert graph.spinning.session is not None and 1 <= graph.spinning.rows <= rows  # measured as it was built
     graph.spinning.rows = 3  # so that 5 rows run on the worker's spinning session
     on_worker = graph.run_on_worker(x)
     assert graph.spinning.session is not graph.session and means.spinning is graph.spinning
