@@ -10,17 +10,22 @@ Python's garbage collector walks every object it tracks on each full collection:
 (modules, gRPC, numpy, protobuf, the served versions) at up to 15 ms a time, several times a second under load,
 since calls in flight live long enough to be promoted to the oldest generation. Those objects live as long as
 the process or their version, so once the server is ready they are frozen (gc.freeze) and collections walk
-only what calls create. And the youngest generation is collected every YOUNG_THRESHOLD new objects instead of
-Python's 700: each collection walks the objects of the calls in flight (most of a call's objects are freed by
-reference counting long before), so collecting less often walks about as much each time, many times less
-often. BENCHMARKS.md, "Design measurements", has both: the p99 and 8% of a small call's CPU, then 3-6% more.
+only what calls create; a freed version goes by reference counting (it holds no reference cycle: `release`
+checks, and collects only where one did). And the youngest generation is collected every YOUNG_THRESHOLD
+new objects instead of Python's 700: each collection walks the objects of the calls in flight (most of a call's
+objects are freed by reference counting long before), so collecting less often walks about as much each time,
+many times less often. BENCHMARKS.md, "Design measurements", has both: the p99 and 8% of a small call's CPU,
+then 3-6% more.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
+import weakref
+from collections.abc import Iterable
 
 M_TRIM_THRESHOLD = -1  # <malloc.h>
 M_MMAP_THRESHOLD = -3
@@ -29,6 +34,7 @@ TRIM_THRESHOLD = 256 << 20  # free heap kept before any is returned to the OS
 YOUNG_THRESHOLD = 20_000  # new objects between collections of the youngest generation (gc's threshold0)
 
 
+@functools.cache  # a CDLL and its function types form reference cycles: one per process, not one per trim
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
@@ -70,10 +76,19 @@ def freeze_heap() -> int:
     return gc.get_freeze_count()
 
 
-def refreeze_heap() -> None:
-    """After a model version is freed: the frozen objects are collectable again for one full collection, so what
-    the version left in reference cycles goes, and the rest is frozen again. Nothing where nothing was frozen
-    (the heap of a process that is not `vaeserve serve`)."""
-    if gc.get_freeze_count():
-        gc.unfreeze()
+def release(held: Iterable[weakref.ref]) -> bool:
+    """After the last references to a model version are dropped: True where reference counting alone freed all
+    that `held` refers to (the rule: a version holds no reference cycle). Otherwise a cycle holds some of it,
+    frozen or not: the frozen objects are made collectable for one full collection, which frees it, and the rest
+    is frozen again (nothing frozen where none was: a process that is not `vaeserve serve`); False. That
+    collection walks the whole heap on the event loop (14-55 ms in a serving process), so it is not paid
+    where nothing needs it: every swap paid it once, and the p99 of calls during swaps went from 1.6x to
+    2.0-2.4x the steady p99 (BENCHMARKS.md, "Model versions going live while serving")."""
+    if all(ref() is None for ref in held):
+        return True
+    frozen = gc.get_freeze_count()
+    gc.unfreeze()
+    gc.collect()
+    if frozen:
         freeze_heap()
+    return False

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ from .config import MB, Limits, ServeConfig
 from .errors import InvalidArgument, NotFound, NoVersion, ShuttingDown
 from .graphs import LIKELIHOOD
 from .handoff import auto_inline_budget_s, worker_handoff_s
-from .memory import refreeze_heap, trim
+from .memory import release, trim
 from .metrics import Metrics
 from .policy import MAX_VERSION
 from .runtime import Session, open_session
@@ -69,6 +70,7 @@ from .tracing import Tracing
 log = logging.getLogger("vaeserve.server")
 
 MESSAGE_FRAMING = 4096  # bytes beside the tensor data: tags, lengths, shapes, a status message
+CYCLE_HELD = "a reference cycle held its sessions"  # logged where freeing a version needed a full collection
 
 
 class LoadFailed(VaeserveError):
@@ -566,9 +568,12 @@ class Models:
 
     async def _freed(self, served: Served) -> None:
         await _stop(served)
+        held = [weakref.ref(s) for graph in served.loaded.sessions.values() for s in graph.onnx_sessions()]
         served.batchers.clear()
         served.loaded.sessions.clear()  # the last references to the version's sessions: onnxruntime frees them
-        refreeze_heap()  # one full collection (~15 ms on the loop, once per version) frees its frozen cycles
+        if not release(held):
+            log.warning("version %d: %s: freed by a full garbage collection on the event loop", served.version,
+                        CYCLE_HELD)  # fmt: skip
         await asyncio.to_thread(trim)  # it walks the heap: not on the event loop
         self._retired.discard(served)
         served.freed.set()

@@ -107,6 +107,10 @@ class Session(Protocol):
         """How batches run, for the start-up log."""
         ...
 
+    def onnx_sessions(self) -> list[ort.InferenceSession]:
+        """The onnxruntime sessions it holds: what freeing its version must release (models.Models._freed)."""
+        ...
+
 
 @dataclass
 class Spinning:
@@ -235,6 +239,9 @@ class CpuSession:
         return (f"worker session {spinning.threads} intra-op thread(s){chosen}, pool threads spin for batches "
                 f"from {spinning.rows} rows")  # fmt: skip
 
+    def onnx_sessions(self) -> list[ort.InferenceSession]:
+        return [self.session] if self.spinning.session is None else [self.session, self.spinning.session]
+
 
 class CudaSession:
     """One CUDA session for every batch, run with IO binding: the input is copied to the device once and the
@@ -275,6 +282,9 @@ class CudaSession:
 
     def describe(self) -> str:
         return "IO binding, every batch on the worker thread"
+
+    def onnx_sessions(self) -> list[ort.InferenceSession]:
+        return [self.session]
 
 
 def run_bound(

@@ -30,6 +30,7 @@ from tests.harness import ServerProcess, vaeserve_process, wait_until
 from vaeserve.client.api import to_tensor
 from vaeserve.protos.inference import grpc_service_pb2 as pb
 from vaeserve.protos.vae.v1 import vae_pb2
+from vaeserve.server.models import CYCLE_HELD
 
 CLIENTS = 32
 SWAPS = 10
@@ -190,6 +191,7 @@ def main() -> None:
     with vaeserve_process(repo, work / "serve.log", "--model-control", "explicit") as server:
         result = asyncio.run(run(server, repo, sources, args.seconds))
         wait_until(lambda: server.metric('vaeserve_model_load_failures_total{reason="verify"}') == 1, "the count")
+        log = server.output()
     good = [s for s in result["swaps"] if "live_s" in s]
     (corrupt,) = [s for s in result["swaps"] if "refused" in s]
     live = [s["live_s"] for s in good]
@@ -201,6 +203,7 @@ def main() -> None:
     worst = max(good, key=lambda s: s["peak_mb"] - s["before_mb"])
     swap_extra = worst["peak_mb"] - worst["before_mb"]
     ratio = result["p99_swaps_ms"] / result["p99_steady_ms"]
+    freed, collected = log.count(": freed\n"), log.count(CYCLE_HELD)
     print(json.dumps({**result, "one_model_mb": extra_mb}, indent=1, default=str))
     rows = [
         ["failed calls", f"{result['failed']} of {result['calls']:,}", "0", _ok(result["failed"] == 0)],
@@ -216,6 +219,8 @@ def main() -> None:
          "within 10%", _ok(abs(growth) <= 0.10)],
         ["load call to the new version answering", f"median {statistics.median(live):.2f} s, max {max(live):.2f} s "
          f"(the call returns in median {statistics.median(s['load_s'] for s in good):.2f} s)", "", ""],
+        ["versions freed by reference counting (no full garbage collection on the event loop)",
+         f"{freed - collected} of {freed}", "all", _ok(freed == len(good) and collected == 0)],
         ["corrupt version", f"refused {corrupt['refused']}, counted once (reason verify), served version kept", "",
          _ok(corrupt["refused"] == "FAILED_PRECONDITION")],
     ]  # fmt: skip

@@ -27,6 +27,7 @@ from vaeserve.client.api import to_tensor
 from vaeserve.protos.inference import grpc_service_pb2 as pb
 from vaeserve.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from vaeserve.protos.vae.v1 import vae_pb2, vae_pb2_grpc
+from vaeserve.server.models import CYCLE_HELD
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -258,6 +259,7 @@ def test_a_loaded_version_goes_live_under_load_with_no_failed_call_and_the_old_o
     wait_until(lambda: ready % 4 in server.output(), "version 4's sessions for heavy batches")
     log = server.output()
     assert "version 1: freed" in log and log.count("version 3 not loaded (verify)") == 1
+    assert CYCLE_HELD not in log  # each freed by reference counting: no full collection stalled the calls
     # A swap holds at most one extra version: the new one's sessions for heavy batches come after the old is freed.
     for old, new in ((1, 2), (2, 4)):
         assert log.index(f"version {old}: freed") < log.index(ready % new), log
