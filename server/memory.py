@@ -86,9 +86,9 @@ def release(held: Iterable[weakref.ref]) -> bool:
     2.0-2.4x the steady p99 (BENCHMARKS.md, "Model versions going live while serving")."""
     if all(ref() is None for ref in held):
         return True
-    frozen = gc.get_freeze_count()
-    gc.unfreeze()
-    gc.collect()
-    if frozen:
-        freeze_heap()
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        freeze_heap()  # its one full collection frees the cycle before the rest is frozen again
+    else:
+        gc.collect()
     return False
