@@ -1,5 +1,6 @@
 """Which calls the server's own services take: every call while serving; none once draining (UNAVAILABLE, so
-clients retry another replica: sent once the server has stopped taking calls, so the retry does go elsewhere);
+clients retry another replica: sent once the server has stopped taking calls, so the retry does go elsewhere, or
+just before the caller's deadline, so a refusal is never a DEADLINE_EXCEEDED);
 and none beyond what the server can serve within --max-wait-ms (RESOURCE_EXHAUSTED at once, the load shed on
 arrival rather than queued without bound).
 
@@ -39,6 +40,8 @@ from .errors import Overloaded, ShuttingDown
 RATE_INTERVAL_S = 0.25
 RATE_SMOOTHING = 0.5  # weight of the newest interval's rate in the running estimate
 QUIET_POLL_S = 0.01
+HOLD_SHARE = 0.9  # a held refusal goes out after this share of the time its caller's deadline leaves: the rest
+# covers a busy event loop and the way back, so the caller reads UNAVAILABLE, never DEADLINE_EXCEEDED
 
 
 Method = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]  # a servicer's method: parsed request -> reply
@@ -56,7 +59,7 @@ class Admission:
         self.rows = dict.fromkeys(row_seconds, 0)  # rows of the calls in flight, per graph: integers, so exact
         self.floor, self.ceiling = floor, ceiling
         self.limit = floor
-        self.inflight = 0
+        self.inflight = 0  # admitted calls not yet answered: computing, or gRPC still writing their responses
         self.rate = 0.0  # calls completed per second, smoothed
         self.draining = False
         self._completed = 0
@@ -94,15 +97,34 @@ class Admission:
             await asyncio.sleep(QUIET_POLL_S)
         return True
 
-    async def _held_back(self) -> None:
-        """A refusal while draining waits until the server takes no new calls (up to `ceiling` of them wait)."""
+    async def answered(self, timeout: float) -> bool:
+        """Waits (at most `timeout` s) until every admitted call has been answered, its response handed to the
+        kernel: only then may the server send GOAWAY (see serve.py). Whether that happened."""
+        deadline = time.monotonic() + timeout
+        while self.inflight:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(QUIET_POLL_S)
+        return True
+
+    async def _held_back(self, context: grpc.aio.ServicerContext) -> None:
+        """A refusal while draining waits until the server takes no new calls, or until just before its caller's
+        deadline (up to `ceiling` of them wait)."""
         self._last_arrival = time.monotonic()
         if self._held < self.ceiling:
+            left = context.time_remaining()
             self._held += 1
             try:
-                await self._closed.wait()
+                await asyncio.wait_for(self._closed.wait(), None if left is None else left * HOLD_SHARE)
+            except asyncio.TimeoutError:  # the caller's deadline is near: refuse now
+                pass
             finally:
                 self._held -= 1
+
+    def _answered(self, _context: grpc.aio.ServicerContext) -> None:
+        """An admitted call's RPC has ended: its response is written (or it was cancelled)."""
+        self.inflight -= 1
+        self._completed += 1
 
     def admitting(self, method: Method, work: Work) -> Method:
         """`method` (a servicer's, taking the parsed request) behind admission: refused while draining, over the
@@ -111,7 +133,7 @@ class Admission:
 
         async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if self.draining:
-                await self._held_back()
+                await self._held_back(context)
                 raise ShuttingDown("the server is shutting down: retry the call")
             if self.inflight >= self.limit:
                 raise Overloaded(self._overloaded())
@@ -120,15 +142,14 @@ class Admission:
                 if n > self.batch_rows and self._seconds(graph) > self.max_wait_s:
                     raise Overloaded(self._busy(graph))
             self.inflight += 1
+            context.add_done_callback(self._answered)  # after the response is written, not when `method` returns
             for graph, n in rows.items():
                 self.rows[graph] += n
             try:
                 return await method(request, context)
             finally:
-                self.inflight -= 1
                 for graph, n in rows.items():
                     self.rows[graph] -= n
-                self._completed += 1
 
         return admitted
 

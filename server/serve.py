@@ -6,9 +6,9 @@ stops here with its message), create and warm their onnxruntime sessions, build 
 descriptions (models.py, which also swaps versions while serving under --model-control poll or explicit) and
 the gRPC server (VaeService, the Open Inference Protocol, health, reflection), start the metrics endpoint, and
 only then report SERVING. On SIGTERM or SIGINT: health goes NOT_SERVING, calls already on their way are still
-taken for DRAIN_SETTLE_S, then the server sends GOAWAY and takes no new call, in-flight calls get what is left
-of `grace_period` seconds to finish, and the process exits 0 as soon as they have. SIGHUP re-reads the token
-files and, under --model-control poll, rescans the repository; SIGUSR1 and SIGUSR2 are ignored.
+taken for DRAIN_SETTLE_S, then new calls are refused, in-flight calls get what is left of `grace_period`
+seconds to finish, and once their responses are written the server sends GOAWAY and exits 0. SIGHUP re-reads
+the token files and, under --model-control poll, rescans the repository; SIGUSR1 and SIGUSR2 are ignored.
 """
 
 from __future__ import annotations
@@ -118,19 +118,26 @@ class App:
         # New calls are refused, held until the server closes: once none has arrived for DRAIN_QUIET_S, none waits
         # in gRPC's core either, where closing would cancel it rather than refuse it.
         await self.admission.settled(DRAIN_QUIET_S, min(DRAIN_HOLD_S, max(0.0, deadline - loop.time())))
+        # GOAWAY only once every call in flight has been answered, its response handed to the kernel. After a
+        # GOAWAY gRPC's core closes a connection the moment its last call's response is written, without waiting
+        # for the client to read it: whatever the client sends then (a flow-control update while it reads a
+        # response of megabytes) resets the connection, and the rest of that response is lost. Sent after the
+        # responses, the GOAWAY's ping is answered only once the client has read them.
+        answered = await self.admission.answered(max(0.0, deadline - loop.time()))
         # GOAWAY now, and the listener closes: clients take their next calls to another replica (or another
-        # --reuse-port process) instead of retrying here for the rest of the grace period. Calls in flight go on,
-        # and the stop returns once every one has ended, its response sent; Watch and reflection streams end now, or
-        # it would wait for them. Its own grace is a backstop: the deadline below comes first, says so and cancels.
+        # --reuse-port process) instead of retrying here for the rest of the grace period. Watch and reflection
+        # streams end now, or the stop would wait for them. Its own grace is a backstop: the deadline below comes
+        # first, says so and cancels.
+        if answered:  # logged first: once the port is closed, the log says why
+            log.info("draining: GOAWAY sent, no new calls taken: every call in flight answered")
         left = max(0.0, deadline - loop.time())
         closing = asyncio.ensure_future(self.server.stop(left + 1.0))
         await asyncio.sleep(0)  # the stop's first step sends the GOAWAY (grpc_server_shutdown_and_notify) ...
         self.admission.closed()  # ... before the held refusals go out, so their retries cannot land here
         self.streams.close()
-        log.info("draining: GOAWAY sent, no new calls taken; %d in flight", self.admission.inflight)
         done, _ = await asyncio.wait((closing,), timeout=left)
         if not done:
-            log.warning("grace period over: cancelling the calls in flight (%d computing)", self.admission.inflight)
+            log.warning("grace period over: cancelling the calls in flight (%d unanswered)", self.admission.inflight)
             await self.server.stop(None)
         await closing
         if self.health_server is not None:

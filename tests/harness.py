@@ -17,8 +17,10 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -53,8 +55,6 @@ def free_ports(n: int, taken: Sequence[int] = ()) -> list[int]:
     """`n` distinct free loopback ports, none of them in `taken` (ports chosen but not yet listened on). Every
     socket stays bound until all are: a port is free again once its socket closes, so ports picked one by one can
     repeat."""
-    import socket
-
     ports: list[int] = []
     with contextlib.ExitStack() as held:
         while len(ports) < n:  # at most n + len(taken) sockets: the kernel never hands out a bound port twice
@@ -430,3 +430,75 @@ class ClientsThroughSigterm:
     async def finished(self) -> tuple[collections.Counter, collections.Counter]:
         await asyncio.gather(*self._tasks)
         return self.before, self.after
+
+
+class SlowLink:
+    """A TCP relay on loopback in front of `target`: a client on a slow network. It reads the server's bytes
+    `chunk` at a time, `pause_s` apart, through a small receive buffer, so the server's kernel holds what the
+    client has not read yet; the client's bytes go through at once. A reset from the server ends the client's
+    side too: what the server had not sent is lost, as on a real network. `with` starts it; the block's end
+    closes it and whatever connections it still relays."""
+
+    def __init__(self, target: str, chunk: int = 65536, pause_s: float = 0.005, rcvbuf: int = 16384) -> None:
+        host, port = target.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.chunk, self.pause_s, self.rcvbuf = chunk, pause_s, rcvbuf
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.target = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> SlowLink:
+        self._start(self._accept)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sock in (self.listener, *self._sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked on it (closing would not)
+            sock.close()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _start(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed: the block ended
+                return
+            server = socket.socket()
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)  # before connecting: it sets the window
+            try:
+                server.connect(self.upstream)
+            except OSError:  # the server has gone: so has this connection
+                server.close()
+                client.close()
+                continue
+            self._sockets += [client, server]
+            self._start(self._relay, server, client, True)
+            self._start(self._relay, client, server, False)
+
+    def _relay(self, source: socket.socket, sink: socket.socket, from_server: bool) -> None:
+        """One direction of a connection until it ends: an end from the server (a reset, or a write to a server
+        that reset) is passed on to the client, whose side is shut (it reads the end of the stream early)."""
+        client = sink if from_server else source
+        while True:
+            try:
+                data = source.recv(self.chunk)
+                if not data:
+                    sink.shutdown(socket.SHUT_WR)
+                    return
+                sink.sendall(data)
+            except ConnectionError:  # ECONNRESET, EPIPE: the server reset the connection (or the client went away)
+                with contextlib.suppress(OSError):
+                    client.shutdown(socket.SHUT_RDWR)  # the client reads an early end; the other direction wakes
+                return
+            except OSError:  # shut or closed by the other direction, or by the block's end
+                return
+            if from_server:
+                time.sleep(self.pause_s)  # the link's pace, not a wait for some condition

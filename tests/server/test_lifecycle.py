@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.harness import (
     ClientsThroughSigterm,
     ServerProcess,
+    SlowLink,
     free_port,
     free_ports,
     health_status,
@@ -37,6 +38,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 BIG = 4096  # rows of one conv decoder run: tens of milliseconds on one CPU thread
 BIG_BATCHES = ("--max-batch-size", str(BIG), "--max-concurrent-rpcs", str(BIG))
+HUGE = 65536  # rows of one conv decoder run: most of a second on this machine's cores
 
 
 def run_serve(repo: Path, *flags: str) -> subprocess.CompletedProcess:
@@ -223,44 +225,120 @@ async def _port_closes(port: int, bound_s: float) -> bool:
 
 async def _retry_through_sigterm(
     server: ServerProcess, in_flight: Future, clients: int = 32, bound_s: float = 30.0
-) -> tuple[collections.Counter, bool, bool]:
+) -> tuple[collections.Counter, bool, bool, bool]:
     """`clients` callers of Encode(1) that retry every refusal at once; SIGTERM once each has had a call answered.
-    The status counts of the calls sent after the signal; whether the server stopped listening while `in_flight`
-    still ran; whether it had exited while the clients retried."""
+    The status counts of the calls sent after the signal; whether the server stopped listening (within
+    `bound_s`); whether `in_flight` had been answered by then; whether the server had exited while the clients
+    retried."""
     request = vae_pb2.EncodeRequest(images=to_tensor(np.zeros((1, 1, 8, 8), np.float32))).SerializeToString()
     async with grpc.aio.insecure_channel(server.target) as channel:
         callers = ClientsThroughSigterm(channel, server, "Encode", request, clients, retry_for_s=bound_s)
         await callers.started()
         callers.send_sigterm()
         closed = await _port_closes(server.port, bound_s)
-        closed_while_in_flight = closed and not in_flight.done()
+        answered_before = "every call in flight answered" in server.output()
         _, after = await callers.finished()
         exited = server.returncode is not None
-    return after, closed_while_in_flight, exited
+    return after, closed, answered_before, exited
 
 
-def test_a_drain_closes_at_once_and_exits_when_the_calls_in_flight_end(conv_model_repo: Path, tmp_path: Path) -> None:
-    """Refused calls do not hold a drain open: after the settle period the server sends GOAWAY and stops listening
-    while a call is still in flight, completes that call, and exits as soon as it ends, with clients retrying at
-    once all along: long before --grace-period 60."""
-    flags = ("--max-batch-size", str(HUGE), "--max-num-samples", str(2 * HUGE), "--max-concurrent-rpcs", str(HUGE),
-             "--grace-period", "60")  # fmt: skip
+HUGE_CALLS = ("--max-batch-size", str(HUGE), "--max-num-samples", str(2 * HUGE), "--max-concurrent-rpcs", str(HUGE))
+DRAIN_FLAGS = (*HUGE_CALLS, "--grace-period", "60")
+
+
+def test_a_drain_sends_goaway_once_its_calls_are_answered_then_exits(conv_model_repo: Path, tmp_path: Path) -> None:
+    """Refused calls do not hold a drain open: with clients retrying at once all along, the server refuses them
+    while its call in flight runs, sends GOAWAY and stops listening as soon as that call's response is written,
+    and exits: long before --grace-period 60. The call in flight gets its whole response."""
     with (
-        serving(conv_model_repo, tmp_path / "serve.log", *flags) as server,
+        serving(conv_model_repo, tmp_path / "serve.log", *DRAIN_FLAGS) as server,
         VaeClient(server.target, timeout=120) as client,
         ThreadPoolExecutor(1) as pool,
     ):
         in_flight = pool.submit(client.sample, 2 * HUGE, 0)  # two full conv runs: seconds
         wait_until(lambda: server.metric("vaeserve_inflight_requests") >= 1, "the call to be in flight")
-        after, closed_while_in_flight, exited = asyncio.run(_retry_through_sigterm(server, in_flight))
+        after, closed, answered_before, exited = asyncio.run(_retry_through_sigterm(server, in_flight))
         images, _ = in_flight.result(timeout=120)
-        assert closed_while_in_flight, "the server kept listening until its call in flight ended (no GOAWAY before)"
+        assert closed, "the server still listened 30 s after SIGTERM"
+        assert answered_before, "the server stopped listening before its call in flight was answered"
         assert exited, "the server still ran 30 s after SIGTERM with clients retrying (it waited out the grace period)"
         assert server.wait() == 0
     assert images.shape == (2 * HUGE, 1, 8, 8)
     assert after["UNAVAILABLE"] > 0 and set(after) <= {"OK", "UNAVAILABLE"}, after  # refused, never cancelled
     log = server.output()
-    assert "draining: GOAWAY sent" in log and "grace period over" not in log and "stopped" in log
+    assert "draining: GOAWAY sent, no new calls taken: every call in flight answered" in log
+    assert "grace period over" not in log and "stopped" in log
+
+
+def test_a_drain_delivers_a_big_response_whole_to_a_slow_reader(conv_model_repo: Path, tmp_path: Path) -> None:
+    """A response of 36 MiB to a client on a slow link, still computing at SIGTERM: the server's kernel holds
+    megabytes of it when the server is done writing. A GOAWAY sent before then would let gRPC's core close the
+    connection right after that write, and the client's next flow-control update would reset it, losing the
+    rest (as in grpc-go#5358); the whole response arrives, and the server exits 0."""
+    with (
+        serving(conv_model_repo, tmp_path / "serve.log", *DRAIN_FLAGS) as server,
+        SlowLink(server.target) as link,
+        VaeClient(link.target, timeout=120) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        in_flight = pool.submit(client.sample, 2 * HUGE, 0)
+        wait_until(lambda: server.metric("vaeserve_inflight_requests") >= 1, "the call to be in flight")
+        server.send_signal(signal.SIGTERM)
+        images, latents = in_flight.result(timeout=120)
+        assert server.wait() == 0
+    assert images.shape == (2 * HUGE, 1, 8, 8) and latents.shape == (2 * HUGE, 8)
+
+
+def test_a_refusal_held_through_a_drain_answers_before_its_deadline(conv_model_repo: Path, tmp_path: Path) -> None:
+    """While a call in flight holds the drain, a new call is refused, and held so its client does not retry here
+    at once; but a caller whose deadline comes first is told UNAVAILABLE just before it, never
+    DEADLINE_EXCEEDED."""
+    with (
+        serving(conv_model_repo, tmp_path / "serve.log", *DRAIN_FLAGS) as server,
+        VaeClient(server.target, timeout=120) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        in_flight = pool.submit(client.sample, 2 * HUGE, 0)
+        wait_until(lambda: server.metric("vaeserve_inflight_requests") >= 1, "the call to be in flight")
+        server.send_signal(signal.SIGTERM)
+        request = vae_pb2.EncodeRequest(images=to_tensor(np.zeros((1, 1, 8, 8), np.float32)))
+        with grpc.insecure_channel(server.target) as channel:  # Encode: not queued behind the decoder's big call
+            encode = vae_pb2_grpc.VaeServiceStub(channel).Encode
+            refused, held = None, 0.0
+            while refused is None:  # served until the settle period ends, then refused
+                sent = time.monotonic()
+                try:
+                    encode(request, timeout=1.0)
+                except grpc.RpcError as exc:
+                    refused, held = exc, time.monotonic() - sent
+        still_running = not in_flight.done()
+        images, _ = in_flight.result(timeout=120)
+        assert server.wait() == 0
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused
+    assert refused.details() == "the server is shutting down: retry the call"
+    assert held > 0.5, f"refused after {held:.3f} s: not held (its client would call again at once)"
+    assert still_running, "the call in flight ended before the refusal: the refusal was not held to its deadline"
+    assert images.shape == (2 * HUGE, 1, 8, 8)
+
+
+def test_a_call_still_unanswered_when_the_grace_period_ends_is_cancelled(conv_model_repo: Path, tmp_path: Path) -> None:
+    """--grace-period 1 with two full conv runs (seconds) in flight: the drain stops waiting for it, says so, cancels
+    it and exits 0; the caller gets an error, not a hang."""
+    with (
+        serving(conv_model_repo, tmp_path / "serve.log", *HUGE_CALLS, "--grace-period", "1") as server,
+        VaeClient(server.target, timeout=120) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        in_flight = pool.submit(client.sample, 2 * HUGE, 0)
+        wait_until(lambda: server.metric("vaeserve_inflight_requests") >= 1, "the call to be in flight")
+        server.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as cut:
+            in_flight.result(timeout=120)
+        assert server.wait() == 0
+    assert cut.value.code() in {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}, cut.value
+    log = server.output()
+    assert "grace period over: cancelling the calls in flight (1 unanswered)" in log
+    assert "GOAWAY sent" not in log and "stopped" in log
 
 
 def test_sighup_and_sigusr_neither_kill_nor_drain_the_server(model_repo: Path, tmp_path: Path) -> None:
@@ -321,9 +399,6 @@ def test_a_full_queue_answers_resource_exhausted_at_once(busy_server: ServerProc
     # Every queued call is answered: the five waiting when the first refusal went out, and one more when the burst
     # found a batch already running (on a loaded machine the batcher may not have taken one off the queue yet).
     assert sum(e is None for e in errors) >= 5
-
-
-HUGE = 65536  # rows of one conv decoder run: most of a second on this machine's cores
 
 
 def test_calls_that_expire_or_are_cancelled_while_queued_are_not_computed(
