@@ -121,7 +121,7 @@ class Admission:
             finally:
                 self._held -= 1
 
-    def _answered(self, _context: grpc.aio.ServicerContext) -> None:
+    def _answered(self, _rpc: asyncio.Task) -> None:
         """An admitted call's RPC has ended: its response is written (or it was cancelled)."""
         self.inflight -= 1
         self._completed += 1
@@ -142,7 +142,12 @@ class Admission:
                 if n > self.batch_rows and self._seconds(graph) > self.max_wait_s:
                     raise Overloaded(self._busy(graph))
             self.inflight += 1
-            context.add_done_callback(self._answered)  # after the response is written, not when `method` returns
+            # Counted until the task serving the RPC (grpc.aio runs the handler in it) ends: after the response is
+            # written, not when `method` returns. Not context.add_done_callback: the context would keep the callback,
+            # which holds the context, a cycle per call left to the garbage collector (default-model Encode(1) at 32
+            # clients, 7 alternated rounds against the parent commit: 442 vs 344 us of server CPU per call; this
+            # way, 268 vs 317).
+            asyncio.current_task().add_done_callback(self._answered)
             for graph, n in rows.items():
                 self.rows[graph] += n
             try:
