@@ -90,22 +90,12 @@ class Admission:
         """Waits (at most `timeout` s) until no call has arrived for `quiet_s`: none is then left waiting inside
         gRPC's core, where closing the server would cancel it (a bare CANCELLED) instead of refusing it. Whether
         that happened."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() - self._last_arrival < quiet_s:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(QUIET_POLL_S)
-        return True
+        return await _polled(lambda: time.monotonic() - self._last_arrival >= quiet_s, timeout)
 
     async def answered(self, timeout: float) -> bool:
         """Waits (at most `timeout` s) until every admitted call has been answered, its response handed to the
         kernel: only then may the server send GOAWAY (see serve.py). Whether that happened."""
-        deadline = time.monotonic() + timeout
-        while self.inflight:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(QUIET_POLL_S)
-        return True
+        return await _polled(lambda: not self.inflight, timeout)
 
     async def _held_back(self, context: grpc.aio.ServicerContext) -> None:
         """A refusal while draining waits until the server takes no new calls, or until just before its caller's
@@ -183,3 +173,14 @@ class Admission:
                 self.rate = rate if not self.rate else RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * self.rate
                 self.limit = max(self.floor, min(self.ceiling, int(self.rate * self.max_wait_s)))
             last, completed = now, self._completed
+
+
+async def _polled(done: Callable[[], bool], timeout: float) -> bool:
+    """Polls `done` every QUIET_POLL_S on the event loop until it holds (True) or `timeout` s have passed (False):
+    the drain's conditions change with every call, where an event set by each call would cost the calls."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(QUIET_POLL_S)
+    return True

@@ -224,12 +224,12 @@ async def _port_closes(port: int, bound_s: float) -> bool:
 
 
 async def _retry_through_sigterm(
-    server: ServerProcess, in_flight: Future, clients: int = 32, bound_s: float = 30.0
+    server: ServerProcess, clients: int = 32, bound_s: float = 30.0
 ) -> tuple[collections.Counter, bool, bool, bool]:
     """`clients` callers of Encode(1) that retry every refusal at once; SIGTERM once each has had a call answered.
     The status counts of the calls sent after the signal; whether the server stopped listening (within
-    `bound_s`); whether `in_flight` had been answered by then; whether the server had exited while the clients
-    retried."""
+    `bound_s`); whether its log said by then that its calls in flight had been answered; whether it had exited
+    while the clients retried."""
     request = vae_pb2.EncodeRequest(images=to_tensor(np.zeros((1, 1, 8, 8), np.float32))).SerializeToString()
     async with grpc.aio.insecure_channel(server.target) as channel:
         callers = ClientsThroughSigterm(channel, server, "Encode", request, clients, retry_for_s=bound_s)
@@ -246,6 +246,14 @@ HUGE_CALLS = ("--max-batch-size", str(HUGE), "--max-num-samples", str(2 * HUGE),
 DRAIN_FLAGS = (*HUGE_CALLS, "--grace-period", "60")
 
 
+def _big_call(pool: ThreadPoolExecutor, client: VaeClient, server: ServerProcess) -> Future:
+    """Sample(2 * HUGE) through `client` (two full conv runs: seconds), returned once `server` counts it in
+    flight."""
+    call = pool.submit(client.sample, 2 * HUGE, 0)
+    wait_until(lambda: server.metric("vaeserve_inflight_requests") >= 1, "the call to be in flight")
+    return call
+
+
 def test_a_drain_sends_goaway_once_its_calls_are_answered_then_exits(conv_model_repo: Path, tmp_path: Path) -> None:
     """Refused calls do not hold a drain open: with clients retrying at once all along, the server refuses them
     while its call in flight runs, sends GOAWAY and stops listening as soon as that call's response is written,
@@ -255,9 +263,8 @@ def test_a_drain_sends_goaway_once_its_calls_are_answered_then_exits(conv_model_
         VaeClient(server.target, timeout=120) as client,
         ThreadPoolExecutor(1) as pool,
     ):
-        in_flight = pool.submit(client.sample, 2 * HUGE, 0)  # two full conv runs: seconds
-        wait_until(lambda: server.metric("vaeserve_inflight_requests") >= 1, "the call to be in flight")
-        after, closed, answered_before, exited = asyncio.run(_retry_through_sigterm(server, in_flight))
+        in_flight = _big_call(pool, client, server)
+        after, closed, answered_before, exited = asyncio.run(_retry_through_sigterm(server))
         images, _ = in_flight.result(timeout=120)
         assert closed, "the server still listened 30 s after SIGTERM"
         assert answered_before, "the server stopped listening before its call in flight was answered"
@@ -285,8 +292,7 @@ def test_a_drain_delivers_a_big_response_whole_to_a_slow_reader(conv_model_repo:
         ThreadPoolExecutor(1) as pool,
         grpc.insecure_channel(server.target) as channel,
     ):
-        in_flight = pool.submit(client.sample, 2 * HUGE, 0)
-        wait_until(lambda: server.metric("vaeserve_inflight_requests") >= 1, "the call to be in flight")
+        in_flight = _big_call(pool, client, server)
         server.send_signal(signal.SIGTERM)
         encode = vae_pb2_grpc.VaeServiceStub(channel).Encode  # Encode: not queued behind the decoder's big call
         refused, held = None, 0.0
@@ -314,8 +320,7 @@ def test_a_call_still_unanswered_when_the_grace_period_ends_is_cancelled(conv_mo
         VaeClient(server.target, timeout=120) as client,
         ThreadPoolExecutor(1) as pool,
     ):
-        in_flight = pool.submit(client.sample, 2 * HUGE, 0)
-        wait_until(lambda: server.metric("vaeserve_inflight_requests") >= 1, "the call to be in flight")
+        in_flight = _big_call(pool, client, server)
         server.send_signal(signal.SIGTERM)
         with pytest.raises(grpc.RpcError) as cut:
             in_flight.result(timeout=120)
